@@ -1,0 +1,1 @@
+"""Dataset descriptors, deeplab record builders and the tf.data input pipeline."""

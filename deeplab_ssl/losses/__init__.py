@@ -1,0 +1,1 @@
+"""The loss family: SSL and the baselines the paper compares against."""

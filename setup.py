@@ -1,0 +1,28 @@
+"""Installs deeplab_ssl: DeepLabv3/v3+ training with the structural similarity loss."""
+import setuptools
+
+setuptools.setup(
+    name="deeplab-ssl",
+    version="0.1.0",
+    description=(
+        "DeepLabv3 / DeepLabv3+ on TensorFlow 2 and Keras 3 with the structural "
+        "similarity loss (SSL) of Zhao et al. 2019."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["deeplab_ssl", "deeplab_ssl.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "numpy",
+        "absl-py",
+        "pillow",
+        "tqdm",
+        "tensorflow-datasets",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        "plot": ["matplotlib"],
+    },
+)
