@@ -1,0 +1,271 @@
+"""What every record builder shares: reading and checking image/label pairs, and the shard writer.
+
+Each `build_*_data.py` lists its (image, label) files and hands them to `write_split`, which
+encodes them with `encode_pair` (or any other function) and writes deeplab's shards
+`SPLIT-00000-of-0000N.tfrecord`. Checks made as it goes, with the file named in the error:
+the image and its label must have the same size, label values must be < num_classes or equal
+the ignore label, and every file must be readable. Each shard is written under the temporary
+name `SHARD.tmp` and renamed when complete, so an interrupted build leaves no shard that looks
+whole (and a failing build removes its temporary file).
+"""
+import io
+import math
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+import tqdm
+from absl import flags, logging
+from PIL import Image
+
+from deeplab_ssl.datasets import records
+
+# PIL's format names -> the names stored in `image/format`.
+_PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
+# Image modes deeplab's decoder reads as RGB without help; others are converted to RGB PNG.
+_DECODABLE_MODES = ("RGB", "L")
+TEMP_SUFFIX = ".tmp"
+
+
+def define_output_flags(num_shards):
+    """Defines --output_dir, --num_shards (default `num_shards`) and --resize.
+
+    Builders call this (and define their other flags) only when run as a script: they share
+    deeplab's flag names and must stay importable together (tests, notebooks).
+    """
+    flags.DEFINE_string("output_dir", "./tfrecord", "Where the shards are written.")
+    flags.DEFINE_integer("num_shards", num_shards, "Shards per split.")
+    flags.DEFINE_list("resize", None,
+                      "Optional HEIGHT,WIDTH to resize every example to (bilinear image, "
+                      "nearest-neighbour label), e.g. 180,240.")
+
+
+def parse_size(values):
+    """`["180", "240"]` (a --resize flag) -> (180, 240); None or empty -> None."""
+    if not values:
+        return None
+    if len(values) != 2 or not all(str(v).isdigit() and int(v) > 0 for v in values):
+        raise ValueError(f"--resize must be HEIGHT,WIDTH in pixels, got {values!r}")
+    return int(values[0]), int(values[1])
+
+
+def read_label(path):
+    """Reads a label file as class indices.
+
+    Args:
+        path: str, a single-channel PNG (grayscale, or palette as in VOC's SegmentationClass,
+            whose palette index is the class) or an SBD `cls/*.mat` file (GTcls.Segmentation).
+
+    Returns:
+        np.ndarray [H, W] of integer class indices (uint8 for 8-bit files).
+
+    Raises:
+        ValueError naming the file if it cannot be read or is not single-channel.
+    """
+    if path.endswith(".mat"):
+        return _read_sbd_mat(path)
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            label = Image.open(io.BytesIO(f.read()))
+            label.load()
+    except Exception as e:  # PIL raises several types for bad files; name the file in all.
+        raise ValueError(f"cannot read label {path}: {e}") from e
+    if label.mode not in ("P", "L", "I", "I;16"):
+        raise ValueError(
+            f"label {path} has mode {label.mode}; expected a single-channel PNG of class "
+            "indices (grayscale or palette), not colors")
+    return np.asarray(label)
+
+
+def _read_sbd_mat(path):
+    try:
+        import scipy.io  # Only SBD needs scipy: `pip install scipy`.
+    except ImportError as e:
+        raise ImportError(f"reading the SBD label {path} needs scipy: pip install scipy") from e
+    try:
+        mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+        return np.asarray(mat["GTcls"].Segmentation)
+    except Exception as e:
+        raise ValueError(f"cannot read SBD label {path} (GTcls.Segmentation): {e}") from e
+
+
+def _read_image(path):
+    """(raw file bytes, loaded PIL image); ValueError naming the file if unreadable."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+        image = Image.open(io.BytesIO(data))
+        image.load()  # Decodes fully, so truncated files fail here, not in training.
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    return data, image
+
+
+def check_label(label, num_classes, ignore_label, where):
+    """Raises ValueError naming `where` and the bad values unless every label value is a class
+    (< num_classes) or the ignore label. label: integer np.ndarray [H, W]."""
+    values = np.unique(label)
+    bad = values[(values >= num_classes) & (values != ignore_label)]
+    if bad.size or (values.size and values[0] < 0):
+        bad = np.concatenate([values[values < 0], bad])
+        raise ValueError(
+            f"label {where} has values {bad[:10].tolist()} outside the {num_classes} classes "
+            f"(ignore_label {ignore_label})")
+
+
+def encode_label(label):
+    """PNG bytes of a label np.ndarray [H, W] of values in 0..255 (8-bit grayscale)."""
+    buffer = io.BytesIO()
+    Image.fromarray(label.astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_image(image, image_format="png"):
+    """JPEG (quality 95) or PNG bytes of an RGB image, a PIL image or uint8 np.ndarray [H,W,3]."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image, mode="RGB")
+    buffer = io.BytesIO()
+    if records.IMAGE_FORMATS[image_format] == "jpeg":
+        image.save(buffer, format="JPEG", quality=95)
+    else:
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_pair(image_path, label_path, num_classes, ignore_label, name=None, size=None,
+                label_map=None):
+    """Reads, checks and encodes one image/label pair as a record in deeplab's schema.
+
+    Args:
+        image_path: str, an RGB (or grayscale) JPEG or PNG file.
+        label_path: str, a label file for `read_label`.
+        num_classes, ignore_label: int, the allowed label values.
+        name: str stored as `image/filename`; default: the image's name without extension.
+        size: optional (height, width) to resize to: bilinear image, nearest-neighbour label.
+        label_map: optional np.ndarray lookup table applied to the label values first
+            (e.g. Cityscapes labelIds -> trainIds).
+
+    Returns:
+        bytes, a serialized tf.Example.
+
+    Raises:
+        ValueError naming the file: unreadable file, size mismatch, label value out of range.
+    """
+    data, image = _read_image(image_path)
+    label = read_label(label_path)
+    if label_map is not None:
+        label = label_map[label]
+    if label.shape != (image.height, image.width):
+        raise ValueError(
+            f"label {label_path} is {label.shape[0]}x{label.shape[1]} (HxW) but image "
+            f"{image_path} is {image.height}x{image.width}")
+    check_label(label, num_classes, ignore_label, label_path)
+    image_format = _PIL_FORMATS.get(image.format)
+    if image_format is None or image.mode not in _DECODABLE_MODES:
+        image, image_format, data = image.convert("RGB"), "png", None
+    if size is not None and size != (image.height, image.width):
+        image = image.convert("RGB").resize(size[::-1], Image.BILINEAR)
+        label = np.asarray(Image.fromarray(label.astype(np.uint8), mode="L").resize(
+            size[::-1], Image.NEAREST))
+        data = None
+    if data is None:
+        data = encode_image(image, image_format)
+    if name is None:
+        name = os.path.splitext(os.path.basename(image_path))[0]
+    return records.encode_example(data, name, label.shape[0], label.shape[1],
+                                  encode_label(label), image_format=image_format)
+
+
+def write_split(items, encode, output_dir, split, num_shards, progress=True):
+    """Writes `encode(item)` for every item, in order, as deeplab's shards of `split`.
+
+    Items are spread like deeplab's builders: shard i holds items
+    [i * ceil(N / num_shards), (i + 1) * ceil(N / num_shards)). Each shard is written as
+    `SHARD.tmp` and renamed when complete; if `encode` raises, the temporary file is removed and
+    the error propagates, so no incomplete shard is left under a shard name. Shards of `split`
+    left by an earlier build with another shard count are removed once the new ones are complete.
+
+    Args:
+        items: sequence of anything `encode` takes (e.g. (image_path, label_path) pairs).
+        encode: function item -> bytes, one serialized tf.Example.
+        output_dir: str, folder of the shards (created if needed; local or any tf.io.gfile path).
+        split: str, the split name, e.g. "train_aug".
+        num_shards: int >= 1.
+        progress: bool, show a tqdm progress bar.
+
+    Returns:
+        list of the shard paths written.
+    """
+    if not items:
+        raise ValueError(f"split {split!r} has no examples to write to {output_dir}")
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    tf.io.gfile.makedirs(output_dir)
+    per_shard = math.ceil(len(items) / num_shards)
+    paths = []
+    with tqdm.tqdm(total=len(items), desc=split, unit="img", disable=not progress) as bar:
+        for shard_id in range(num_shards):
+            path = os.path.join(output_dir, records.shard_filename(split, shard_id, num_shards))
+            temp = path + TEMP_SUFFIX
+            try:
+                with tf.io.TFRecordWriter(temp) as writer:
+                    for item in items[shard_id * per_shard:(shard_id + 1) * per_shard]:
+                        writer.write(encode(item))
+                        bar.update()
+            except BaseException:
+                if tf.io.gfile.exists(temp):
+                    tf.io.gfile.remove(temp)
+                raise
+            tf.io.gfile.rename(temp, path, overwrite=True)
+            paths.append(path)
+    _remove_stale_shards(output_dir, split, paths)
+    return paths
+
+
+def _remove_stale_shards(output_dir, split, keep):
+    """Removes shards of `split` not in `keep` (left by a build with another shard count), so
+    `records.shard_pattern(split)` matches only this build."""
+    shard_re = re.compile(re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord")
+    keep = {os.path.basename(p) for p in keep}
+    for path in tf.io.gfile.glob(os.path.join(output_dir, records.shard_pattern(split))):
+        name = os.path.basename(path)
+        if shard_re.fullmatch(name) and name not in keep:
+            logging.warning("removing %s, a shard of an earlier build of %r", path, split)
+            tf.io.gfile.remove(path)
+
+
+def read_list(path):
+    """Names listed one per line in `path` (deeplab's ImageSets/*.txt), blank lines skipped."""
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"list file {path} does not exist")
+    with tf.io.gfile.GFile(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def pair_by_stem(image_folder, label_folder, image_format="jpg", label_format="png"):
+    """(image_path, label_path) pairs of the files of two folders with the same name stem.
+
+    Args:
+        image_folder, label_folder: str folders.
+        image_format, label_format: str file extensions without dot, e.g. "jpg", "png".
+
+    Returns:
+        list of (image_path, label_path), sorted by name.
+
+    Raises:
+        ValueError naming the folder if it has no such file, and naming files without a partner.
+    """
+    found = []
+    for folder, ext in ((image_folder, image_format), (label_folder, label_format)):
+        paths = tf.io.gfile.glob(os.path.join(folder, "*." + ext))
+        if not paths:
+            raise ValueError(f"no *.{ext} files in {folder}")
+        found.append({os.path.splitext(os.path.basename(p))[0]: p for p in paths})
+    images, labels = found
+    for kind, names, folder in (("label", images.keys() - labels.keys(), label_folder),
+                                ("image", labels.keys() - images.keys(), image_folder)):
+        if names:
+            raise ValueError(f"no {kind} in {folder} for {len(names)} files, e.g. "
+                             f"{sorted(names)[:5]}")
+    return [(images[name], labels[name]) for name in sorted(images)]
