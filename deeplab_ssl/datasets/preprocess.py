@@ -1,0 +1,191 @@
+"""deeplab's training and evaluation preprocessing as pure TensorFlow functions.
+
+The ops and their order are deeplab's `input_preprocess.preprocess_image_and_label`: random scale
+(bilinear image, nearest label, both with `align_corners=True`), pad to the crop size at the bottom
+and right (mean pixel for the image, ignore label for the label), random crop, random left-right
+flip. Images stay raw float32 pixels in [0, 255]: the model normalizes them inside.
+
+Random ops are stateless: each takes a `seed` int tensor of shape [2], so the same seed gives the
+same augmentation on any machine and in any order of a parallel map.
+"""
+import tensorflow as tf
+
+# deeplab's preprocess_utils.flip_dim default.
+_PROB_OF_FLIP = 0.5
+
+
+def _split_seed(seed, num):
+    """`num` independent seeds [2] drawn from `seed`; a random seed if `seed` is None."""
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+
+
+def _check_scale_range(min_scale_factor, max_scale_factor):
+    if min_scale_factor < 0 or min_scale_factor > max_scale_factor:
+        raise ValueError(
+            f"min_scale_factor={min_scale_factor} must be in [0, max_scale_factor="
+            f"{max_scale_factor}]")
+
+
+def scale_factors(min_scale_factor, max_scale_factor, scale_factor_step_size):
+    """The discrete scale factors deeplab draws from, as a Python list.
+
+    deeplab's formula: `num_steps = int((max - min) / step + 1)` values evenly spaced from min to
+    max inclusive (e.g. 0.5, 0.75, ..., 2.0 for 0.5, 2.0, 0.25). Like deeplab, the division is not
+    rounded, so a step that does not divide the range exactly in floating point gives one value
+    fewer.
+
+    Raises:
+        ValueError: if min < 0, min > max, or the step is not positive.
+    """
+    _check_scale_range(min_scale_factor, max_scale_factor)
+    if scale_factor_step_size <= 0:
+        raise ValueError(f"scale_factor_step_size={scale_factor_step_size} must be > 0")
+    num_steps = int((max_scale_factor - min_scale_factor) / scale_factor_step_size + 1)
+    if num_steps == 1:
+        return [float(min_scale_factor)]
+    step = (max_scale_factor - min_scale_factor) / (num_steps - 1)
+    return [float(min_scale_factor + i * step) for i in range(num_steps)]
+
+
+def get_random_scale(min_scale_factor, max_scale_factor, scale_factor_step_size, seed):
+    """A random scale factor, deeplab's `preprocess_utils.get_random_scale`.
+
+    Args:
+        min_scale_factor, max_scale_factor: floats, the range of scales.
+        scale_factor_step_size: float; 0 draws uniformly from [min, max), otherwise one of
+            `scale_factors(min, max, step)` with equal probability.
+        seed: int32/int64 tensor [2] for the stateless draw.
+
+    Returns:
+        float32 scalar.
+    """
+    _check_scale_range(min_scale_factor, max_scale_factor)
+    if min_scale_factor == max_scale_factor:
+        return tf.constant(min_scale_factor, tf.float32)
+    if scale_factor_step_size == 0:
+        return tf.random.stateless_uniform([], seed, min_scale_factor, max_scale_factor)
+    factors = tf.constant(
+        scale_factors(min_scale_factor, max_scale_factor, scale_factor_step_size), tf.float32)
+    index = tf.random.stateless_uniform([], seed, 0, factors.shape[0], dtype=tf.int32)
+    return factors[index]
+
+
+def scale_image_and_label(image, label, scale):
+    """Resizes image (bilinear) and label (nearest) by `scale`, deeplab's way.
+
+    The new size is `int(size * scale)` (truncated), and both resizes use `align_corners=True`
+    so that image and label sample the same grid.
+
+    Args:
+        image: float32 [H, W, 3].
+        label: int32 [H, W, 1] or None.
+        scale: float32 scalar.
+
+    Returns:
+        (image float32 [h, w, 3], label int32 [h, w, 1] or None).
+    """
+    size = tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32)
+    image = tf.compat.v1.image.resize_bilinear(image[None], size, align_corners=True)[0]
+    if label is not None:
+        label = tf.compat.v1.image.resize_nearest_neighbor(
+            label[None], size, align_corners=True)[0]
+    return image, label
+
+
+def pad_to_bounding_box(image, target_height, target_width, pad_value):
+    """Pads `image` at the bottom and right to [target_height, target_width] with `pad_value`.
+
+    Args:
+        image: [H, W, C] tensor with H <= target_height and W <= target_width.
+        target_height, target_width: int32 scalars.
+        pad_value: a scalar, or one value per channel (e.g. the mean pixel). Padding each channel
+            with its own constant keeps the pixels exact (deeplab subtracts and adds back).
+
+    Returns:
+        [target_height, target_width, C] tensor of image's dtype.
+    """
+    shape = tf.shape(image)
+    paddings = [[0, target_height - shape[0]], [0, target_width - shape[1]]]
+    values = tf.unstack(tf.broadcast_to(tf.cast(pad_value, image.dtype), [image.shape[-1]]))
+    return tf.stack([tf.pad(channel, paddings, constant_values=value)
+                     for channel, value in zip(tf.unstack(image, axis=-1), values)], axis=-1)
+
+
+def random_crop(image, label, crop_height, crop_width, seed):
+    """The same random [crop_height, crop_width] window of image and label.
+
+    Args:
+        image: [H, W, 3] with H >= crop_height, W >= crop_width.
+        label: [H, W, 1], same H and W.
+        crop_height, crop_width: ints.
+        seed: tensor [2].
+
+    Returns:
+        (image [crop_height, crop_width, 3], label [crop_height, crop_width, 1]).
+    """
+    shape = tf.shape(image)
+    offset_seeds = _split_seed(seed, 2)
+    offset_height = tf.random.stateless_uniform(
+        [], offset_seeds[0], 0, shape[0] - crop_height + 1, dtype=tf.int32)
+    offset_width = tf.random.stateless_uniform(
+        [], offset_seeds[1], 0, shape[1] - crop_width + 1, dtype=tf.int32)
+    image = tf.slice(image, [offset_height, offset_width, 0], [crop_height, crop_width, -1])
+    label = tf.slice(label, [offset_height, offset_width, 0], [crop_height, crop_width, -1])
+    return image, label
+
+
+def random_flip_left_right(image, label, seed):
+    """Flips image and label together with probability 0.5 (deeplab's `flip_dim`, dim=1)."""
+    flip = tf.random.stateless_uniform([], seed) <= _PROB_OF_FLIP
+    return tf.cond(flip, lambda: (image[:, ::-1], label[:, ::-1]), lambda: (image, label))
+
+
+def preprocess_image_and_label(image, label, crop_height=None, crop_width=None,
+                               min_scale_factor=1.0, max_scale_factor=1.0,
+                               scale_factor_step_size=0.0, mean_pixel=(127.5, 127.5, 127.5),
+                               ignore_label=255, is_training=True, seed=None):
+    """deeplab's `input_preprocess.preprocess_image_and_label` (without min/max resize).
+
+    Training: random scale, pad to the crop size, random crop, random left-right flip.
+    Evaluation: the whole image, padded at the bottom/right to the crop size only where it is
+    smaller (no crop, no random op); no padding when the crop size is None.
+
+    Args:
+        image: [H, W, 3] uint8 or float tensor of raw pixel values.
+        label: [H, W, 1] integer tensor of class indices, same H and W.
+        crop_height, crop_width: ints, required for training.
+        min_scale_factor, max_scale_factor, scale_factor_step_size: floats, see
+            `get_random_scale`.
+        mean_pixel: 3 floats, the image padding value (the model variant's mean pixel).
+        ignore_label: int, the label padding value.
+        is_training: bool.
+        seed: int tensor [2] for the random ops; None draws one (not reproducible).
+
+    Returns:
+        (image float32 [h, w, 3] in [0, 255], label int32 [h, w, 1]); training gives
+        h, w = crop_height, crop_width, evaluation max(H, crop_height), max(W, crop_width).
+    """
+    if is_training and (crop_height is None or crop_width is None):
+        raise ValueError("training preprocessing needs crop_height and crop_width")
+    image = tf.cast(image, tf.float32)
+    label = tf.cast(label, tf.int32)
+    if is_training:
+        scale_seed, crop_seed, flip_seed = _split_seed(seed, 3)
+        if (min_scale_factor, max_scale_factor) != (1.0, 1.0):
+            scale = get_random_scale(
+                min_scale_factor, max_scale_factor, scale_factor_step_size, scale_seed)
+            image, label = scale_image_and_label(image, label, scale)
+    if crop_height is not None and crop_width is not None:
+        shape = tf.shape(image)
+        target_height = tf.maximum(shape[0], crop_height)
+        target_width = tf.maximum(shape[1], crop_width)
+        image = pad_to_bounding_box(image, target_height, target_width, mean_pixel)
+        label = pad_to_bounding_box(label, target_height, target_width, ignore_label)
+    if is_training:
+        image, label = random_crop(image, label, crop_height, crop_width, crop_seed)
+        image, label = random_flip_left_right(image, label, flip_seed)
+        image.set_shape([crop_height, crop_width, 3])
+        label.set_shape([crop_height, crop_width, 1])
+    return image, label
