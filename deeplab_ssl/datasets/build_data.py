@@ -133,6 +133,27 @@ def encode_image(image, image_format="png"):
     return buffer.getvalue()
 
 
+def encode_arrays(name, image, label, num_classes, ignore_label, image_format="png"):
+    """Checks and encodes an image and label held in memory as a record in deeplab's schema.
+
+    Args:
+        name: str, stored as `image/filename` and named in errors.
+        image: uint8 np.ndarray [H, W, 3].
+        label: integer np.ndarray [H, W].
+        num_classes, ignore_label: int, the allowed label values.
+        image_format: "jpeg" (quality 95) or "png", how the image is stored.
+
+    Returns:
+        bytes, a serialized tf.Example.
+    """
+    if label.shape != image.shape[:2]:
+        raise ValueError(f"label of {name} is {label.shape} (HxW) but its image is "
+                         f"{image.shape[:2]}")
+    check_label(label, num_classes, ignore_label, name)
+    return records.encode_example(encode_image(image, image_format), name, label.shape[0],
+                                  label.shape[1], encode_label(label), image_format=image_format)
+
+
 def encode_pair(image_path, label_path, num_classes, ignore_label, name=None, size=None,
                 label_map=None):
     """Reads, checks and encodes one image/label pair as a record in deeplab's schema.

@@ -60,9 +60,10 @@ _CAMVID_CLASSES = (
     "sky", "building", "pole", "road", "sidewalk", "tree", "signsymbol", "fence", "car",
     "pedestrian", "bicyclist")
 
-# The generated demo set (deeplab_ssl.datasets.build_demo_data): street-like scenes.
+# The generated demo set (deeplab_ssl.datasets.build_demo_data): street-like scenes; a subset of
+# Cityscapes' classes in Cityscapes' order.
 _DEMO_CLASSES = (
-    "background", "sky", "building", "road", "sidewalk", "tree", "pole", "sign", "person", "car")
+    "road", "sidewalk", "building", "fence", "pole", "sign", "tree", "sky", "person", "car")
 
 DATASETS = {
     d.name: d for d in (
@@ -81,7 +82,7 @@ DATASETS = {
             "camvid", 11, 11, {"train": 367, "val": 101, "test": 233}, _CAMVID_CLASSES,
             "camvid"),
         DatasetDescriptor(
-            "demo", 10, 255, {"train": 320, "val": 64}, _DEMO_CLASSES, "demo"),
+            "demo", 10, 255, {"train": 400, "val": 100}, _DEMO_CLASSES, "demo"),
     )
 }
 
