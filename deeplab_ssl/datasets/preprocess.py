@@ -87,10 +87,10 @@ def scale_image_and_label(image, label, scale):
         (image float32 [h, w, 3], label int32 [h, w, 1] or None).
     """
     size = tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32)
-    image = tf.compat.v1.image.resize_bilinear(image[None], size, align_corners=True)[0]
+    image = tf.raw_ops.ResizeBilinear(images=image[None], size=size, align_corners=True)[0]
     if label is not None:
-        label = tf.compat.v1.image.resize_nearest_neighbor(
-            label[None], size, align_corners=True)[0]
+        label = tf.raw_ops.ResizeNearestNeighbor(
+            images=label[None], size=size, align_corners=True)[0]
     return image, label
 
 

@@ -1,0 +1,252 @@
+"""tf.data input pipeline: tfrecord shards -> decode -> deeplab preprocessing -> batches.
+
+The counterpart of deeplab's `datasets/data_generator.Dataset`, with parallel reads over the shard
+files, parallel decoding and preprocessing (AUTOTUNE), a shuffle buffer of serialized records,
+prefetch, per-worker sharding under tf.distribute, and bad records reported by filename.
+"""
+import os
+import sys
+
+import tensorflow as tf
+
+from deeplab_ssl.datasets import descriptors, preprocess, records
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+_FILENAME_FEATURE = {"image/filename": records.FEATURES["image/filename"]}
+
+
+def _decode_or_fail(serialized):
+    """records.parse_example, or a placeholder with ok=False where decoding raises an error.
+
+    A decoding error inside a tf.data map would stop the pipeline without naming the record;
+    running the decode in a one-element dataset with ignore_errors turns it into a flag instead.
+    """
+    decoded = tf.data.Dataset.from_tensors(serialized).map(
+        lambda s: (records.parse_example(s), True)).ignore_errors()
+    placeholder = tf.data.Dataset.from_tensors(({
+        "image": tf.zeros([0, 0, 3], tf.uint8),
+        "label": tf.zeros([0, 0, 1], tf.uint8),
+        "filename": tf.constant(""),
+        "height": tf.constant(0),
+        "width": tf.constant(0),
+    }, False))
+    return decoded.concatenate(placeholder).take(1).get_single_element()
+
+
+def decode_record(serialized):
+    """Decodes one record in deeplab's schema and checks it.
+
+    Args:
+        serialized: scalar tf.string, a serialized tf.Example (see `records`).
+
+    Returns:
+        dict with `image` uint8 [H, W, 3], `label` uint8 [H, W, 1], `filename` tf.string,
+        `height`, `width` int32 scalars (the decoded image size), `valid` bool scalar and
+        `error` tf.string scalar: "bad record FILENAME: REASON" when not valid, where the
+        image or label cannot be decoded or their sizes differ.
+    """
+    example, decoded = _decode_or_fail(serialized)
+    filename = tf.io.parse_single_example(serialized, _FILENAME_FEATURE)["image/filename"]
+    image_size = tf.shape(example["image"])[:2]
+    label_size = tf.shape(example["label"])[:2]
+    same_size = tf.reduce_all(tf.equal(image_size, label_size))
+    reason = tf.cond(
+        decoded,
+        lambda: tf.strings.format("label size {}x{} differs from image size {}x{}", (
+            label_size[0], label_size[1], image_size[0], image_size[1])),
+        lambda: tf.constant("image or label cannot be decoded"))
+    return {
+        "image": example["image"],
+        "label": example["label"],
+        "filename": filename,
+        "height": image_size[0],
+        "width": image_size[1],
+        "valid": tf.logical_and(decoded, same_size),
+        "error": tf.strings.join(["bad record ", filename, ": ", reason]),
+    }
+
+
+def _fail_on_bad_record(example):
+    with tf.control_dependencies([tf.debugging.Assert(example["valid"], [example["error"]])]):
+        return {key: tf.identity(value) for key, value in example.items()}
+
+
+def _skip_bad_records(examples):
+    """Drops invalid examples, logging each with the running count of records skipped.
+
+    Printed to stderr rather than through TensorFlow's C++ log, which TF_CPP_MIN_LOG_LEVEL=2
+    (as set by the Makefile) would silence.
+    """
+    def count(num_skipped, example):
+        num_skipped += tf.cast(tf.logical_not(example["valid"]), tf.int64)
+        return num_skipped, (example, num_skipped)
+
+    def log(example, num_skipped):
+        if_bad = tf.cond(
+            example["valid"], tf.no_op,
+            lambda: tf.print("WARNING: skip_bad_records: skipped", example["error"], "(",
+                             num_skipped, "bad records skipped so far )",
+                             output_stream=sys.stderr))
+        with tf.control_dependencies([if_bad]):
+            return tf.identity(example["valid"])
+
+    examples = examples.scan(tf.constant(0, tf.int64), count)
+    return examples.filter(log).map(lambda example, _: example)
+
+
+def shuffle_and_repeat(dataset, shuffle, shuffle_buffer_size, repeat, seed):
+    """Shuffles (each epoch anew) then repeats forever, as deeplab's data_generator."""
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer_size, seed=seed)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset
+
+
+def preprocess_and_batch(examples, batch_size, crop_size=None, is_training=False,
+                         min_scale_factor=1.0, max_scale_factor=1.0, scale_factor_step_size=0.0,
+                         mean_pixel=(127.5, 127.5, 127.5), ignore_label=255, seed=None):
+    """Applies deeplab's preprocessing to decoded examples and batches them.
+
+    Args:
+        examples: tf.data.Dataset of dicts with `image` uint8 [H, W, 3], `label` integer
+            [H, W, 1], `filename` tf.string (e.g. from `decode_record`).
+        batch_size: int, examples per batch.
+        Others: see `get_dataset`.
+
+    Returns:
+        See `get_dataset`.
+    """
+    crop_height, crop_width = crop_size if crop_size is not None else (None, None)
+    if is_training:
+        # One stateless seed [2] per example, attached before the parallel map so that the
+        # augmentation of a record does not depend on which thread runs it.
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        examples = tf.data.Dataset.zip(examples, seeds)
+
+        def train_map(example, example_seed):
+            return preprocess.preprocess_image_and_label(
+                example["image"], example["label"], crop_height, crop_width,
+                min_scale_factor, max_scale_factor, scale_factor_step_size, mean_pixel,
+                ignore_label, is_training=True, seed=example_seed)
+
+        batches = examples.map(train_map, num_parallel_calls=AUTOTUNE).batch(
+            batch_size, drop_remainder=True)
+        return batches.prefetch(AUTOTUNE)
+
+    def eval_map(example):
+        image, label = preprocess.preprocess_image_and_label(
+            example["image"], example["label"], crop_height, crop_width, mean_pixel=mean_pixel,
+            ignore_label=ignore_label, is_training=False)
+        size = tf.shape(example["image"])[:2]
+        return {"image": image, "label": label, "filename": example["filename"],
+                "height": size[0], "width": size[1]}
+
+    # padded_batch pads with one scalar per component: pad images with -1, which no raw pixel
+    # has, then put the mean pixel there.
+    batches = examples.map(eval_map, num_parallel_calls=AUTOTUNE).padded_batch(
+        batch_size, padding_values={"image": -1.0, "label": ignore_label, "filename": "",
+                                    "height": 0, "width": 0})
+
+    def pad_with_mean_pixel(batch):
+        mean = tf.constant(mean_pixel, tf.float32)
+        return dict(batch, image=tf.where(batch["image"] < 0, mean, batch["image"]))
+
+    return batches.map(pad_with_mean_pixel, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is_training=False,
+                min_scale_factor=1.0, max_scale_factor=1.0, scale_factor_step_size=0.0,
+                mean_pixel=(127.5, 127.5, 127.5), num_readers=4, shuffle=None,
+                shuffle_buffer_size=100, repeat=None, deterministic=None, seed=None,
+                skip_bad_records=False, input_context=None):
+    """The tf.data pipeline of one split of a dataset's tfrecords, deeplab's way.
+
+    Args:
+        dataset_name: str, a name of `descriptors.DATASETS` (gives ignore_label and the splits).
+        dataset_dir: str, folder of the shards `SPLIT-00000-of-0000N.tfrecord`.
+        split: str, a split of the dataset, e.g. "train_aug" or "val".
+        batch_size: int, the global batch size; under `input_context` each input pipeline
+            makes batches of `input_context.get_per_replica_batch_size(batch_size)`.
+        crop_size: [crop_height, crop_width] ints; required for training; for evaluation, images
+            smaller than it are padded to it (deeplab's eval_crop_size), None pads nothing.
+        is_training: bool, training (augment, crop, (images, labels) tuples) or evaluation
+            (whole images, dicts).
+        min_scale_factor, max_scale_factor, scale_factor_step_size: floats, deeplab's random
+            scale (training only), e.g. 0.5, 2.0, 0.25.
+        mean_pixel: 3 floats, padding value of images: the model variant's mean pixel
+            (`deeplab_ssl.core.feature_extractor.mean_pixel(model_variant)`).
+        num_readers: int, shard files read in parallel (interleave cycle length).
+        shuffle: bool, shuffle files and records; defaults to is_training.
+        shuffle_buffer_size: int, records in the shuffle buffer (serialized, so cheap).
+        repeat: bool, repeat forever; defaults to is_training.
+        deterministic: bool, keep the element order fixed despite parallelism (with `seed`,
+            training batches are identical from run to run); defaults to not is_training, so
+            evaluation follows the order of the records.
+        seed: int or None, seed of file and record shuffling and of the augmentation.
+        skip_bad_records: bool; False: a record whose image or label cannot be decoded, or whose
+            label size differs from the image's, stops iteration with an InvalidArgumentError
+            "bad record FILENAME: REASON"; True: such records are skipped and each is logged
+            (a warning on stderr) with the running count of skipped records.
+        input_context: tf.distribute.InputContext or None; shards the input per pipeline (by
+            files when there are at least as many files as pipelines, else by records).
+
+    Returns:
+        tf.data.Dataset. Training: tuples (images float32 [B, crop_height, crop_width, 3] raw
+        pixels in [0, 255], labels int32 [B, crop_height, crop_width, 1]) with a static batch
+        size B (the last partial batch is dropped), ready for model.fit.
+        Evaluation: dicts of `image` float32 [B, h, w, 3], `label` int32 [B, h, w, 1] (h, w the
+        largest padded size in the batch: padding with the mean pixel and the ignore label at
+        the bottom/right), `filename` tf.string [B], `height`, `width` int32 [B] (the original
+        image sizes); batch_size 1 keeps each image at its own size.
+
+    Raises:
+        ValueError: unknown dataset or split (naming it), no shards matching the glob (naming the
+            path), or training without crop_size.
+    """
+    descriptor = descriptors.get_descriptor(dataset_name)
+    descriptor.split_size(split)  # Raises a ValueError naming an unknown split.
+    if is_training and crop_size is None:
+        raise ValueError("get_dataset: training needs crop_size [crop_height, crop_width]")
+    shuffle = is_training if shuffle is None else shuffle
+    repeat = is_training if repeat is None else repeat
+    deterministic = not is_training if deterministic is None else deterministic
+    pattern = os.path.join(dataset_dir, records.shard_pattern(split))
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise ValueError(f"no tfrecord shards of split {split!r} found: {pattern}")
+
+    shard_records = False
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+        num_pipelines = input_context.num_input_pipelines
+        if len(files) >= num_pipelines:
+            files = files[input_context.input_pipeline_id::num_pipelines]
+        else:
+            shard_records = num_pipelines > 1
+        if seed is not None:
+            seed += input_context.input_pipeline_id
+
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        dataset = dataset.shuffle(len(files), seed=seed)
+    dataset = dataset.interleave(
+        tf.data.TFRecordDataset, cycle_length=min(num_readers, len(files)),
+        num_parallel_calls=AUTOTUNE)
+    if shard_records:
+        dataset = dataset.shard(input_context.num_input_pipelines,
+                                input_context.input_pipeline_id)
+    dataset = shuffle_and_repeat(dataset, shuffle, shuffle_buffer_size, repeat, seed)
+    examples = dataset.map(decode_record, num_parallel_calls=AUTOTUNE)
+    if skip_bad_records:
+        examples = _skip_bad_records(examples)
+    else:
+        examples = examples.map(_fail_on_bad_record)
+    dataset = preprocess_and_batch(
+        examples, batch_size, crop_size, is_training, min_scale_factor, max_scale_factor,
+        scale_factor_step_size, mean_pixel, descriptor.ignore_label, seed)
+
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return dataset.with_options(options)
