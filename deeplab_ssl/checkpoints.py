@@ -1,0 +1,178 @@
+"""Loading deeplab / TF-slim checkpoints by variable name, and Keras weight files.
+
+`load_slim_checkpoint` is deeplab's `--tf_initial_checkpoint`: it reads a checkpoint of the
+original code (model zoo ImageNet backbones such as `xception_65` or `resnet_v1_101_beta`, or
+trained DeepLab checkpoints) with `tf.train.load_checkpoint` and assigns each model variable the
+checkpoint tensor of its slim name:
+
+    Keras layer `resnet_v1_101.block1.unit_1.bottleneck_v1.conv1`, variable `kernel`
+        <- `resnet_v1_101/block1/unit_1/bottleneck_v1/conv1/weights`
+    DepthwiseConv2D kernel -> `.../depthwise_weights`, bias -> `.../biases`,
+    BatchNormalization gamma / beta / moving_mean / moving_variance -> same names.
+"""
+import dataclasses
+import os
+
+import keras
+import tensorflow as tf
+
+from deeplab_ssl import model as model_lib
+from deeplab_ssl.core import utils
+
+_BATCH_NORM_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+def slim_variable_name(layer, variable):
+    """deeplab / TF-slim checkpoint name of a Keras variable of `layer`.
+
+    Args:
+        layer: keras Layer named by `deeplab_ssl.core.utils.layer_name`.
+        variable: one of the layer's variables.
+
+    Returns:
+        str, e.g. 'xception_65/entry_flow/conv1_1/BatchNorm/moving_mean'.
+
+    Raises:
+        ValueError: for a variable that has no slim counterpart.
+    """
+    short_name = variable.path.rsplit("/", 1)[-1]
+    if isinstance(layer, keras.layers.DepthwiseConv2D) and short_name == "kernel":
+        slim_name = "depthwise_weights"
+    elif isinstance(layer, keras.layers.Conv2D) and short_name == "kernel":
+        slim_name = "weights"
+    elif isinstance(layer, keras.layers.Conv2D) and short_name == "bias":
+        slim_name = "biases"
+    elif isinstance(layer, keras.layers.BatchNormalization) and short_name in _BATCH_NORM_NAMES:
+        slim_name = short_name
+    else:
+        raise ValueError("No TF-slim name for variable %s of layer %s." % (variable.path,
+                                                                            layer.name))
+    return utils.slim_scope(layer.name) + "/" + slim_name
+
+
+def slim_variables(model):
+    """dict slim name -> Keras variable for every variable of a model from build_deeplab."""
+    names = {}
+    for layer in model.layers:
+        for variable in layer.weights:
+            names[slim_variable_name(layer, variable)] = variable
+    return names
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What `load_slim_checkpoint` did; str() gives a readable summary for the logs.
+
+    Attributes:
+        checkpoint: path of the checkpoint read.
+        loaded: slim names assigned from the checkpoint.
+        missing: slim names of model variables the checkpoint lacks (left as initialized).
+        wrong_shape: (name, model shape, checkpoint shape) of variables not assigned.
+        skipped: slim names excluded on purpose (last layers with initialize_last_layer=False).
+        unused: checkpoint names no model variable uses (global_step, optimizer slots, ...).
+    """
+    checkpoint: str
+    loaded: list = dataclasses.field(default_factory=list)
+    missing: list = dataclasses.field(default_factory=list)
+    wrong_shape: list = dataclasses.field(default_factory=list)
+    skipped: list = dataclasses.field(default_factory=list)
+    unused: list = dataclasses.field(default_factory=list)
+
+    def __str__(self):
+        lines = ["Checkpoint %s: %d variables loaded, %d missing, %d with a wrong shape, "
+                 "%d skipped, %d checkpoint tensors unused."
+                 % (self.checkpoint, len(self.loaded), len(self.missing), len(self.wrong_shape),
+                    len(self.skipped), len(self.unused))]
+        lines += ["  missing: %s" % name for name in self.missing]
+        lines += ["  wrong shape: %s model %s checkpoint %s" % item for item in self.wrong_shape]
+        lines += ["  skipped: %s" % name for name in self.skipped]
+        return "\n".join(lines)
+
+
+def _resolve_checkpoint(checkpoint_path):
+    """A checkpoint prefix from a prefix or a directory (its latest checkpoint)."""
+    if tf.io.gfile.isdir(checkpoint_path):
+        latest = tf.train.latest_checkpoint(checkpoint_path)
+        if latest is None:
+            raise FileNotFoundError("No checkpoint in directory %s." % checkpoint_path)
+        return latest
+    if not tf.io.gfile.exists(checkpoint_path + ".index"):
+        raise FileNotFoundError("Checkpoint %s not found (no %s.index)." % (checkpoint_path,
+                                                                            checkpoint_path))
+    return checkpoint_path
+
+
+def load_slim_checkpoint(model, checkpoint_path, initialize_last_layer=True,
+                         last_layers_contain_logits_only=False, ignore_missing_vars=True):
+    """Assigns a deeplab / TF-slim checkpoint to a build_deeplab model by variable name.
+
+    As deeplab's train_utils.get_model_init_fn: when `initialize_last_layer` is False the last
+    layers (the logits only, or the whole head: logits, image_pooling, aspp, concat_projection,
+    decoder) are not restored, e.g. for a different number of classes.
+
+    Args:
+        model: keras.Model from build_deeplab.
+        checkpoint_path: checkpoint prefix (e.g. '.../model.ckpt') or a directory.
+        initialize_last_layer: bool, restore the last layers too.
+        last_layers_contain_logits_only: bool, the last layers are the logits only.
+        ignore_missing_vars: bool; False raises when model variables are missing.
+
+    Returns:
+        LoadReport.
+
+    Raises:
+        FileNotFoundError: if there is no such checkpoint.
+        ValueError: if a variable has the wrong shape (nothing is assigned then), if nothing at
+            all matched (wrong model_variant?), or on missing variables without
+            ignore_missing_vars.
+    """
+    path = _resolve_checkpoint(checkpoint_path)
+    reader = tf.train.load_checkpoint(path)
+    shapes = reader.get_variable_to_shape_map()
+    last_layers = ([] if initialize_last_layer else
+                   model_lib.get_extra_layer_scopes(last_layers_contain_logits_only))
+    report = LoadReport(checkpoint=path)
+    assignments = []
+    for name, variable in slim_variables(model).items():
+        if any(name.startswith(scope) for scope in last_layers):
+            report.skipped.append(name)
+        elif name not in shapes:
+            report.missing.append(name)
+        elif tuple(shapes[name]) != tuple(variable.shape):
+            report.wrong_shape.append((name, tuple(variable.shape), tuple(shapes[name])))
+        else:
+            assignments.append((name, variable))
+    used = {name for name, _ in assignments} | set(report.skipped) | set(report.missing)
+    report.unused = sorted(set(shapes) - used)
+    if report.wrong_shape:
+        raise ValueError("%s\nVariables of checkpoint %s do not fit the model (another "
+                         "num_classes? use initialize_last_layer=False)." % (report, path))
+    if not assignments:
+        raise ValueError("%s\nNo variable of model %s found in checkpoint %s: another "
+                         "model_variant?" % (report, model.name, path))
+    if report.missing and not ignore_missing_vars:
+        raise ValueError("%s\nModel variables missing from checkpoint %s." % (report, path))
+    for name, variable in assignments:
+        variable.assign(reader.get_tensor(name))
+        report.loaded.append(name)
+    return report
+
+
+def load_weights(model, path):
+    """Loads a Keras weights file (`.weights.h5`, or the weights of a `.keras` file).
+
+    Args:
+        model: keras.Model with the architecture the file was saved from.
+        path: local path.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ValueError: naming the file when its weights do not fit the model.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError("Weights file %s not found." % path)
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError) as error:
+        raise ValueError("Weights file %s does not fit model %s: %s"
+                         % (path, model.name, error)) from error
