@@ -309,7 +309,7 @@ def resolve_checkpoint(checkpoint_path):
     return checkpoint_path
 
 
-def restore_model(model, checkpoint_path, model_description=""):
+def restore_model(model, checkpoint_path, model_options=None):
     """Restores `model`'s variables from a train.py checkpoint (`tf.train.Checkpoint(model=...)`).
 
     The optimizer and other training state in the checkpoint are skipped. The model and the
@@ -318,13 +318,14 @@ def restore_model(model, checkpoint_path, model_description=""):
     Args:
         model: the built keras.Model.
         checkpoint_path: checkpoint prefix or a folder (the latest checkpoint in it is used).
-        model_description: text naming the flags the model was built from, for the error.
+        model_options: optional dict of the build_deeplab arguments (flags) the model was built
+            with, named in the error.
 
     Returns:
         the checkpoint prefix that was restored.
 
     Raises:
-        ValueError naming the checkpoint and `model_description` if they do not match.
+        ValueError naming the checkpoint and the model options if they do not match.
     """
     checkpoint_path = resolve_checkpoint(checkpoint_path)
     try:
@@ -338,9 +339,11 @@ def restore_model(model, checkpoint_path, model_description=""):
         status.expect_partial()
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+        options = ", ".join(f"{name}={value}" for name, value in (model_options or {}).items())
         raise ValueError(
-            f"checkpoint {checkpoint_path!r} does not match the model built from "
-            f"{model_description or 'the given flags'}: {error}") from error
+            f"checkpoint {checkpoint_path!r} does not match the model built from the flags "
+            f"({options or 'not given'}); check model_variant, decoder_output_stride, "
+            f"atrous_rates and the dataset's num_classes: {error}") from error
     return checkpoint_path
 
 
@@ -360,3 +363,76 @@ def _checkpoint_model_variable_count(checkpoint_path):
                 pending.append(child.node_id)
     return sum(any(attribute.name == "VARIABLE_VALUE" for attribute in graph.nodes[node].attributes)
                for node in seen)
+
+
+def checkpoint_step(checkpoint_path):
+    """The training step in a checkpoint name `.../model.ckpt-STEP`, or 0 if it has none."""
+    suffix = checkpoint_path.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def checkpoints_to_evaluate(checkpoint_path=None, checkpoint_dir=None, eval_interval_secs=300,
+                            max_number_of_evaluations=0, timeout=None):
+    """Checkpoint prefixes to evaluate: one checkpoint, or each new one in a training folder.
+
+    Args:
+        checkpoint_path: a checkpoint prefix (or a folder: its latest checkpoint); if given,
+            only it is yielded.
+        checkpoint_dir: training folder to watch (tf.train.checkpoints_iterator) otherwise.
+        eval_interval_secs: int, at least this long between two checkpoints of the folder.
+        max_number_of_evaluations: int, stop after this many; 0 means no limit.
+        timeout: seconds to wait for a new checkpoint before stopping; None waits forever.
+
+    Yields:
+        str checkpoint prefixes.
+    """
+    if checkpoint_path:
+        yield resolve_checkpoint(checkpoint_path)
+        return
+    if not checkpoint_dir:
+        raise ValueError("give --checkpoint_path (one checkpoint) or --checkpoint_dir "
+                         "(a training folder to watch)")
+    for count, path in enumerate(tf.train.checkpoints_iterator(
+            checkpoint_dir, min_interval_secs=eval_interval_secs, timeout=timeout), start=1):
+        yield path
+        if max_number_of_evaluations and count >= max_number_of_evaluations:
+            return
+
+
+def evaluate_checkpoint(model, checkpoint_path, dataset, descriptor, split, eval_scales=(1.0,),
+                        add_flipped_images=False, crf_iterations=0, model_options=None,
+                        summary_writer=None, strategy=None):
+    """Restores, evaluates and reports one checkpoint; what eval.py does per checkpoint.
+
+    Prints the table, writes `<checkpoint>.eval_<split>_...json/.csv` next to the checkpoint
+    and, with a `summary_writer`, TensorBoard scalars at the checkpoint's step.
+
+    Args:
+        model: the built keras.Model (under `strategy`'s scope).
+        checkpoint_path: checkpoint prefix to restore.
+        dataset: evaluation batches, as for `evaluate`.
+        descriptor: the dataset's `descriptors.DatasetDescriptor`.
+        split: str, the split's name, for the report.
+        eval_scales, add_flipped_images, crf_iterations, strategy: as `evaluate`.
+        model_options: the model's build_deeplab arguments, for the error of a mismatched
+            checkpoint.
+        summary_writer: optional tf.summary writer.
+
+    Returns:
+        the metrics dict of `segmentation_metrics`.
+    """
+    restore_model(model, checkpoint_path, model_options)
+    confusion = evaluate(model, dataset, descriptor.num_classes, descriptor.ignore_label,
+                         eval_scales, add_flipped_images, strategy, crf_iterations)
+    metrics = segmentation_metrics(confusion, descriptor.class_names, descriptor.ignore_label)
+    print(format_table(metrics, f"{descriptor.name} {split}: {checkpoint_path} "
+                                f"(scales {list(eval_scales)}, flipped {add_flipped_images})"))
+    prefix = results_path_prefix(checkpoint_path, split, eval_scales, add_flipped_images,
+                                 crf_iterations)
+    write_results(metrics, prefix, extra={
+        "checkpoint": checkpoint_path, "dataset": descriptor.name, "split": split,
+        "eval_scales": " ".join(f"{scale:g}" for scale in eval_scales),
+        "add_flipped_images": add_flipped_images, "crf_iterations": crf_iterations})
+    if summary_writer is not None:
+        write_summaries(summary_writer, metrics, checkpoint_step(checkpoint_path))
+    return metrics

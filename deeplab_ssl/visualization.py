@@ -8,9 +8,16 @@ ade20k 0 -> black, camvid 11 "void" -> black, demo 255 -> VOC's boundary color).
 import os
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
+from deeplab_ssl import evaluation
 from deeplab_ssl.datasets import descriptors
+
+# deeplab's vis.py: Cityscapes train ids -> the label ids of the Cityscapes evaluation server,
+# for raw predictions.
+CITYSCAPES_TRAIN_ID_TO_EVAL_ID = (
+    7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 
 # deeplab's cityscapes colors for its 19 train ids; the remaining rows up to 255 are black.
 _CITYSCAPES_COLORS = (
@@ -162,3 +169,76 @@ def save_png(array, path):
     temporary = f"{path}.tmp"
     Image.fromarray(np.asarray(array, dtype=np.uint8)).save(temporary, format="PNG")
     os.replace(temporary, path)
+
+
+def save_example(vis_dir, index, image, label, prediction, colormap):
+    """Writes deeplab's `%06d_image.png` and `%06d_prediction.png` and a `%06d_panel.png`.
+
+    The panel shows image | colored ground truth | colored prediction | overlay side by side.
+
+    Args:
+        vis_dir: str, existing output folder.
+        index: int, the example's number in the file names.
+        image: uint8 [H, W, 3].
+        label: integer [H, W] ground truth (may hold the ignore label).
+        prediction: integer [H, W] predicted labels.
+        colormap: uint8 [N, 3].
+    """
+    colored_prediction = label_to_color_image(prediction, colormap)
+    save_png(image, os.path.join(vis_dir, f"{index:06d}_image.png"))
+    save_png(colored_prediction, os.path.join(vis_dir, f"{index:06d}_prediction.png"))
+    panel = side_by_side([image, label_to_color_image(label, colormap), colored_prediction,
+                          overlay(image, colored_prediction)])
+    save_png(panel, os.path.join(vis_dir, f"{index:06d}_panel.png"))
+
+
+def visualize(model, dataset, colormap, vis_logdir, eval_scales=(1.0,), add_flipped_images=False,
+              also_save_raw_predictions=False, raw_label_ids=None, max_examples=0):
+    """Runs `model` over evaluation batches and writes pictures, as deeplab's vis.py.
+
+    Pictures go to `vis_logdir/segmentation_results/` (see `save_example`); with
+    `also_save_raw_predictions`, label PNGs named after each image's filename go to
+    `vis_logdir/raw_segmentation_results/`.
+
+    Args:
+        model: keras.Model as for `evaluation.predict_probabilities`.
+        dataset: evaluation batches of `input_pipeline.get_dataset(..., is_training=False)`:
+            dicts with image float32 [B, h, w, 3], label [B, h, w, 1], filename [B], height and
+            width int32 [B] (the unpadded sizes).
+        colormap: uint8 [N, 3].
+        vis_logdir: str, output folder (created).
+        eval_scales, add_flipped_images: as `evaluation.predict_probabilities`.
+        also_save_raw_predictions: bool, also write raw label PNGs.
+        raw_label_ids: optional sequence mapping predicted labels to the raw PNG values
+            (e.g. CITYSCAPES_TRAIN_ID_TO_EVAL_ID); None writes the labels as they are.
+        max_examples: int, stop after this many images; 0 visualizes the whole dataset.
+
+    Returns:
+        int, the number of images written.
+    """
+    vis_dir = os.path.join(vis_logdir, "segmentation_results")
+    raw_dir = os.path.join(vis_logdir, "raw_segmentation_results")
+    os.makedirs(vis_dir, exist_ok=True)
+    if also_save_raw_predictions:
+        os.makedirs(raw_dir, exist_ok=True)
+    predict = tf.function(
+        lambda images: evaluation.predict_labels(model, images, eval_scales, add_flipped_images),
+        reduce_retracing=True)
+    count = 0
+    for batch in dataset:
+        predictions = predict(batch["image"]).numpy()
+        for i, prediction in enumerate(predictions):
+            height, width = int(batch["height"][i]), int(batch["width"][i])
+            image = np.clip(np.round(batch["image"][i, :height, :width].numpy()), 0, 255)
+            prediction = prediction[:height, :width]
+            save_example(vis_dir, count, image.astype(np.uint8),
+                         batch["label"][i, :height, :width, 0].numpy(), prediction, colormap)
+            if also_save_raw_predictions:
+                raw = prediction if raw_label_ids is None else np.asarray(raw_label_ids)[prediction]
+                filename = batch["filename"][i].numpy().decode()
+                name = os.path.splitext(os.path.basename(filename))[0] or f"{count:06d}"
+                save_png(raw.astype(np.uint8), os.path.join(raw_dir, f"{name}.png"))
+            count += 1
+            if max_examples and count >= max_examples:
+                return count
+    return count

@@ -1,0 +1,70 @@
+"""Runs an exported DeepLab SavedModel on image files and writes colored PNGs.
+
+    python -m deeplab_ssl.predict --model_dir=exported/1 --output_dir=out a.jpg b.png
+
+For each image `NAME.ext`: `NAME_prediction.png` (colored with --colormap) and
+`NAME_overlay.png`; with --also_save_raw_predictions, `NAME_raw.png` holding the label ids.
+"""
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from deeplab_ssl import visualization
+
+flags.DEFINE_string("model_dir", None, "SavedModel folder written by export.py.")
+flags.DEFINE_string("output_dir", None, "Folder of the PNGs (created).")
+flags.DEFINE_enum("colormap", "pascal", list(visualization.COLORMAP_NAMES),
+                  "Colormap of the predictions (the dataset's).")
+flags.DEFINE_boolean("also_save_raw_predictions", False, "Also write the label ids as PNGs.")
+flags.mark_flags_as_required(["model_dir", "output_dir"])
+
+FLAGS = flags.FLAGS
+
+
+def predict_files(model_dir, image_paths, output_dir, colormap, also_save_raw_predictions=False):
+    """Runs the SavedModel's `serving_encoded` signature on each file and writes PNGs.
+
+    Args:
+        model_dir: str, SavedModel folder of export.py.
+        image_paths: sequence of str, JPEG or PNG files.
+        output_dir: str, output folder (created).
+        colormap: uint8 [N, 3].
+        also_save_raw_predictions: bool, also write the label ids.
+
+    Returns:
+        list of the written prediction PNG paths.
+    """
+    predict = tf.saved_model.load(model_dir).signatures["serving_encoded"]
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    for path in image_paths:
+        encoded = tf.io.read_file(path)
+        try:
+            prediction = predict(image_bytes=encoded[tf.newaxis])["SemanticPredictions"][0]
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(f"cannot predict {path}: {error.message}") from error
+        prediction = prediction.numpy()
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+        name = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
+        colored = visualization.label_to_color_image(prediction, colormap)
+        visualization.save_png(colored, f"{name}_prediction.png")
+        visualization.save_png(visualization.overlay(image, colored), f"{name}_overlay.png")
+        if also_save_raw_predictions:
+            visualization.save_png(prediction.astype(np.uint8), f"{name}_raw.png")
+        written.append(f"{name}_prediction.png")
+    return written
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise app.UsageError("give image files to predict after the flags")
+    for path in predict_files(FLAGS.model_dir, argv[1:], FLAGS.output_dir,
+                              visualization.get_colormap(FLAGS.colormap),
+                              FLAGS.also_save_raw_predictions):
+        print(path)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,61 @@
+"""Evaluates DeepLab checkpoints: mIoU, per-class IoU and pixel accuracy over a split.
+
+Evaluates one checkpoint (--checkpoint_path), or watches a training folder (--checkpoint_dir,
+alias --train_logdir) and evaluates each new checkpoint. Results are printed, written next to
+each checkpoint as JSON and CSV, and to TensorBoard in --eval_logdir.
+
+    python eval.py --flagfile=configs/demo.flags --checkpoint_dir=train_logdir \
+        --eval_split=val --max_number_of_evaluations=1
+"""
+import tensorflow as tf
+from absl import app, flags
+
+from deeplab_ssl import common, evaluation
+from deeplab_ssl import model as model_lib
+from deeplab_ssl.core import feature_extractor
+from deeplab_ssl.datasets import descriptors, input_pipeline
+
+flags.DEFINE_string("eval_split", "val", "Split of the dataset to evaluate.")
+flags.DEFINE_multi_integer("eval_crop_size", None,
+                           "Height and width images are padded to (e.g. 513 513); unset pads "
+                           "each batch to its largest image.")
+flags.DEFINE_integer("eval_batch_size", 1, "Images per batch.")
+flags.DEFINE_multi_float("eval_scales", [1.0], "Image scales of multi-scale inference.")
+flags.DEFINE_boolean("add_flipped_images", False, "Also run on left-right flipped images.")
+flags.DEFINE_string("checkpoint_dir", None, "Training folder whose checkpoints are evaluated.")
+flags.DEFINE_alias("train_logdir", "checkpoint_dir")
+flags.DEFINE_string("checkpoint_path", None,
+                    "One checkpoint prefix (or folder: its latest checkpoint) to evaluate.")
+flags.DEFINE_string("eval_logdir", None, "Folder of the TensorBoard summaries.")
+flags.DEFINE_integer("eval_interval_secs", 300, "Seconds between evaluations of the folder.")
+flags.DEFINE_integer("max_number_of_evaluations", 0,
+                     "Stop after this many checkpoints; 0 watches forever.")
+flags.DEFINE_integer("crf_iterations", 0,
+                     "Dense CRF mean-field iterations after the network (needs pydensecrf2); "
+                     "0: no CRF.")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    descriptor = descriptors.get_descriptor(FLAGS.dataset)
+    descriptor.split_size(FLAGS.eval_split)
+    options = common.model_options(descriptor.num_classes)
+    model = model_lib.build_deeplab(**options)
+    dataset = input_pipeline.get_dataset(
+        FLAGS.dataset, FLAGS.dataset_dir, FLAGS.eval_split, FLAGS.eval_batch_size,
+        crop_size=FLAGS.eval_crop_size, is_training=False,
+        mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant))
+    writer = tf.summary.create_file_writer(FLAGS.eval_logdir) if FLAGS.eval_logdir else None
+    for checkpoint_path in evaluation.checkpoints_to_evaluate(
+            FLAGS.checkpoint_path, FLAGS.checkpoint_dir, FLAGS.eval_interval_secs,
+            FLAGS.max_number_of_evaluations):
+        evaluation.evaluate_checkpoint(
+            model, checkpoint_path, dataset, descriptor, FLAGS.eval_split, FLAGS.eval_scales,
+            FLAGS.add_flipped_images, FLAGS.crf_iterations,
+            model_options=options, summary_writer=writer)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,61 @@
+"""Writes colored predictions of a DeepLab checkpoint over a split, as deeplab's vis.py.
+
+For each image: `vis_logdir/segmentation_results/%06d_image.png`, `%06d_prediction.png` (in the
+dataset's colormap) and `%06d_panel.png` (image | ground truth | prediction | overlay); with
+--also_save_raw_predictions, label PNGs named after the image files in
+`vis_logdir/raw_segmentation_results/` (Cityscapes: converted to the evaluation server's ids).
+
+    python vis.py --flagfile=configs/demo.flags --checkpoint_dir=train_logdir \
+        --vis_split=val --vis_logdir=vis_out
+"""
+from absl import app, flags
+
+from deeplab_ssl import common, evaluation, visualization
+from deeplab_ssl import model as model_lib
+from deeplab_ssl.core import feature_extractor
+from deeplab_ssl.datasets import descriptors, input_pipeline
+
+flags.DEFINE_string("vis_split", "val", "Split of the dataset to visualize.")
+flags.DEFINE_multi_integer("vis_crop_size", None,
+                           "Height and width images are padded to; unset pads each batch to "
+                           "its largest image.")
+flags.DEFINE_integer("vis_batch_size", 1, "Images per batch.")
+flags.DEFINE_multi_float("eval_scales", [1.0], "Image scales of multi-scale inference.")
+flags.DEFINE_boolean("add_flipped_images", False, "Also run on left-right flipped images.")
+flags.DEFINE_string("checkpoint_dir", None, "Training folder; its latest checkpoint is used.")
+flags.DEFINE_alias("train_logdir", "checkpoint_dir")
+flags.DEFINE_string("checkpoint_path", None, "Checkpoint prefix to use instead.")
+flags.DEFINE_string("vis_logdir", None, "Output folder of the pictures.")
+flags.DEFINE_integer("num_vis_examples", 0, "Images to visualize; 0: the whole split.")
+flags.DEFINE_boolean("also_save_raw_predictions", False,
+                     "Also write raw label PNGs named after the image files.")
+flags.mark_flag_as_required("vis_logdir")
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    descriptor = descriptors.get_descriptor(FLAGS.dataset)
+    descriptor.split_size(FLAGS.vis_split)
+    options = common.model_options(descriptor.num_classes)
+    model = model_lib.build_deeplab(**options)
+    checkpoint_path = FLAGS.checkpoint_path or FLAGS.checkpoint_dir
+    if not checkpoint_path:
+        raise app.UsageError("give --checkpoint_path or --checkpoint_dir")
+    checkpoint_path = evaluation.restore_model(model, checkpoint_path, options)
+    dataset = input_pipeline.get_dataset(
+        FLAGS.dataset, FLAGS.dataset_dir, FLAGS.vis_split, FLAGS.vis_batch_size,
+        crop_size=FLAGS.vis_crop_size, is_training=False,
+        mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant))
+    raw_label_ids = (visualization.CITYSCAPES_TRAIN_ID_TO_EVAL_ID
+                     if descriptor.name == "cityscapes" else None)
+    count = visualization.visualize(
+        model, dataset, visualization.get_colormap(descriptor.colormap), FLAGS.vis_logdir,
+        FLAGS.eval_scales, FLAGS.add_flipped_images, FLAGS.also_save_raw_predictions,
+        raw_label_ids, FLAGS.num_vis_examples)
+    print(f"{checkpoint_path}: wrote {count} visualizations to {FLAGS.vis_logdir}")
+
+
+if __name__ == "__main__":
+    app.run(main)
