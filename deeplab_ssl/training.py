@@ -1,0 +1,551 @@
+"""Training: strategy, deeplab's learning rate, the distributed train step, checkpoints, logs.
+
+The loop is deeplab's `train.py` on `tf.distribute`: the global batch of `train_batch_size`
+images is split over the replicas, each replica computes its part of the loss sums, and
+`losses.cross_replica_loss` all-reduces them so every replica sees the loss of the WHOLE global
+batch. The optimizer SUM-all-reduces the gradients, so a step does not depend on the number of
+replicas (apart from batch norm statistics, which are per replica as in deeplab).
+
+Checkpoints (`tf.train.CheckpointManager` in `train_logdir`, files `model.ckpt-STEP`) hold the
+model, the optimizer (its `iterations` is the global step) and, with a single worker, the input
+iterator, so a restarted run continues where the last checkpoint left it.
+"""
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from deeplab_ssl import losses
+
+STRATEGIES = ("mirrored", "multi_worker", "one_device")
+LEARNING_POLICIES = ("poly", "step")
+MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
+CHECKPOINT_NAME = "model.ckpt"
+TRAIN_LOG_NAME = "train_log.jsonl"
+MAX_CHECKPOINTS_TO_KEEP = 5
+NUM_SUMMARY_IMAGES = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Strategy.
+
+def tf_config_num_workers():
+    """Number of worker tasks (chief included) named by the TF_CONFIG environment variable."""
+    tf_config = os.environ.get("TF_CONFIG")
+    if not tf_config:
+        return 0
+    try:
+        cluster = json.loads(tf_config).get("cluster", {})
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
+def get_strategy(name="mirrored"):
+    """The tf.distribute strategy called `name`.
+
+    Args:
+        name: "mirrored" (all local GPUs, or the CPU; becomes "multi_worker" when TF_CONFIG names
+            several workers), "multi_worker" (MultiWorkerMirroredStrategy from TF_CONFIG) or
+            "one_device" (the first GPU, or the CPU: for debugging).
+
+    Returns:
+        a tf.distribute.Strategy.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"--strategy={name!r} is not one of {STRATEGIES}")
+    if name == "mirrored" and tf_config_num_workers() > 1:
+        logging.info("TF_CONFIG names %d workers: using MultiWorkerMirroredStrategy.",
+                     tf_config_num_workers())
+        name = "multi_worker"
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "one_device":
+        device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
+        return tf.distribute.OneDeviceStrategy(device)
+    return tf.distribute.MirroredStrategy()
+
+
+def _worker_index_and_count(strategy):
+    """(index of this worker's input pipeline, number of workers) as in deeplab's sharding."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return 0, 1
+    cluster = resolver.cluster_spec().as_dict()
+    num_chiefs = len(cluster.get("chief", []))
+    num_workers = num_chiefs + len(cluster.get("worker", []))
+    if resolver.task_type == "chief":
+        return 0, max(num_workers, 1)
+    return num_chiefs + (resolver.task_id or 0), max(num_workers, 1)
+
+
+def _is_chief(strategy):
+    """Whether this worker writes the checkpoints and logs (always true with one worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    if resolver.task_type in (None, "chief"):
+        return True
+    has_chief = bool(resolver.cluster_spec().as_dict().get("chief"))
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning rate.
+
+@keras.saving.register_keras_serializable(package="deeplab_ssl")
+class DeepLabLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """deeplab's learning rate (`utils/train_utils.get_model_learning_rate`), step -> float32.
+
+    With s = slow_start_step and t = max(step - s, 0):
+      - step < s: `slow_start_learning_rate`;
+      - "poly": base_learning_rate * (1 - min(t, T) / T) ** learning_power with
+        T = training_number_of_steps - s (tf.train.polynomial_decay, end rate 0);
+      - "step": base_learning_rate * learning_rate_decay_factor ** floor(t / learning_rate_decay_step).
+    The rate used by the update of step n (0-based) is the rate at n, as in deeplab.
+    """
+
+    def __init__(self, base_learning_rate, training_number_of_steps, learning_policy="poly",
+                 learning_power=0.9, slow_start_step=0, slow_start_learning_rate=1e-4,
+                 learning_rate_decay_step=2000, learning_rate_decay_factor=0.1):
+        if learning_policy not in LEARNING_POLICIES:
+            raise ValueError(
+                f"--learning_policy={learning_policy!r} is not one of {LEARNING_POLICIES}")
+        if not 0 <= slow_start_step < training_number_of_steps:
+            raise ValueError(
+                f"--slow_start_step={slow_start_step} must be >= 0 and smaller than "
+                f"--training_number_of_steps={training_number_of_steps}")
+        if learning_policy == "step" and learning_rate_decay_step < 1:
+            raise ValueError(
+                f"--learning_rate_decay_step={learning_rate_decay_step} must be >= 1")
+        self.base_learning_rate = float(base_learning_rate)
+        self.training_number_of_steps = int(training_number_of_steps)
+        self.learning_policy = learning_policy
+        self.learning_power = float(learning_power)
+        self.slow_start_step = int(slow_start_step)
+        self.slow_start_learning_rate = float(slow_start_learning_rate)
+        self.learning_rate_decay_step = int(learning_rate_decay_step)
+        self.learning_rate_decay_factor = float(learning_rate_decay_factor)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        adjusted_step = tf.maximum(step - self.slow_start_step, 0.0)
+        if self.learning_policy == "poly":
+            decay_steps = float(self.training_number_of_steps - self.slow_start_step)
+            remaining = 1.0 - tf.minimum(adjusted_step, decay_steps) / decay_steps
+            rate = self.base_learning_rate * tf.pow(remaining, self.learning_power)
+        else:
+            rate = self.base_learning_rate * tf.pow(
+                self.learning_rate_decay_factor,
+                tf.floor(adjusted_step / self.learning_rate_decay_step))
+        return tf.where(step < self.slow_start_step,
+                        tf.constant(self.slow_start_learning_rate, tf.float32), rate)
+
+    def get_config(self):
+        return dict(
+            base_learning_rate=self.base_learning_rate,
+            training_number_of_steps=self.training_number_of_steps,
+            learning_policy=self.learning_policy,
+            learning_power=self.learning_power,
+            slow_start_step=self.slow_start_step,
+            slow_start_learning_rate=self.slow_start_learning_rate,
+            learning_rate_decay_step=self.learning_rate_decay_step,
+            learning_rate_decay_factor=self.learning_rate_decay_factor,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Options.
+
+@dataclasses.dataclass
+class TrainOptions:
+    """Settings of the training loop; field names are deeplab's train.py flag names."""
+    train_logdir: str
+    train_batch_size: int = 8
+    training_number_of_steps: int = 30000
+    learning_policy: str = "poly"
+    base_learning_rate: float = 1e-4
+    learning_rate_decay_factor: float = 0.1
+    learning_rate_decay_step: int = 2000
+    learning_power: float = 0.9
+    slow_start_step: int = 0
+    slow_start_learning_rate: float = 1e-4
+    momentum: float = 0.9
+    log_steps: int = 10
+    save_interval_steps: int = 1000
+    save_summaries_images: bool = True
+    mixed_precision: str = "none"
+    tf_initial_checkpoint: str = None
+    initialize_last_layer: bool = True
+    last_layers_contain_logits_only: bool = False
+
+    def __post_init__(self):
+        def check(ok, flag, requirement):
+            if not ok:
+                raise ValueError(f"--{flag}={getattr(self, flag)!r}: {requirement}")
+
+        check(bool(self.train_logdir), "train_logdir", "a folder for checkpoints is required")
+        check(self.train_batch_size >= 1, "train_batch_size", "must be >= 1")
+        check(self.training_number_of_steps >= 1, "training_number_of_steps", "must be >= 1")
+        check(self.base_learning_rate > 0, "base_learning_rate", "must be > 0")
+        check(self.slow_start_learning_rate >= 0, "slow_start_learning_rate", "must be >= 0")
+        check(self.learning_power > 0, "learning_power", "must be > 0")
+        check(self.learning_rate_decay_factor > 0, "learning_rate_decay_factor", "must be > 0")
+        check(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        check(self.log_steps >= 1, "log_steps", "must be >= 1")
+        check(self.save_interval_steps >= 1, "save_interval_steps", "must be >= 1")
+        check(self.mixed_precision in MIXED_PRECISION_POLICIES, "mixed_precision",
+              f"must be one of {MIXED_PRECISION_POLICIES}")
+        self.learning_rate()  # Checks the learning-policy flags.
+
+    def learning_rate(self):
+        """The DeepLabLearningRate of these options."""
+        return DeepLabLearningRate(
+            self.base_learning_rate, self.training_number_of_steps, self.learning_policy,
+            self.learning_power, self.slow_start_step, self.slow_start_learning_rate,
+            self.learning_rate_decay_step, self.learning_rate_decay_factor)
+
+
+def make_optimizer(options):
+    """SGD with momentum on deeplab's learning rate; loss-scaled under mixed_float16."""
+    optimizer = keras.optimizers.SGD(learning_rate=options.learning_rate(),
+                                     momentum=options.momentum)
+    if options.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Builds layers under keras policy `name` ("none" = float32), then restores the old one."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32" if name == "none" else name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradients became NaN or Inf; training stopped without saving."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+class Trainer:
+    """One training run: model, optimizer, loss, distributed step, checkpoints and logs.
+
+    Args:
+        model_fn: callable () -> keras.Model mapping float32 images [B,H,W,3] to logits
+            [B,H,W,C] at the label resolution; called inside the strategy scope under the
+            mixed-precision policy.
+        loss: a loss of `deeplab_ssl.losses` (with `sums` and `loss_from_sums`).
+        options: TrainOptions.
+        strategy: a tf.distribute.Strategy; default `get_strategy()`.
+        initialize_fn: optional callable (model) -> None loading initial weights, called only
+            when `train_logdir` has no checkpoint (e.g. from --tf_initial_checkpoint).
+        colormap: name of a `deeplab_ssl.visualization` colormap for the TensorBoard pictures.
+    """
+
+    def __init__(self, model_fn, loss, options, strategy=None, initialize_fn=None,
+                 colormap="pascal"):
+        self.options = options
+        self.strategy = strategy or get_strategy()
+        self.loss = loss
+        self.initialize_fn = initialize_fn
+        self.colormap = colormap
+        replicas = self.strategy.num_replicas_in_sync
+        if options.train_batch_size % replicas:
+            raise ValueError(
+                f"--train_batch_size={options.train_batch_size} is not divisible by the "
+                f"{replicas} replicas of the strategy")
+        self.per_replica_batch_size = options.train_batch_size // replicas
+        self.is_chief = _is_chief(self.strategy)
+        with dtype_policy(options.mixed_precision), self.strategy.scope():
+            self.model = model_fn()
+            self.optimizer = make_optimizer(options)
+            self.optimizer.build(self.model.trainable_variables)
+        if hasattr(loss, "step") and loss.step is None:
+            loss.step = self.optimizer.iterations  # deeplab's hard_example_mining_step.
+        self._distributed_step = tf.function(self._distributed_step_fn)
+
+    @property
+    def step(self):
+        """The global step: the number of updates applied so far (int)."""
+        return int(self.optimizer.iterations.numpy())
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def _replica_step(self, images, labels):
+        """One replica's share of a step; returns global float32 scalars (same on all replicas)."""
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync
+        loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            loss, sums = losses.cross_replica_loss(self.loss, labels, logits)
+            regularization = tf.cast(tf.add_n(self.model.losses), tf.float32) \
+                if self.model.losses else tf.constant(0.0)
+            # Gradients are SUM-reduced over replicas: count the weight decay once.
+            objective = loss + regularization / replicas
+            if loss_scaling:
+                objective = self.optimizer.scale_loss(objective)
+        variables = self.model.trainable_variables
+        gradients = tape.gradient(objective, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        metrics = dict(sums, loss=loss, regularization_loss=regularization,
+                       total_loss=loss + regularization)
+        if not loss_scaling:  # The loss-scale optimizer skips non-finite updates itself.
+            # A finite loss can still give NaN gradients (e.g. NaN pixels zeroed by a ReLU).
+            num_non_finite = tf.add_n([
+                tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
+                for g in gradients if g is not None])
+            metrics["non_finite_gradients"] = context.all_reduce(
+                tf.distribute.ReduceOp.SUM, num_non_finite)
+        if hasattr(self.loss, "hard_example_fraction"):
+            metrics["hard_example_fraction"] = self.loss.hard_example_fraction(
+                sums, logits.shape[-1])
+        return metrics
+
+    def _distributed_step_fn(self, batch):
+        images, labels = batch
+        return self.strategy.run(self._replica_step, args=(images, labels))
+
+    def train_step(self, batch):
+        """Runs one step on a distributed batch; returns {name: float} of the global batch."""
+        metrics = self._distributed_step(batch)
+        local = tf.nest.map_structure(
+            lambda value: self.strategy.experimental_local_results(value)[0], metrics)
+        return {name: float(value.numpy()) for name, value in local.items()}
+
+    # --- input ---------------------------------------------------------------------------------
+
+    def input_context(self):
+        """The tf.distribute.InputContext of this worker (for sharding and the batch size)."""
+        index, count = _worker_index_and_count(self.strategy)
+        return tf.distribute.InputContext(
+            num_input_pipelines=count, input_pipeline_id=index,
+            num_replicas_in_sync=self.strategy.num_replicas_in_sync)
+
+    def make_iterator(self, dataset_fn):
+        """A checkpointable iterator over this worker's per-replica batches.
+
+        `dataset_fn(input_context)` returns a tf.data.Dataset of (images, labels) batches of
+        `input_context.get_per_replica_batch_size(train_batch_size)` examples. Like
+        `strategy.distribute_datasets_from_function`, the local replicas take successive
+        batches; unlike it, the iterator is an ordinary one that tf.train.Checkpoint can save.
+        """
+        options = tf.data.Options()
+        # Random augmentation ops have state that cannot be saved; their buffered outputs are.
+        options.experimental_external_state_policy = (
+            tf.data.experimental.ExternalStatePolicy.IGNORE)
+        return iter(dataset_fn(self.input_context()).with_options(options))
+
+    def next_batch(self, iterator):
+        """The next distributed (images, labels) batch: one per-replica batch per replica."""
+        num_local = len(self.strategy.extended.worker_devices)
+        batches = [next(iterator) for _ in range(num_local)]
+        for images, _ in batches:
+            if images.shape[0] != self.per_replica_batch_size:
+                raise ValueError(
+                    f"the dataset yielded a batch of {images.shape[0]} images; each replica "
+                    f"needs {self.per_replica_batch_size} (--train_batch_size="
+                    f"{self.options.train_batch_size} over "
+                    f"{self.strategy.num_replicas_in_sync} replicas): batch with "
+                    f"drop_remainder=True")
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda context: batches[context.replica_id_in_sync_group % num_local])
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def _checkpoint_manager(self, iterator):
+        """CheckpointManager over model, optimizer and (with one worker) the input iterator.
+
+        With several workers every worker saves (saving may need collectives) but only the
+        chief into train_logdir; the iterators differ per worker and are not saved.
+        """
+        objects = dict(model=self.model, optimizer=self.optimizer)
+        index, count = _worker_index_and_count(self.strategy)
+        if count == 1:
+            objects["iterator"] = iterator
+        directory = self.options.train_logdir
+        if not self.is_chief:
+            directory = os.path.join(directory, f"worker_{index}_temp")
+        return tf.train.CheckpointManager(
+            tf.train.Checkpoint(**objects), directory, max_to_keep=MAX_CHECKPOINTS_TO_KEEP,
+            checkpoint_name=CHECKPOINT_NAME)
+
+    def _restore(self, manager, path):
+        """Restores model, optimizer (hence step) and, if saved, the iterator from `path`."""
+        checkpoint = manager.checkpoint
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        if "iterator" not in saved:
+            checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+        checkpoint.restore(path).assert_existing_objects_matched()
+
+    def _save(self, manager, step):
+        path = manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            shutil.rmtree(manager.directory, ignore_errors=True)
+        return path
+
+    # --- logs ----------------------------------------------------------------------------------
+
+    def _write_images(self, batch, step):
+        """TensorBoard pictures: input images, labels and predictions of a few examples."""
+        from deeplab_ssl import visualization  # Only needed for the pictures.
+        colormap = visualization.get_colormap(self.colormap)
+        images, labels = (self.strategy.experimental_local_results(t)[0] for t in batch)
+        images = images[:NUM_SUMMARY_IMAGES]
+        labels = tf.reshape(labels[:NUM_SUMMARY_IMAGES], tf.shape(images)[:3])
+        predictions = tf.argmax(self.model(images, training=False), axis=-1)
+        tf.summary.image("samples/image", tf.cast(images, tf.uint8), step,
+                         max_outputs=NUM_SUMMARY_IMAGES)
+        for name, label in (("label", labels), ("prediction", predictions)):
+            label = label.numpy()
+            label[label >= len(colormap)] = 0  # The ignore label may lie outside the colormap.
+            colored = np.stack([visualization.label_to_color_image(one, colormap)
+                                for one in label])
+            tf.summary.image(f"samples/{name}", colored, step, max_outputs=NUM_SUMMARY_IMAGES)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def train(self, dataset_fn):
+        """Trains until `training_number_of_steps` updates, resuming from train_logdir.
+
+        Args:
+            dataset_fn: callable (tf.distribute.InputContext) -> tf.data.Dataset of repeated
+                (images float32 [b,h,w,3], labels int32 [b,h,w,1]) with
+                b = input_context.get_per_replica_batch_size(train_batch_size).
+
+        Returns:
+            int, the final step.
+
+        Raises:
+            NonFiniteLossError: a loss was NaN or Inf; nothing was saved after the last good
+                checkpoint.
+        """
+        options = self.options
+        total = options.training_number_of_steps
+        iterator = self.make_iterator(dataset_fn)
+        manager = self._checkpoint_manager(iterator)
+        latest = tf.train.latest_checkpoint(options.train_logdir)
+        if latest:
+            self._restore(manager, latest)
+            logging.info("Restored %s: resuming at step %d.", latest, self.step)
+        elif self.initialize_fn is not None:
+            self.initialize_fn(self.model)
+        step = self.step
+        if step >= total:
+            logging.info("%s already holds a checkpoint of step %d >= "
+                         "--training_number_of_steps=%d: nothing to train.",
+                         options.train_logdir, step, total)
+            return step
+        train_log = TrainLog(options.train_logdir, step) if self.is_chief else None
+        writer = (tf.summary.create_file_writer(options.train_logdir) if self.is_chief
+                  else tf.summary.create_noop_writer())
+        schedule = options.learning_rate()
+        interval_start, interval_step = time.perf_counter(), step
+        while step < total:
+            try:
+                batch = self.next_batch(iterator)
+            except StopIteration:
+                raise ValueError(f"the training dataset ended at step {step}; it must repeat "
+                                 f"for --training_number_of_steps={total}") from None
+            metrics = self.train_step(batch)
+            if (not all(math.isfinite(value) for value in metrics.values())
+                    or metrics.get("non_finite_gradients")):
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradients at step {step + 1}: {_format(metrics)}. "
+                    f"Stopped without "
+                    f"saving; the last good checkpoint is "
+                    f"{tf.train.latest_checkpoint(options.train_logdir)}.")
+            step = self.step
+            if step % options.log_steps == 0 or step == total:
+                now = time.perf_counter()
+                seconds_per_step = (now - interval_start) / max(step - interval_step, 1)
+                interval_start, interval_step = now, step
+                record = dict(step=step, learning_rate=float(schedule(step - 1)),
+                              **loss_terms(metrics),
+                              images_per_second=options.train_batch_size / seconds_per_step)
+                logging.info("step %d/%d: %s, %s left", step, total,
+                             _format({k: v for k, v in record.items() if k != "step"}),
+                             _duration((total - step) * seconds_per_step))
+                if train_log:
+                    train_log.append(record)
+                with writer.as_default(step=step):
+                    for name, value in record.items():
+                        if name != "step":
+                            tf.summary.scalar(name, value)
+            if step % options.save_interval_steps == 0 or step == total:
+                path = self._save(manager, step)
+                if self.is_chief:
+                    logging.info("Saved %s.", path)
+                    if options.save_summaries_images:
+                        with writer.as_default(step=step):
+                            self._write_images(batch, step)
+                writer.flush()
+        return step
+
+
+# The mean terms logged for the losses whose sums hold them: (term, sum, count).
+_LOSS_TERMS = (("bce", "bce_sum", "num_valid"), ("ssl", "ssl_sum", "num_hard"),
+               ("softmax_ce", "ce_sum", "num_present"))
+
+
+def loss_terms(metrics):
+    """What a log line shows of a step's metrics (from Trainer.train_step): {name: float}.
+
+    The loss, weight decay and total, each loss term of the loss (e.g. the BCE and SSL terms of
+    SSLoss, Eq. 17) and the proportion of hard examples (paper Fig. 4) when the loss has one.
+    """
+    terms = {name: metrics[name] for name in ("loss", "regularization_loss", "total_loss")}
+    for term, total, count in _LOSS_TERMS:
+        if total in metrics:
+            terms[term] = metrics[total] / metrics[count] if metrics[count] else 0.0
+    if "hard_example_fraction" in metrics:
+        terms["hard_example_fraction"] = metrics["hard_example_fraction"]
+    return terms
+
+
+class TrainLog:
+    """The machine-readable log `train_log.jsonl` in train_logdir: one JSON object per line.
+
+    On resume from a checkpoint of step `resume_step`, lines of later steps (logged before the
+    run was stopped, then trained again) are dropped so each step appears once.
+    """
+
+    def __init__(self, train_logdir, resume_step):
+        self.path = os.path.join(train_logdir, TRAIN_LOG_NAME)
+        tf.io.gfile.makedirs(train_logdir)
+        if tf.io.gfile.exists(self.path):
+            with tf.io.gfile.GFile(self.path) as f:
+                kept = [line for line in f if line.strip()
+                        and json.loads(line)["step"] <= resume_step]
+            temporary = self.path + ".tmp"
+            with tf.io.gfile.GFile(temporary, "w") as f:
+                f.write("".join(kept))
+            tf.io.gfile.rename(temporary, self.path, overwrite=True)
+
+    def append(self, record):
+        with tf.io.gfile.GFile(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _format(values):
+    return ", ".join(f"{name} {value:.4g}" for name, value in values.items())
+
+
+def _duration(seconds):
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
