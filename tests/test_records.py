@@ -31,3 +31,43 @@ def test_schema_keys_are_deeplabs():
         "image/channels", "image/segmentation/class/encoded",
         "image/segmentation/class/format"}
     assert example.features.feature["image/format"].bytes_list.value == [b"jpeg"]
+
+
+def test_record_written_like_deeplab_loads():
+    """A tf.Example made by hand exactly as deeplab's build_data.image_seg_to_tfexample (JPEG
+    image, PNG label) parses, with the label values unchanged."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    label = rng.integers(0, 21, (6, 8, 1), dtype=np.uint8)
+    label[2:4, 3] = 255
+
+    def feature(value):
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    jpeg = tf.io.encode_jpeg(image, quality=100).numpy()
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": feature(jpeg),
+        "image/filename": feature(b"2007_000032"),
+        "image/format": feature(b"jpeg"),
+        "image/height": feature(6),
+        "image/width": feature(8),
+        "image/channels": feature(3),
+        "image/segmentation/class/encoded": feature(tf.io.encode_png(label).numpy()),
+        "image/segmentation/class/format": feature(b"png"),
+    }))
+    parsed = records.parse_example(tf.constant(example.SerializeToString()))
+    assert parsed["image"].dtype == tf.uint8 and parsed["image"].shape == (6, 8, 3)
+    np.testing.assert_array_equal(parsed["image"].numpy(), tf.io.decode_jpeg(jpeg).numpy())
+    np.testing.assert_array_equal(parsed["label"].numpy(), label)
+    assert parsed["filename"].numpy() == b"2007_000032"
+    assert (int(parsed["height"]), int(parsed["width"])) == (6, 8)
+
+
+def test_shard_pattern_matches_shard_names_only():
+    import fnmatch
+    pattern = records.shard_pattern("train")
+    assert fnmatch.fnmatch(records.shard_filename("train", 3, 10), pattern)
+    assert not fnmatch.fnmatch(records.shard_filename("train_aug", 0, 4), pattern)
+    assert not fnmatch.fnmatch(records.shard_filename("train", 0, 4) + ".tmp", pattern)

@@ -1,0 +1,286 @@
+"""The record builders on tiny generated files in each dataset's layout, and their checks."""
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from deeplab_ssl.datasets import (build_camvid_data, build_cityscapes_data, build_data,
+                                  build_folder_data, build_voc2012_data, records)
+
+H, W = 12, 16
+
+
+def _image(seed):
+    return np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def _label(seed, num_classes, ignore_label=None, size=(H, W)):
+    label = np.random.default_rng(seed).integers(0, num_classes, size, dtype=np.uint8)
+    if ignore_label is not None:
+        label[0, :] = ignore_label
+    return label
+
+
+def _save(array, path, palette=False):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = Image.fromarray(array)
+    if palette:  # Like VOC's SegmentationClass: the palette index is the class.
+        image = image.convert("P")
+        image.putpalette(list(np.random.default_rng(0).integers(0, 256, 768)))
+        image.frombytes(array.tobytes())
+    image.save(path)
+    return path
+
+
+def _read(output_dir, split):
+    paths = sorted(glob.glob(os.path.join(output_dir, records.shard_pattern(split))))
+    out = {}
+    for serialized in tf.data.TFRecordDataset(paths):
+        example = records.parse_example(serialized)
+        out[example["filename"].numpy().decode()] = (example["image"].numpy(),
+                                                     example["label"].numpy()[..., 0])
+    return out
+
+
+def _write_pairs(tmp_path, names, num_classes=5, ignore_label=255, image_ext="png"):
+    """Folder layout: images/NAME.png + labels/NAME.png; returns {name: (image, label)}."""
+    data = {}
+    for i, name in enumerate(names):
+        data[name] = (_image(i), _label(i, num_classes, ignore_label))
+        _save(data[name][0], str(tmp_path / "images" / f"{name}.{image_ext}"))
+        _save(data[name][1], str(tmp_path / "labels" / f"{name}.png"))
+    return data
+
+
+# The shared writer: sharding, atomic shards, checks.
+
+def test_write_split_shards_like_deeplab_and_round_trips(tmp_path):
+    data = _write_pairs(tmp_path, [f"im{i}" for i in range(5)])
+    paths = build_folder_data.build_folder(
+        str(tmp_path / "images"), str(tmp_path / "labels"), str(tmp_path / "out"), "train",
+        num_classes=5, ignore_label=255, image_format="png", num_shards=2, progress=False)
+    assert [os.path.basename(p) for p in paths] == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    # ceil(5 / 2) = 3 examples in the first shard, as deeplab's builders.
+    assert sum(1 for _ in tf.data.TFRecordDataset(paths[0])) == 3
+    read = _read(str(tmp_path / "out"), "train")
+    assert sorted(read) == sorted(data)
+    for name, (image, label) in data.items():
+        np.testing.assert_array_equal(read[name][0], image)  # PNG: lossless, bytes kept.
+        np.testing.assert_array_equal(read[name][1], label)
+
+
+def test_interrupted_build_leaves_no_complete_looking_shard(tmp_path):
+    out = str(tmp_path / "out")
+
+    def encode(i):
+        if i == 5:
+            raise RuntimeError("interrupted")
+        return records.encode_example(b"x", f"{i}", 1, 1, b"y")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        build_data.write_split(list(range(8)), encode, out, "train", 2, progress=False)
+    # Shard 0 (items 0-3) was complete; shard 1 (items 4-7) was not and must not exist.
+    assert sorted(os.listdir(out)) == ["train-00000-of-00002.tfrecord"]
+    assert sum(1 for _ in tf.data.TFRecordDataset(os.path.join(out, os.listdir(out)[0]))) == 4
+
+
+def test_rebuild_with_other_shard_count_removes_stale_shards(tmp_path):
+    out = str(tmp_path / "out")
+
+    def encode(i):
+        return records.encode_example(b"x", f"{i}", 1, 1, b"y")
+
+    build_data.write_split(list(range(4)), encode, out, "train", 4, progress=False)
+    build_data.write_split(list(range(4)), encode, out, "train_aug", 1, progress=False)
+    build_data.write_split(list(range(4)), encode, out, "train", 2, progress=False)
+    assert sorted(os.listdir(out)) == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+        "train_aug-00000-of-00001.tfrecord"]
+
+
+def test_size_mismatch_names_the_files(tmp_path):
+    image = _save(_image(0), str(tmp_path / "a.jpg"))
+    label = _save(_label(0, 5, size=(H, W + 1)), str(tmp_path / "a.png"))
+    with pytest.raises(ValueError, match=r"a\.png is 12x17.*a\.jpg is 12x16"):
+        build_data.encode_pair(image, label, 5, 255)
+
+
+def test_out_of_range_label_names_the_file_and_value(tmp_path):
+    image = _save(_image(0), str(tmp_path / "a.jpg"))
+    label = _label(0, 5, ignore_label=255)
+    label[3, 3] = 7
+    label_path = _save(label, str(tmp_path / "a.png"))
+    with pytest.raises(ValueError, match=r"a\.png has values \[7\]"):
+        build_data.encode_pair(image, label_path, 5, 255)
+    # The ignore label itself is fine; another dataset's ignore label is not.
+    label[3, 3] = 255
+    _save(label, label_path)
+    build_data.encode_pair(image, label_path, 5, 255)
+    with pytest.raises(ValueError, match=r"values \[255\]"):
+        build_data.encode_pair(image, label_path, 5, 11)
+
+
+def test_unreadable_files_are_named(tmp_path):
+    label = _save(_label(0, 5), str(tmp_path / "a.png"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"cannot read image .*broken\.jpg"):
+        build_data.encode_pair(str(broken), label, 5, 255)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(open(_save(_image(0), str(tmp_path / "b.png")), "rb").read()[:80])
+    with pytest.raises(ValueError, match=r"cannot read image .*truncated\.png"):
+        build_data.encode_pair(str(truncated), label, 5, 255)
+    with pytest.raises(ValueError, match=r"cannot read label .*broken\.jpg"):
+        build_data.encode_pair(label, str(broken), 5, 255)
+    rgb_label = _save(_image(1), str(tmp_path / "rgb_label.png"))
+    with pytest.raises(ValueError, match=r"rgb_label\.png has mode RGB"):
+        build_data.encode_pair(label, rgb_label, 5, 255)
+
+
+def test_folder_builder_reports_images_without_labels(tmp_path):
+    _write_pairs(tmp_path, ["a", "b"])
+    os.remove(tmp_path / "labels" / "b.png")
+    with pytest.raises(ValueError, match=r"no label in .*labels for 1 files, e.g. \['b'\]"):
+        build_folder_data.build_folder(
+            str(tmp_path / "images"), str(tmp_path / "labels"), str(tmp_path / "out"),
+            "train", 5, 255, image_format="png", progress=False)
+
+
+def test_resize_is_bilinear_for_images_and_nearest_for_labels(tmp_path):
+    label = np.zeros((H, W), np.uint8)
+    label[:, W // 2:] = 3
+    label[0, 0] = 255
+    image = np.repeat(label[..., None] * 60, 3, axis=2).astype(np.uint8)
+    image_path = _save(image, str(tmp_path / "a.png"))
+    label_path = _save(label, str(tmp_path / "labels" / "a.png"))
+    example = records.parse_example(tf.constant(
+        build_data.encode_pair(image_path, label_path, 5, 255, size=(6, 8))))
+    resized_label = example["label"].numpy()[..., 0]
+    assert resized_label.shape == (6, 8)
+    assert set(np.unique(resized_label)) <= {0, 3, 255}  # Nearest: no new values.
+    np.testing.assert_array_equal(resized_label[:, 4:], 3)
+    assert example["image"].numpy()[3, 1, 0] == 0 and example["image"].numpy()[3, 6, 0] == 180
+
+
+# Each dataset's layout.
+
+def test_voc_palette_labels_and_sbd_train_aug(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    lists = voc / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("v0\nv1\n")
+    (lists / "val.txt").write_text("v2\n")
+    (lists / "trainval.txt").write_text("v0\nv1\nv2\n")
+    voc_labels, sbd_labels = {}, {}
+    for i, name in enumerate(["v0", "v1", "v2", "s0", "s1"]):
+        _save(_image(i), str(voc / "JPEGImages" / f"{name}.jpg"))
+        if name.startswith("v"):  # VOC's palette PNGs, with the 255 boundary.
+            voc_labels[name] = _label(i, 21, 255)
+            _save(voc_labels[name], str(voc / "SegmentationClass" / f"{name}.png"), palette=True)
+    # SBD has s0, s1 and also v1 and v2 (with other labels): v2 is VOC val, so not in train_aug;
+    # v1 keeps VOC's label.
+    cls = tmp_path / "benchmark_RELEASE" / "dataset" / "cls"
+    cls.mkdir(parents=True)
+    for i, name in enumerate(["s0", "s1", "v1", "v2"]):
+        sbd_labels[name] = _label(10 + i, 21)
+        scipy_io.savemat(str(cls / f"{name}.mat"), {"GTcls": {
+            "Segmentation": sbd_labels[name], "Boundaries": np.zeros(1),
+            "CategoriesPresent": np.zeros(1)}})
+    out = str(tmp_path / "out")
+    written = build_voc2012_data.build_voc2012(
+        str(voc / "JPEGImages"), str(voc / "SegmentationClass"), str(lists), out,
+        sbd_label_folder=str(cls), num_shards=2, progress=False)
+    assert sorted(written) == ["train", "train_aug", "trainval", "val"]
+    assert sorted(_read(out, "trainval")) == ["v0", "v1", "v2"]
+    train_aug = _read(out, "train_aug")
+    assert sorted(train_aug) == ["s0", "s1", "v0", "v1"]
+    for name in ["v0", "v1"]:  # Palette indices become classes; 255 stays.
+        np.testing.assert_array_equal(train_aug[name][1], voc_labels[name])
+    for name in ["s0", "s1"]:
+        np.testing.assert_array_equal(train_aug[name][1], sbd_labels[name])
+    # JPEG images are stored as read, not re-encoded.
+    np.testing.assert_array_equal(train_aug["s0"][0], tf.io.decode_jpeg(
+        (voc / "JPEGImages" / "s0.jpg").read_bytes()).numpy())
+
+
+def test_voc_missing_files_fail_before_writing(tmp_path):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "val.txt").write_text("nowhere\n")
+    with pytest.raises(ValueError, match=r"'val': 2 files missing.*nowhere\.jpg"):
+        build_voc2012_data.build_voc2012(str(tmp_path), str(tmp_path), str(lists),
+                                         str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cityscapes_train_ids_and_label_ids_fallback(tmp_path):
+    root = tmp_path / "cityscapes"
+    train_ids = _label(0, 19, 255)
+    label_ids = np.array([[7, 8, 0, 33, 26, 1, 23, 255]] * 2, np.uint8)
+    for split, city, stem, label, suffix in [
+            ("train", "aachen", "aachen_000000_000019", train_ids, "labelTrainIds"),
+            ("val", "lindau", "lindau_000001_000019", label_ids, "labelIds")]:
+        _save(np.zeros(label.shape + (3,), np.uint8),
+              str(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"))
+        _save(label, str(root / "gtFine" / split / city / f"{stem}_gtFine_{suffix}.png"))
+    out = str(tmp_path / "out")
+    build_cityscapes_data.build_cityscapes(str(root), out, num_shards=1, progress=False)
+    train = _read(out, "train_fine")
+    np.testing.assert_array_equal(train["aachen_000000_000019"][1], train_ids)
+    val = _read(out, "val_fine")
+    np.testing.assert_array_equal(val["lindau_000001_000019"][1],
+                                  [[0, 1, 255, 18, 13, 255, 10, 255]] * 2)
+
+
+def test_camvid_both_layouts_with_resize(tmp_path):
+    root = tmp_path / "camvid"
+    data = {}
+    for split, images, labels, ext in [("train", "train/images", "train/labels", "jpg"),
+                                       ("val", "val", "valannot", "png")]:
+        for i in range(2):
+            name = f"{split}{i}"
+            # Constant on 2x2 blocks, so that halving with any nearest-neighbour rule gives
+            # the blocks' values.
+            data[name] = _label(i, 11, ignore_label=11, size=(H // 2, W // 2))
+            _save(_image(i), str(root / images / f"{name}.{ext}"))
+            _save(np.kron(data[name], np.ones((2, 2), np.uint8)),
+                  str(root / labels / f"{name}.png"))
+    out = str(tmp_path / "out")
+    written = build_camvid_data.build_camvid(str(root), out, num_shards=1, size=(6, 8),
+                                             progress=False)
+    assert sorted(written) == ["train", "val"]
+    for split in written:
+        read = _read(out, split)
+        assert sorted(read) == [f"{split}0", f"{split}1"]
+        for name, (image, label) in read.items():
+            assert image.shape == (6, 8, 3)
+            np.testing.assert_array_equal(label, data[name])
+
+
+def test_camvid_out_of_range_label_named(tmp_path):
+    root = tmp_path / "camvid"
+    _save(_image(0), str(root / "test" / "images" / "x.jpg"))
+    _save(np.full((H, W), 12, np.uint8), str(root / "test" / "labels" / "x.png"))
+    with pytest.raises(ValueError, match=r"x\.png has values \[12\].*ignore_label 11"):
+        build_camvid_data.build_camvid(str(root), str(tmp_path / "out"), progress=False)
+    assert not glob.glob(str(tmp_path / "out" / "*"))
+
+
+def test_folder_command_line_with_dataset_flag(tmp_path):
+    _write_pairs(tmp_path, ["a", "b", "c"], num_classes=11, ignore_label=11)
+    subprocess.run(
+        [sys.executable, "-m", "deeplab_ssl.datasets.build_folder_data",
+         f"--image_folder={tmp_path / 'images'}",
+         f"--semantic_segmentation_folder={tmp_path / 'labels'}", "--image_format=png",
+         "--dataset=camvid", "--split=val", "--num_shards=1", "--resize=6,8",
+         f"--output_dir={tmp_path / 'out'}"],
+        check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    read = _read(str(tmp_path / "out"), "val")
+    assert sorted(read) == ["a", "b", "c"] and read["a"][0].shape == (6, 8, 3)
