@@ -106,7 +106,8 @@ def shuffle_and_repeat(dataset, shuffle, shuffle_buffer_size, repeat, seed):
 
 def preprocess_and_batch(examples, batch_size, crop_size=None, is_training=False,
                          min_scale_factor=1.0, max_scale_factor=1.0, scale_factor_step_size=0.0,
-                         mean_pixel=(127.5, 127.5, 127.5), ignore_label=255, seed=None):
+                         mean_pixel=(127.5, 127.5, 127.5), ignore_label=255, seed=None,
+                         deterministic=False):
     """Applies deeplab's preprocessing to decoded examples and batches them.
 
     Args:
@@ -123,7 +124,6 @@ def preprocess_and_batch(examples, batch_size, crop_size=None, is_training=False
         # One stateless seed [2] per example, attached before the parallel map so that the
         # augmentation of a record does not depend on which thread runs it.
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        examples = tf.data.Dataset.zip(examples, seeds)
 
         def train_map(example, example_seed):
             return preprocess.preprocess_image_and_label(
@@ -131,29 +131,31 @@ def preprocess_and_batch(examples, batch_size, crop_size=None, is_training=False
                 min_scale_factor, max_scale_factor, scale_factor_step_size, mean_pixel,
                 ignore_label, is_training=True, seed=example_seed)
 
-        batches = examples.map(train_map, num_parallel_calls=AUTOTUNE).batch(
-            batch_size, drop_remainder=True)
-        return batches.prefetch(AUTOTUNE)
+        batches = tf.data.Dataset.zip(examples, seeds).map(
+            train_map, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=True)
+    else:
+        def eval_map(example):
+            image, label = preprocess.preprocess_image_and_label(
+                example["image"], example["label"], crop_height, crop_width,
+                mean_pixel=mean_pixel, ignore_label=ignore_label, is_training=False)
+            size = tf.shape(example["image"])[:2]
+            return {"image": image, "label": label, "filename": example["filename"],
+                    "height": size[0], "width": size[1]}
 
-    def eval_map(example):
-        image, label = preprocess.preprocess_image_and_label(
-            example["image"], example["label"], crop_height, crop_width, mean_pixel=mean_pixel,
-            ignore_label=ignore_label, is_training=False)
-        size = tf.shape(example["image"])[:2]
-        return {"image": image, "label": label, "filename": example["filename"],
-                "height": size[0], "width": size[1]}
+        def pad_with_mean_pixel(batch):
+            mean = tf.constant(mean_pixel, tf.float32)
+            return dict(batch, image=tf.where(batch["image"] < 0, mean, batch["image"]))
 
-    # padded_batch pads with one scalar per component: pad images with -1, which no raw pixel
-    # has, then put the mean pixel there.
-    batches = examples.map(eval_map, num_parallel_calls=AUTOTUNE).padded_batch(
-        batch_size, padding_values={"image": -1.0, "label": ignore_label, "filename": "",
-                                    "height": 0, "width": 0})
+        # padded_batch pads with one scalar per component: pad images with -1, which no raw
+        # pixel has, then put the mean pixel there.
+        batches = examples.map(eval_map, num_parallel_calls=AUTOTUNE).padded_batch(
+            batch_size, padding_values={"image": -1.0, "label": ignore_label, "filename": "",
+                                        "height": 0, "width": 0})
+        batches = batches.map(pad_with_mean_pixel, num_parallel_calls=AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return batches.prefetch(AUTOTUNE).with_options(options)
 
-    def pad_with_mean_pixel(batch):
-        mean = tf.constant(mean_pixel, tf.float32)
-        return dict(batch, image=tf.where(batch["image"] < 0, mean, batch["image"]))
-
-    return batches.map(pad_with_mean_pixel, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
 def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is_training=False,
@@ -243,10 +245,6 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
         examples = _skip_bad_records(examples)
     else:
         examples = examples.map(_fail_on_bad_record)
-    dataset = preprocess_and_batch(
+    return preprocess_and_batch(
         examples, batch_size, crop_size, is_training, min_scale_factor, max_scale_factor,
-        scale_factor_step_size, mean_pixel, descriptor.ignore_label, seed)
-
-    options = tf.data.Options()
-    options.deterministic = deterministic
-    return dataset.with_options(options)
+        scale_factor_step_size, mean_pixel, descriptor.ignore_label, seed, deterministic)
