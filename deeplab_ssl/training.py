@@ -234,6 +234,42 @@ def dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
+def initialize_from_checkpoint(model, tf_initial_checkpoint, initialize_last_layer=True,
+                               last_layers_contain_logits_only=False):
+    """deeplab's --tf_initial_checkpoint: initial weights of a run without a checkpoint yet.
+
+    Args:
+        model: keras.Model from `deeplab_ssl.model.build_deeplab`.
+        tf_initial_checkpoint: one of
+            - a deeplab / TF-slim checkpoint (an ImageNet backbone of deeplab's model zoo, or a
+              trained DeepLab), restored by variable name (`checkpoints.load_slim_checkpoint`);
+            - a checkpoint of this train.py, or its train_logdir (the latest checkpoint), e.g.
+              stage 1 of the paper for stage 2: all model variables, not the optimizer or step;
+            - a Keras weights file (`.weights.h5` or `.keras`).
+        initialize_last_layer: bool; False keeps the initial weights of the last layers (slim
+            checkpoints only), e.g. for another number of classes.
+        last_layers_contain_logits_only: bool, the last layers are only the logits.
+    """
+    from deeplab_ssl import checkpoints, evaluation  # They import the model code.
+    if tf_initial_checkpoint.endswith((".weights.h5", ".keras")):
+        checkpoints.load_weights(model, tf_initial_checkpoint)
+        logging.info("Initialized the model from %s.", tf_initial_checkpoint)
+        return
+    path = evaluation.resolve_checkpoint(tf_initial_checkpoint)
+    if tf.train.load_checkpoint(path).has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
+        if not initialize_last_layer:
+            raise ValueError(
+                f"--tf_initial_checkpoint={tf_initial_checkpoint} is a train.py checkpoint, "
+                "which restores the whole model: --initialize_last_layer=false needs a "
+                "deeplab / TF-slim checkpoint")
+        evaluation.restore_model(model, path, "the training flags")
+        logging.info("Initialized the model from train.py checkpoint %s.", path)
+    else:
+        report = checkpoints.load_slim_checkpoint(
+            model, path, initialize_last_layer, last_layers_contain_logits_only)
+        logging.info("Initialized the model from %s", report)
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradients became NaN or Inf; training stopped without saving."""
 
@@ -497,9 +533,12 @@ class Trainer:
         return step
 
 
-# The mean terms logged for the losses whose sums hold them: (term, sum, count).
+# The terms logged for the losses whose sums hold them, (term, sum, count), as each loss's
+# loss_from_sums divides them: SSL (Eq. 17), SSIM, softmax CE / top-k CE, affinity field.
 _LOSS_TERMS = (("bce", "bce_sum", "num_valid"), ("ssl", "ssl_sum", "num_hard"),
-               ("softmax_ce", "ce_sum", "num_present"))
+               ("ssim", "ssim_sum", "num_valid"), ("ce", "ce_sum", "num_present"),
+               ("ce", "ce_sum", "num_valid"), ("affinity_edge", "edge_sum", "num_edge"),
+               ("affinity_not_edge", "not_edge_sum", "num_not_edge"))
 
 
 def loss_terms(metrics):
@@ -510,7 +549,7 @@ def loss_terms(metrics):
     """
     terms = {name: metrics[name] for name in ("loss", "regularization_loss", "total_loss")}
     for term, total, count in _LOSS_TERMS:
-        if total in metrics:
+        if total in metrics and count in metrics:
             terms[term] = metrics[total] / metrics[count] if metrics[count] else 0.0
     if "hard_example_fraction" in metrics:
         terms["hard_example_fraction"] = metrics["hard_example_fraction"]

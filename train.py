@@ -1,0 +1,190 @@
+"""Trains DeepLabv3 / v3+ with the SSL or a baseline loss, with deeplab's train.py flags.
+
+    python train.py --flagfile=configs/pascal_voc/deeplabv3_ssl3_stage1.flags \
+        --dataset_dir=/data/pascal_voc_seg/tfrecord
+
+Runs over all local GPUs (MirroredStrategy), over several machines when TF_CONFIG names several
+workers, and resumes from the last checkpoint in --train_logdir when started again.
+See docs/training.md.
+"""
+import dataclasses
+import sys
+
+import keras
+from absl import app, flags
+
+from deeplab_ssl import common, losses, training
+from deeplab_ssl import model as model_lib
+from deeplab_ssl.core import feature_extractor
+from deeplab_ssl.datasets import descriptors, input_pipeline
+
+# Logs, checkpoints and the distribution.
+flags.DEFINE_string("train_logdir", None, "Where the checkpoints and logs are stored.")
+flags.DEFINE_integer("log_steps", 10, "Log (terminal, TensorBoard, train_log.jsonl) every N steps.")
+flags.DEFINE_integer("save_interval_steps", 1000,
+                     "Save a checkpoint every N steps (and at the end).")
+flags.DEFINE_boolean("save_summaries_images", True,
+                     "Write images, labels and predictions to TensorBoard at each checkpoint.")
+flags.DEFINE_enum("strategy", "mirrored", training.STRATEGIES,
+                  "mirrored: all local GPUs (or the CPU), multi-worker when TF_CONFIG names "
+                  "several workers; multi_worker: MultiWorkerMirroredStrategy; one_device: "
+                  "one device, for debugging.")
+flags.DEFINE_enum("mixed_precision", "none", training.MIXED_PRECISION_POLICIES,
+                  "Keras mixed precision policy; the loss is computed in float32.")
+flags.DEFINE_integer("seed", 0, "Seed of the initial weights, data order and augmentation.")
+
+# The learning rate and optimizer (deeplab's names and defaults).
+flags.DEFINE_enum("learning_policy", "poly", training.LEARNING_POLICIES,
+                  "Learning rate policy for training.")
+flags.DEFINE_float("base_learning_rate", 0.0001, "The base learning rate for model training.")
+flags.DEFINE_float("learning_rate_decay_factor", 0.1,
+                   "The rate to decay the base learning rate (step policy).")
+flags.DEFINE_integer("learning_rate_decay_step", 2000,
+                     "Decay the base learning rate at a fixed step (step policy).")
+flags.DEFINE_float("learning_power", 0.9, "The power value used in the poly learning policy.")
+flags.DEFINE_integer("training_number_of_steps", 30000, "The number of steps used for training.")
+flags.DEFINE_float("momentum", 0.9, "The momentum value to use.")
+flags.DEFINE_integer("slow_start_step", 0,
+                     "Training model with small learning rate for few steps.")
+flags.DEFINE_float("slow_start_learning_rate", 1e-4,
+                   "Learning rate employed during slow start.")
+
+# The model and data.
+flags.DEFINE_integer("train_batch_size", 8,
+                     "Images per step over all replicas (the global batch).")
+flags.DEFINE_float("weight_decay", 0.00004,
+                   "Weight decay: 0.00004 for mobilenet_v2 and xception, 0.0001 for resnet.")
+flags.DEFINE_list("train_crop_size", "513,513",
+                  "Image crop size [height, width] during training, e.g. 513,513 (or 513).")
+flags.DEFINE_boolean("fine_tune_batch_norm", True,
+                     "Fine tune the batch norm parameters (False freezes them: stage 2).")
+flags.DEFINE_float("min_scale_factor", 0.5, "Minimum scale factor for data augmentation.")
+flags.DEFINE_float("max_scale_factor", 2.0, "Maximum scale factor for data augmentation.")
+flags.DEFINE_float("scale_factor_step_size", 0.25,
+                   "Scale factor step size for data augmentation.")
+flags.DEFINE_string("train_split", "train", "Which split of the dataset to train on.")
+flags.DEFINE_boolean("skip_bad_records", False,
+                     "Skip (and log) records that cannot be decoded instead of stopping.")
+flags.DEFINE_string("tf_initial_checkpoint", None,
+                    "Initial weights when train_logdir has no checkpoint: a deeplab / TF-slim "
+                    "checkpoint, a train.py checkpoint or train_logdir, or a Keras weights file.")
+flags.DEFINE_boolean("initialize_last_layer", True, "Initialize the last layers.")
+flags.DEFINE_boolean("last_layers_contain_logits_only", False,
+                     "Only consider logits as last layers or not.")
+
+# The loss.
+flags.DEFINE_enum("loss", "ssl", losses.LOSS_NAMES,
+                  "ssl (the paper's Eq. 17), bce (sigmoid CE), softmax_ce (deeplab's), topk_ce "
+                  "(softmax CE on the top_k_percent_pixels hardest pixels), ssim7 / ssim9 "
+                  "(Eq. 7 / Eq. 9 + BCE), affinity (softmax CE + affinity field loss).")
+flags.DEFINE_integer("ssl_window_size", 3,
+                     "Region size k of the SSL and the SSIM losses (odd; paper: 1 to 11).")
+flags.DEFINE_float("ssl_sigma", 1.5, "Std of the Gaussian window of the SSL and SSIM losses.")
+flags.DEFINE_float("ssl_beta", 0.1, "Hard-example threshold factor beta of the SSL (Eq. 11).")
+flags.DEFINE_float("ssl_ce_weight", 0.5,
+                   "Weight lambda of the BCE term of the SSL and SSIM losses (Eq. 17).")
+flags.DEFINE_boolean("ssl_ohem", True, "SSL: drop the easy examples (Table 3's OHEM).")
+flags.DEFINE_boolean("ssl_reweight", True, "SSL: weight hard examples by e (Table 3).")
+flags.DEFINE_float("top_k_percent_pixels", 1.0,
+                   "softmax_ce / topk_ce: fraction of the hardest pixels in the loss "
+                   "(topk_ce defaults to 0.25 when this flag is not given).")
+flags.DEFINE_integer("hard_example_mining_step", 0,
+                     "softmax_ce / topk_ce: step at which mining reaches top_k_percent_pixels.")
+flags.DEFINE_float("affinity_kld_margin", 3.0, "Affinity field loss: separating-force margin.")
+
+FLAGS = flags.FLAGS
+
+
+def _crop_size_is_valid(value):
+    return len(value) in (1, 2) and all(v.strip().isdigit() and int(v) > 0 for v in value)
+
+
+flags.register_validator("train_crop_size", _crop_size_is_valid,
+                         "must be 'height,width' (or one size) of positive integers, e.g. 513,513")
+flags.register_multi_flags_validator(
+    ["min_scale_factor", "max_scale_factor"],
+    lambda f: 0 < f["min_scale_factor"] <= f["max_scale_factor"],
+    "--min_scale_factor and --max_scale_factor must satisfy 0 < min <= max")
+
+
+def crop_size():
+    """[height, width] from --train_crop_size."""
+    sizes = [int(v) for v in FLAGS.train_crop_size]
+    return sizes * 2 if len(sizes) == 1 else sizes
+
+
+def train_options():
+    """training.TrainOptions from the flags (raises ValueError naming a bad flag)."""
+    fields = [field.name for field in dataclasses.fields(training.TrainOptions)]
+    return training.TrainOptions(**{name: FLAGS[name].value for name in fields})
+
+
+def make_loss(ignore_label):
+    """The loss named by --loss with its flags."""
+    name = FLAGS.loss
+    kwargs = dict(ignore_label=ignore_label)
+    if name == "ssl":
+        kwargs.update(window_size=FLAGS.ssl_window_size, sigma=FLAGS.ssl_sigma,
+                      beta=FLAGS.ssl_beta, ce_weight=FLAGS.ssl_ce_weight, ohem=FLAGS.ssl_ohem,
+                      reweight=FLAGS.ssl_reweight)
+    elif name in ("ssim7", "ssim9"):
+        kwargs.update(window_size=FLAGS.ssl_window_size, sigma=FLAGS.ssl_sigma,
+                      ce_weight=FLAGS.ssl_ce_weight)
+    elif name in ("softmax_ce", "topk_ce"):
+        kwargs.update(hard_example_mining_step=FLAGS.hard_example_mining_step)
+        if name == "softmax_ce" or FLAGS["top_k_percent_pixels"].present:
+            kwargs.update(top_k_percent_pixels=FLAGS.top_k_percent_pixels)
+    elif name == "affinity":
+        kwargs.update(kld_margin=FLAGS.affinity_kld_margin)
+    try:
+        return losses.get_loss(name, **kwargs)
+    except ValueError as error:
+        raise ValueError(f"--loss={name} with its flags: {error}") from error
+
+
+def make_trainer(strategy):
+    """The training.Trainer of the flags (model, loss, options, initial checkpoint)."""
+    descriptor = descriptors.get_descriptor(FLAGS.dataset)
+    descriptor.split_size(FLAGS.train_split)  # Names an unknown split.
+    options = train_options()
+
+    def model_fn():
+        keras.utils.set_random_seed(FLAGS.seed)
+        return model_lib.build_deeplab(
+            **common.model_options(descriptor.num_classes), weight_decay=FLAGS.weight_decay,
+            fine_tune_batch_norm=FLAGS.fine_tune_batch_norm)
+
+    def initialize_fn(model):
+        training.initialize_from_checkpoint(
+            model, FLAGS.tf_initial_checkpoint, FLAGS.initialize_last_layer,
+            FLAGS.last_layers_contain_logits_only)
+
+    return training.Trainer(
+        model_fn, make_loss(descriptor.ignore_label), options, strategy=strategy,
+        initialize_fn=initialize_fn if FLAGS.tf_initial_checkpoint else None,
+        colormap=descriptor.colormap)
+
+
+def dataset_fn(input_context):
+    """This worker's training batches (images, labels) for `input_context`."""
+    return input_pipeline.get_dataset(
+        FLAGS.dataset, FLAGS.dataset_dir, FLAGS.train_split, FLAGS.train_batch_size,
+        crop_size=crop_size(), is_training=True, min_scale_factor=FLAGS.min_scale_factor,
+        max_scale_factor=FLAGS.max_scale_factor,
+        scale_factor_step_size=FLAGS.scale_factor_step_size,
+        mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant), seed=FLAGS.seed,
+        skip_bad_records=FLAGS.skip_bad_records, input_context=input_context)
+
+
+def main(argv):
+    del argv
+    strategy = training.get_strategy(FLAGS.strategy)  # First: multi-worker needs it so.
+    try:
+        make_trainer(strategy).train(dataset_fn)
+    except training.NonFiniteLossError as error:
+        sys.exit(f"train.py: {error}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["train_logdir", "dataset_dir"])
+    app.run(main)
