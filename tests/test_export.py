@@ -1,0 +1,129 @@
+"""Tests of the SavedModel export (deeplab_ssl.serving) and deeplab_ssl.predict."""
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from deeplab_ssl import evaluation, predict, serving, visualization
+from deeplab_ssl import model as model_lib
+
+SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return model_lib.build_deeplab("mobilenet_v2", 4, depth_multiplier=0.25)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    export_dir = str(tmp_path_factory.mktemp("export") / "1")
+    serving.export_model(model, export_dir, include_probabilities=True)
+    return export_dir
+
+
+def _images(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=shape).astype(np.uint8)
+
+
+def _png_bytes(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_exported_predictions_equal_the_in_process_model(model, exported):
+    signature = tf.saved_model.load(exported).signatures["serving_default"]
+    for shape in [(1, 23, 31, 3), (2, 40, 17, 3)]:
+        images = _images(shape)
+        outputs = signature(images=tf.constant(images))
+        probabilities = evaluation.predict_probabilities(model, tf.constant(images, tf.float32))
+        np.testing.assert_allclose(outputs[serving.PROBABILITIES_KEY], probabilities,
+                                   atol=1e-5)
+        np.testing.assert_array_equal(outputs[serving.PREDICTIONS_KEY],
+                                      tf.argmax(probabilities, -1))
+        assert outputs[serving.PREDICTIONS_KEY].dtype == tf.int32
+
+
+def test_encoded_signature_equals_the_image_signature(exported):
+    loaded = tf.saved_model.load(exported)
+    image = _images((19, 26, 3), seed=1)
+    from_bytes = loaded.signatures["serving_encoded"](image_bytes=tf.constant([_png_bytes(image)]))
+    from_pixels = loaded.signatures["serving_default"](images=tf.constant(image[np.newaxis]))
+    np.testing.assert_array_equal(from_bytes[serving.PREDICTIONS_KEY],
+                                  from_pixels[serving.PREDICTIONS_KEY])
+
+
+def test_bad_inputs_name_the_problem(exported):
+    signature = tf.saved_model.load(exported).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be uint8.*20 30 3"):
+        signature(images=tf.zeros([20, 30, 3], tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be uint8.*1 8 8 4"):
+        signature(images=tf.zeros([1, 8, 8, 4], tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="uint8"):
+        signature(images=tf.zeros([1, 8, 8, 3], tf.float32))
+
+
+def test_crop_size_export_pads_small_and_fits_large_images(model, tmp_path):
+    export_dir = str(tmp_path / "cropped")
+    pad_value = (127.5, 127.5, 127.5)
+    serving.export_model(model, export_dir, crop_size=(33, 33), pad_value=pad_value,
+                         eval_scales=[0.75, 1.0], add_flipped_images=True)
+    signature = tf.saved_model.load(export_dir).signatures["serving_default"]
+    small = _images((1, 20, 25, 3), seed=2)
+    padded = tf.image.pad_to_bounding_box(tf.constant(small, tf.float32) - 127.5, 0, 0, 33,
+                                          33) + 127.5
+    expected = evaluation.predict_labels(model, padded, [0.75, 1.0], True)[:, :20, :25]
+    outputs = signature(images=tf.constant(small))
+    np.testing.assert_array_equal(outputs[serving.PREDICTIONS_KEY], expected)
+    assert serving.PROBABILITIES_KEY not in outputs
+    large = _images((1, 50, 66, 3), seed=3)  # resized to 25x33 inside, labels back at 50x66
+    assert signature(images=tf.constant(large))[serving.PREDICTIONS_KEY].shape == (1, 50, 66)
+
+
+def _run(args):
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_saved_model_cli_show_and_run(exported, tmp_path):
+    shown = _run([SAVED_MODEL_CLI, "show", "--dir", exported, "--all"])
+    assert "signature_def['serving_default']" in shown
+    assert "signature_def['serving_encoded']" in shown
+    assert "outputs['SemanticPredictions'] tensor_info:" in shown
+    assert "dtype: DT_UINT8" in shown and "dtype: DT_INT32" in shown
+
+    images = _images((1, 21, 18, 3), seed=4)
+    np.save(tmp_path / "images.npy", images)
+    _run([SAVED_MODEL_CLI, "run", "--dir", exported, "--tag_set", "serve",
+          "--signature_def", "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}",
+          "--outdir", str(tmp_path / "out")])
+    from_cli = np.load(tmp_path / "out" / "SemanticPredictions.npy")
+    in_process = tf.saved_model.load(exported).signatures["serving_default"](
+        images=tf.constant(images))[serving.PREDICTIONS_KEY]
+    np.testing.assert_array_equal(from_cli, in_process)
+
+
+def test_predict_writes_colored_pngs(exported, tmp_path):
+    image = _images((15, 22, 3), seed=5)
+    path = tmp_path / "street.png"
+    path.write_bytes(_png_bytes(image))
+    colormap = visualization.get_colormap("demo")
+    written = predict.predict_files(exported, [str(path)], str(tmp_path / "out"), colormap,
+                                    also_save_raw_predictions=True)
+    assert written == [str(tmp_path / "out" / "street_prediction.png")]
+    raw = np.array(Image.open(tmp_path / "out" / "street_raw.png"))
+    colored = np.array(Image.open(written[0]))
+    np.testing.assert_array_equal(colored, colormap[raw])
+    assert Image.open(tmp_path / "out" / "street_overlay.png").size == (22, 15)
+
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        predict.predict_files(exported, [str(tmp_path / "broken.png")], str(tmp_path / "out"),
+                              colormap)
