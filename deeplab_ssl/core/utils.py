@@ -76,6 +76,9 @@ def stack_blocks_dense(builder, net, blocks, output_stride, scope):
     rate = 1
     for block in blocks:
         for i, unit in enumerate(block.args):
+            if output_stride is not None and current_stride > output_stride:
+                raise ValueError("output_stride cannot be reached by %s: %d was asked for "
+                                 "after the root." % (scope, output_stride))
             unit_scope = "%s/%s/unit_%d" % (scope, block.scope, i + 1)
             if output_stride is not None and current_stride == output_stride:
                 net = block.unit_fn(builder, net, unit_scope, rate=rate, **dict(unit, stride=1))
