@@ -100,39 +100,46 @@ def pad_to_bounding_box(image, target_height, target_width, pad_value):
     Args:
         image: [H, W, C] tensor with H <= target_height and W <= target_width.
         target_height, target_width: int32 scalars.
-        pad_value: a scalar, or one value per channel (e.g. the mean pixel). Padding each channel
-            with its own constant keeps the pixels exact (deeplab subtracts and adds back).
+        pad_value: a scalar, or one value per channel (e.g. the mean pixel). The padding is
+            filled with it, so pixels stay exact (deeplab subtracts it and adds it back).
 
     Returns:
         [target_height, target_width, C] tensor of image's dtype.
     """
+    pad_value = tf.cast(pad_value, image.dtype)
     shape = tf.shape(image)
-    paddings = [[0, target_height - shape[0]], [0, target_width - shape[1]]]
-    values = tf.unstack(tf.broadcast_to(tf.cast(pad_value, image.dtype), [image.shape[-1]]))
-    return tf.stack([tf.pad(channel, paddings, constant_values=value)
-                     for channel, value in zip(tf.unstack(image, axis=-1), values)], axis=-1)
+    right = tf.broadcast_to(pad_value, [shape[0], target_width - shape[1], shape[2]])
+    image = tf.concat([image, right], axis=1)
+    bottom = tf.broadcast_to(pad_value, [target_height - shape[0], target_width, shape[2]])
+    return tf.concat([image, bottom], axis=0)
 
 
 def random_crop(image, label, crop_height, crop_width, seed):
-    """The same random [crop_height, crop_width] window of image and label.
+    """The same random window of image and label, at most [crop_height, crop_width].
+
+    deeplab pads to at least the crop size, then crops at an offset drawn uniformly from
+    [0, padded size - crop size]. Cropping first, at an offset drawn from
+    [0, max(size - crop size, 0)], then padding the window gives the same result (the offset is
+    0 where the image is smaller than the crop) and pads only the crop.
 
     Args:
-        image: [H, W, 3] with H >= crop_height, W >= crop_width.
+        image: [H, W, 3].
         label: [H, W, 1], same H and W.
         crop_height, crop_width: ints.
         seed: tensor [2].
 
     Returns:
-        (image [crop_height, crop_width, 3], label [crop_height, crop_width, 1]).
+        (image [min(H, crop_height), min(W, crop_width), 3], label [..., 1]).
     """
     shape = tf.shape(image)
+    height, width = tf.minimum(shape[0], crop_height), tf.minimum(shape[1], crop_width)
     offset_seeds = _split_seed(seed, 2)
     offset_height = tf.random.stateless_uniform(
-        [], offset_seeds[0], 0, shape[0] - crop_height + 1, dtype=tf.int32)
+        [], offset_seeds[0], 0, shape[0] - height + 1, dtype=tf.int32)
     offset_width = tf.random.stateless_uniform(
-        [], offset_seeds[1], 0, shape[1] - crop_width + 1, dtype=tf.int32)
-    image = tf.slice(image, [offset_height, offset_width, 0], [crop_height, crop_width, -1])
-    label = tf.slice(label, [offset_height, offset_width, 0], [crop_height, crop_width, -1])
+        [], offset_seeds[1], 0, shape[1] - width + 1, dtype=tf.int32)
+    image = tf.slice(image, [offset_height, offset_width, 0], [height, width, -1])
+    label = tf.slice(label, [offset_height, offset_width, 0], [height, width, -1])
     return image, label
 
 
@@ -148,7 +155,8 @@ def preprocess_image_and_label(image, label, crop_height=None, crop_width=None,
                                ignore_label=255, is_training=True, seed=None):
     """deeplab's `input_preprocess.preprocess_image_and_label` (without min/max resize).
 
-    Training: random scale, pad to the crop size, random crop, random left-right flip.
+    Training: random scale, pad to the crop size, random crop (done as crop then pad, which
+    gives the same result, see `random_crop`), random left-right flip.
     Evaluation: the whole image, padded at the bottom/right to the crop size only where it is
     smaller (no crop, no random op); no padding when the crop size is None.
 
@@ -177,6 +185,7 @@ def preprocess_image_and_label(image, label, crop_height=None, crop_width=None,
             scale = get_random_scale(
                 min_scale_factor, max_scale_factor, scale_factor_step_size, scale_seed)
             image, label = scale_image_and_label(image, label, scale)
+        image, label = random_crop(image, label, crop_height, crop_width, crop_seed)
     if crop_height is not None and crop_width is not None:
         shape = tf.shape(image)
         target_height = tf.maximum(shape[0], crop_height)
@@ -184,7 +193,6 @@ def preprocess_image_and_label(image, label, crop_height=None, crop_width=None,
         image = pad_to_bounding_box(image, target_height, target_width, mean_pixel)
         label = pad_to_bounding_box(label, target_height, target_width, ignore_label)
     if is_training:
-        image, label = random_crop(image, label, crop_height, crop_width, crop_seed)
         image, label = random_flip_left_right(image, label, flip_seed)
         image.set_shape([crop_height, crop_width, 3])
         label.set_shape([crop_height, crop_width, 1])
