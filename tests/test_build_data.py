@@ -57,6 +57,21 @@ def _write_pairs(tmp_path, names, num_classes=5, ignore_label=255, image_ext="pn
     return data
 
 
+def _run_cli(module, **flag_values):
+    """Runs `python -m deeplab_ssl.datasets.MODULE --flag=value ...`."""
+    subprocess.run(
+        [sys.executable, "-m", f"deeplab_ssl.datasets.{module}"]
+        + [f"--{k}={v}" for k, v in flag_values.items()],
+        check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def _same_shards(dir_a, dir_b):
+    names = sorted(os.listdir(dir_a))
+    assert names == sorted(os.listdir(dir_b))
+    for name in names:  # Byte for byte: records are serialized deterministically.
+        assert (dir_a / name).read_bytes() == (dir_b / name).read_bytes(), name
+
+
 # The shared writer: sharding, atomic shards, checks.
 
 def test_write_split_shards_like_deeplab_and_round_trips(tmp_path):
@@ -208,6 +223,11 @@ def test_voc_palette_labels_and_sbd_train_aug(tmp_path):
     # JPEG images are stored as read, not re-encoded.
     np.testing.assert_array_equal(train_aug["s0"][0], tf.io.decode_jpeg(
         (voc / "JPEGImages" / "s0.jpg").read_bytes()).numpy())
+    # The command line writes the same shards.
+    _run_cli("build_voc2012_data", image_folder=voc / "JPEGImages",
+             semantic_segmentation_folder=voc / "SegmentationClass", list_folder=lists,
+             sbd_label_folder=cls, num_shards=2, output_dir=tmp_path / "cli")
+    _same_shards(tmp_path / "out", tmp_path / "cli")
 
 
 def test_voc_missing_files_fail_before_writing(tmp_path):
@@ -237,6 +257,9 @@ def test_cityscapes_train_ids_and_label_ids_fallback(tmp_path):
     val = _read(out, "val_fine")
     np.testing.assert_array_equal(val["lindau_000001_000019"][1],
                                   [[0, 1, 255, 18, 13, 255, 10, 255]] * 2)
+    _run_cli("build_cityscapes_data", cityscapes_root=root, num_shards=1,
+             output_dir=tmp_path / "cli")
+    _same_shards(tmp_path / "out", tmp_path / "cli")
 
 
 def test_camvid_both_layouts_with_resize(tmp_path):
@@ -262,6 +285,9 @@ def test_camvid_both_layouts_with_resize(tmp_path):
         for name, (image, label) in read.items():
             assert image.shape == (6, 8, 3)
             np.testing.assert_array_equal(label, data[name])
+    _run_cli("build_camvid_data", camvid_root=root, num_shards=1, resize="6,8",
+             output_dir=tmp_path / "cli")
+    _same_shards(tmp_path / "out", tmp_path / "cli")
 
 
 def test_camvid_out_of_range_label_named(tmp_path):
@@ -275,12 +301,9 @@ def test_camvid_out_of_range_label_named(tmp_path):
 
 def test_folder_command_line_with_dataset_flag(tmp_path):
     _write_pairs(tmp_path, ["a", "b", "c"], num_classes=11, ignore_label=11)
-    subprocess.run(
-        [sys.executable, "-m", "deeplab_ssl.datasets.build_folder_data",
-         f"--image_folder={tmp_path / 'images'}",
-         f"--semantic_segmentation_folder={tmp_path / 'labels'}", "--image_format=png",
-         "--dataset=camvid", "--split=val", "--num_shards=1", "--resize=6,8",
-         f"--output_dir={tmp_path / 'out'}"],
-        check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    _run_cli("build_folder_data", image_folder=tmp_path / "images",
+             semantic_segmentation_folder=tmp_path / "labels", image_format="png",
+             dataset="camvid", split="val", num_shards=1, resize="6,8",
+             output_dir=tmp_path / "out")
     read = _read(str(tmp_path / "out"), "val")
     assert sorted(read) == ["a", "b", "c"] and read["a"][0].shape == (6, 8, 3)

@@ -84,11 +84,15 @@ def test_image_carries_the_class_information():
     assert correct / total > 1.5 * majority / total
 
 
-def test_command_line(tmp_path):
+def test_command_line_writes_the_same_bytes_as_the_api(tmp_path):
+    """Also checks determinism across processes."""
     subprocess.run(
         [sys.executable, "-m", "deeplab_ssl.datasets.build_demo_data",
-         f"--output_dir={tmp_path}", "--num_train=2", "--num_val=1", "--num_shards=1",
+         f"--output_dir={tmp_path / 'cli'}", "--num_train=2", "--num_val=1", "--num_shards=1",
          "--height=24", "--width=32", "--seed=5"],
         check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert sorted(os.listdir(tmp_path)) == ["train-00000-of-00001.tfrecord",
-                                            "val-00000-of-00001.tfrecord"]
+    build_demo_data.build_demo(str(tmp_path / "api"), seed=5, num_train=2, num_val=1,
+                               height=24, width=32, num_shards=1, progress=False)
+    cli = _shard_bytes(tmp_path / "cli")
+    assert sorted(cli) == ["train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"]
+    assert cli == _shard_bytes(tmp_path / "api")

@@ -106,9 +106,8 @@ def check_label(label, num_classes, ignore_label, where):
     """Raises ValueError naming `where` and the bad values unless every label value is a class
     (< num_classes) or the ignore label. label: integer np.ndarray [H, W]."""
     values = np.unique(label)
-    bad = values[(values >= num_classes) & (values != ignore_label)]
-    if bad.size or (values.size and values[0] < 0):
-        bad = np.concatenate([values[values < 0], bad])
+    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_label)]
+    if bad.size:
         raise ValueError(
             f"label {where} has values {bad[:10].tolist()} outside the {num_classes} classes "
             f"(ignore_label {ignore_label})")

@@ -43,7 +43,7 @@ def encode_example(image_data, filename, height, width, seg_data, image_format="
         label_format: "png".
 
     Returns:
-        bytes, the serialized tf.train.Example.
+        bytes, the serialized tf.train.Example, the same in every process.
     """
     feature = {
         "image/encoded": _bytes(image_data),
@@ -55,7 +55,10 @@ def encode_example(image_data, filename, height, width, seg_data, image_format="
         "image/segmentation/class/encoded": _bytes(seg_data),
         "image/segmentation/class/format": _bytes(label_format),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: the feature map in key order, so the same inputs give the same bytes in
+    # every process (reproducible shards).
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 # deeplab's data_generator._parse_function keys and defaults.
