@@ -1,1 +1,44 @@
-"""The loss family: SSL and the baselines the paper compares against."""
+"""The loss family: SSL and the baselines the paper compares against.
+
+Every loss is a keras.losses.Loss with `sums(y_true, y_pred)` and `loss_from_sums(sums)`; see
+base.py and `cross_replica_loss` for the exact loss of a global batch across replicas.
+"""
+from deeplab_ssl.losses.affinity import AffinityFieldLoss
+from deeplab_ssl.losses.base import SumsLoss
+from deeplab_ssl.losses.base import cross_replica_loss
+from deeplab_ssl.losses.cross_entropy import SigmoidCrossEntropy
+from deeplab_ssl.losses.cross_entropy import SoftmaxCrossEntropy
+from deeplab_ssl.losses.ssim import SSIMLoss
+from deeplab_ssl.losses.ssl import SSLoss
+
+# name -> (class, default keyword arguments); get_loss's kwargs override the defaults.
+_LOSSES = {
+    "ssl": (SSLoss, {}),
+    "bce": (SigmoidCrossEntropy, {}),
+    "softmax_ce": (SoftmaxCrossEntropy, {}),
+    # deeplab's documented example of hard pixel mining: the top 25% of the pixels.
+    "topk_ce": (SoftmaxCrossEntropy, {"top_k_percent_pixels": 0.25}),
+    "ssim7": (SSIMLoss, {"contrast_structure_only": False}),
+    "ssim9": (SSIMLoss, {"contrast_structure_only": True}),
+    "affinity": (AffinityFieldLoss, {}),
+}
+LOSS_NAMES = tuple(_LOSSES)
+
+
+def get_loss(name, **kwargs):
+    """Builds the loss called `name` (one of LOSS_NAMES) with `kwargs` for its constructor.
+
+    Example: get_loss("ssl", window_size=7), get_loss("topk_ce", hard_example_mining_step=100000,
+    step=optimizer.iterations).
+
+    Raises:
+      ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in _LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; known losses: {', '.join(LOSS_NAMES)}")
+    loss_class, defaults = _LOSSES[name]
+    return loss_class(**{**defaults, **kwargs})
+
+
+__all__ = ["AffinityFieldLoss", "LOSS_NAMES", "SSIMLoss", "SSLoss", "SigmoidCrossEntropy",
+           "SoftmaxCrossEntropy", "SumsLoss", "cross_replica_loss", "get_loss"]

@@ -1,0 +1,164 @@
+"""Forward + backward time and peak memory of the loss family, side by side with BCE.
+
+Usage (from the repository root):
+  .venv/bin/python benchmarks/loss_bench.py                    # both shapes of issue 2
+  .venv/bin/python benchmarks/loss_bench.py --shapes 4,257,257,21 --rounds 7
+  .venv/bin/python benchmarks/loss_bench.py --conv             # full vs separable window
+
+Time: every loss is a tf.function returning (loss, d loss / d logits) for float32 logits. After
+a warm-up call each, the losses run in rounds, one call of each loss per round in a rotating
+order, so slow phases of a shared machine hit all of them alike; printed are the median time
+and the median over rounds of the ratio to BCE measured in the same round.
+Peak memory: each loss runs (warm-up + 2 calls) in its own subprocess, which reports its peak
+resident set (VmHWM of /proc/self/status); a baseline subprocess builds the same inputs and runs a
+trivial function. Printed is the peak minus the baseline's, and its ratio to BCE's.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from deeplab_ssl import losses  # noqa: E402
+
+LOSSES = ("bce", "ssl", "softmax_ce", "ssim7", "affinity")
+BASELINE = "inputs_only"
+
+
+def make_inputs(shape, seed=0):
+    """Blocky labels (16x16 regions, 5% ignored regions) and N(0, 2) float32 logits."""
+    batch, height, width, num_classes = shape
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, num_classes, size=(batch, -(-height // 16), -(-width // 16)))
+    blocks[rng.random(blocks.shape) < 0.05] = 255
+    labels = np.repeat(np.repeat(blocks, 16, axis=1), 16, axis=2)[:, :height, :width]
+    logits = rng.normal(0.0, 2.0, size=shape).astype(np.float32)
+    return tf.constant(labels.astype(np.int32)), tf.constant(logits)
+
+
+def loss_and_gradient_fn(name):
+    """tf.function (labels, logits) -> (loss, gradient w.r.t. logits)."""
+    if name == BASELINE:
+        return tf.function(lambda labels, logits: (tf.reduce_sum(logits), logits))
+    loss = losses.get_loss(name)
+
+    @tf.function
+    def run(labels, logits):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = loss(labels, logits)
+        return value, tape.gradient(value, logits)
+    return run
+
+
+def time_losses(shape, names, rounds):
+    labels, logits = make_inputs(shape)
+    functions = {name: loss_and_gradient_fn(name) for name in names}
+    for function in functions.values():
+        tf.nest.map_structure(lambda t: t.numpy(), function(labels, logits))
+    times = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), functions[name](labels, logits))
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory_mb(shape, name):
+    """Runs `name` in a subprocess; returns its peak resident set in MB."""
+    command = [sys.executable, __file__, "--worker", name,
+               "--shapes", ",".join(str(d) for d in shape)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak_mb"]
+
+
+def worker(shape, name):
+    labels, logits = make_inputs(shape)
+    function = loss_and_gradient_fn(name)
+    for _ in range(3):
+        tf.nest.map_structure(lambda t: t.numpy(), function(labels, logits))
+    # VmHWM, the peak resident set of this process's memory map. Not getrusage's ru_maxrss:
+    # Linux carries the parent's peak into it across fork + exec.
+    with open("/proc/self/status") as status:
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_mb": peak_kb / 1024.0}))
+
+
+def benchmark_shape(shape, names, rounds):
+    print(f"\n== logits {list(shape)} float32, {rounds} rounds ==", flush=True)
+    times = time_losses(shape, names, rounds)
+    baseline_mb = peak_memory_mb(shape, BASELINE)
+    extra_mb = {name: peak_memory_mb(shape, name) - baseline_mb for name in names}
+    print(f"baseline process (inputs only): {baseline_mb:.0f} MB peak RSS")
+    print(f"{'loss':<12}{'median s':>10}{'min s':>9}{'x BCE':>8}"
+          f"{'extra peak MB':>15}{'x BCE':>8}")
+    for name in names:
+        ratios = [t / b for t, b in zip(times[name], times["bce"])]
+        print(f"{name:<12}{statistics.median(times[name]):>10.3f}{min(times[name]):>9.3f}"
+              f"{statistics.median(ratios):>8.2f}{extra_mb[name]:>15.0f}"
+              f"{extra_mb[name] / extra_mb['bce']:>8.2f}", flush=True)
+
+
+def benchmark_conv(rounds):
+    """Full k x k versus separable depthwise Gaussian on 3C+1 = 64 channels of [4, 257, 257]."""
+    from deeplab_ssl.losses import local_stats
+    x = tf.random.uniform([4, 257, 257, 64])
+    print("window  full k x k s  separable s")
+    for window_size in (3, 5, 7, 11):
+        weights = local_stats.gaussian_window(window_size, 1.5)
+        column = np.sqrt(np.diag(weights))[:, None]
+        full = tf.constant(np.tile(weights[:, :, None, None], [1, 1, 64, 1]))
+        col = tf.constant(np.tile(column[:, :, None, None], [1, 1, 64, 1]).astype(np.float32))
+        row = tf.transpose(col, [1, 0, 2, 3])
+        variants = {
+            "full": tf.function(lambda x: tf.nn.depthwise_conv2d(x, full, [1] * 4, "SAME")),
+            "separable": tf.function(lambda x: tf.nn.depthwise_conv2d(
+                tf.nn.depthwise_conv2d(x, col, [1] * 4, "SAME"), row, [1] * 4, "SAME")),
+        }
+        results = {}
+        for key, function in variants.items():
+            function(x).numpy()
+            runs = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                function(x).numpy()
+                runs.append(time.perf_counter() - start)
+            results[key] = statistics.median(runs)
+        print(f"{window_size:>6}{results['full']:>14.4f}{results['separable']:>13.4f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["4,257,257,21", "8,513,513,21"],
+                        help="logits shapes B,H,W,C")
+    parser.add_argument("--losses", default=",".join(LOSSES),
+                        help="comma-separated get_loss names (bce is always included)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per loss")
+    parser.add_argument("--conv", action="store_true",
+                        help="only compare full and separable Gaussian windows")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    shapes = [tuple(int(d) for d in s.split(",")) for s in args.shapes]
+    if args.worker:
+        worker(shapes[0], args.worker)
+        return
+    if args.conv:
+        benchmark_conv(args.rounds)
+        return
+    names = ["bce"] + [n for n in args.losses.split(",") if n != "bce"]
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, eager tf.function, no XLA")
+    for shape in shapes:
+        benchmark_shape(shape, names, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Affinity field loss (Ke et al., ECCV 2018), non-adaptive, added to softmax cross entropy.
+
+Follows the official code, github.com/twke18/Adaptive_Affinity_Fields:
+network/aaf/losses.py `affinity_loss`, network/aaf/layers.py, pyscripts/train/train_affinity.py
+(kld_margin 3.0, kld_lambda_1 = kld_lambda_2 = 1.0 in bashscripts/voc12/train_pspnet_affinity.sh).
+"""
+import keras
+import tensorflow as tf
+
+from deeplab_ssl.losses import base
+
+# The 4 offsets (dy, dx) of half the 8-neighbourhood; each pixel pair is visited once here and
+# both of its directions (a -> b, b -> a) are scored, which is the official 8-neighbour sum.
+_HALF_NEIGHBOURHOOD = ((0, 1), (1, -1), (1, 0), (1, 1))
+_EPSILON = 1e-4
+
+
+def _pair_slices(x, dy, dx):
+    """(x at pixels a, x at neighbours b = a + (dy, dx)), for pairs inside the image."""
+    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    x0, x1 = max(0, -dx), max(0, dx)
+    return (x[:, :height - dy, x0:width - x1], x[:, dy:, x1:width - x0])
+
+
+@keras.saving.register_keras_serializable(package="deeplab_ssl")
+class AffinityFieldLoss(base.SumsLoss):
+    """Softmax CE + affinity field loss on 8 neighbours at distance 1.
+
+    p = softmax(logits) clipped to [1e-4, 1], q = 1 - p clipped likewise. For each pixel a, each
+    of its 8 neighbours b inside the image with neither a nor b labelled ignore_label, and each
+    class c, the binary KL divergence KL_c(b || a) = p_b log(p_b / p_a) + q_b log(q_b / q_a).
+    The pair is an edge for class c when exactly one of a, b has label c:
+    - edge: separating force max(0, kld_margin - KL_c);
+    - not edge: grouping force KL_c.
+    loss = CE + decay * (kld_lambda_1 * mean over edge triples + kld_lambda_2 * mean over
+    not-edge triples), CE the softmax cross entropy averaged over valid pixels, and
+    decay = 10^(-step / decay_steps) as in train_affinity.py (decay_steps 0: decay = 1).
+    Sums: ce_sum, num_valid, edge_sum, num_edge, not_edge_sum, num_not_edge.
+
+    Args:
+      kld_margin: float, the margin of the separating force (3.0).
+      kld_lambda_1: float, weight of the edge term.
+      kld_lambda_2: float, weight of the not-edge term.
+      decay_steps: int, 0 or the official num_steps of the exponential decay.
+      step: scalar tf.Variable (e.g. optimizer.iterations) read at each call; needed when
+        decay_steps > 0. Not serialized: set `loss.step` after loading.
+      ignore_label, name, reduction, dtype: as SSLoss.
+    """
+
+    def __init__(self, kld_margin=3.0, kld_lambda_1=1.0, kld_lambda_2=1.0, decay_steps=0,
+                 step=None, ignore_label=255, name="affinity_field", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.kld_margin = kld_margin
+        self.kld_lambda_1 = kld_lambda_1
+        self.kld_lambda_2 = kld_lambda_2
+        self.decay_steps = decay_steps
+        self.step = step
+        self.ignore_label = ignore_label
+
+    def sums(self, y_true, y_pred):
+        labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.maximum(labels, 0), logits=logits)
+        probs = tf.nn.softmax(logits)
+        p = tf.clip_by_value(probs, _EPSILON, 1.0)
+        q = tf.clip_by_value(1.0 - probs, _EPSILON, 1.0)
+        log_p, log_q = tf.math.log(p), tf.math.log(q)
+        one_hot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
+        sums = {"ce_sum": tf.reduce_sum(ce * valid[..., 0]), "num_valid": tf.reduce_sum(valid),
+                "edge_sum": 0.0, "num_edge": 0.0, "not_edge_sum": 0.0, "num_not_edge": 0.0}
+        for dy, dx in _HALF_NEIGHBOURHOOD:
+            p_a, p_b = _pair_slices(p, dy, dx)
+            q_a, q_b = _pair_slices(q, dy, dx)
+            log_p_a, log_p_b = _pair_slices(log_p, dy, dx)
+            log_q_a, log_q_b = _pair_slices(log_q, dy, dx)
+            valid_a, valid_b = _pair_slices(valid, dy, dx)
+            one_hot_a, one_hot_b = _pair_slices(one_hot, dy, dx)
+            log_p_ratio = log_p_b - log_p_a
+            log_q_ratio = log_q_b - log_q_a
+            kl_b_a = p_b * log_p_ratio + q_b * log_q_ratio
+            kl_a_b = -(p_a * log_p_ratio + q_a * log_q_ratio)
+            pair_valid = valid_a * valid_b
+            edge = pair_valid * tf.abs(one_hot_a - one_hot_b)
+            not_edge = pair_valid - edge
+            separating = (tf.nn.relu(self.kld_margin - kl_b_a)
+                          + tf.nn.relu(self.kld_margin - kl_a_b))
+            sums["edge_sum"] += tf.reduce_sum(edge * separating)
+            sums["not_edge_sum"] += tf.reduce_sum(not_edge * (kl_b_a + kl_a_b))
+            sums["num_edge"] += 2.0 * tf.reduce_sum(edge)
+            sums["num_not_edge"] += 2.0 * tf.reduce_sum(not_edge)
+        return sums
+
+    def loss_from_sums(self, sums):
+        decay = 1.0
+        if self.decay_steps:
+            if self.step is None:
+                raise ValueError("AffinityFieldLoss with decay_steps > 0 needs the training "
+                                 "step: set loss.step = optimizer.iterations")
+            decay = tf.pow(10.0, -tf.cast(self.step, tf.float32) / float(self.decay_steps))
+        affinity = (self.kld_lambda_1 * tf.math.divide_no_nan(sums["edge_sum"], sums["num_edge"])
+                    + self.kld_lambda_2 * tf.math.divide_no_nan(sums["not_edge_sum"],
+                                                                sums["num_not_edge"]))
+        return tf.math.divide_no_nan(sums["ce_sum"], sums["num_valid"]) + decay * affinity
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kld_margin=self.kld_margin, kld_lambda_1=self.kld_lambda_1,
+                      kld_lambda_2=self.kld_lambda_2, decay_steps=self.decay_steps,
+                      ignore_label=self.ignore_label)
+        return config

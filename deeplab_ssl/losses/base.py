@@ -1,0 +1,135 @@
+"""The interface every loss of the family shares: additive sums, and the loss computed from them.
+
+A segmentation loss such as the SSL is a ratio of sums over the batch (a BCE sum over the valid
+pixel count, an SSL sum over the hard-example count). Averaging per-replica ratios is not the
+loss of the global batch; adding the sums first is. So every loss here exposes
+
+    sums(y_true, y_pred) -> dict[str, float32 scalar]   additive over pieces of a batch
+    loss_from_sums(sums) -> float32 scalar
+
+and `cross_replica_loss` all-reduces the sums inside a replica context.
+"""
+import keras
+import tensorflow as tf
+
+
+def labels_logits_and_mask(y_true, y_pred, ignore_label):
+    """Checks and standardizes a (labels, logits) pair.
+
+    Args:
+      y_true: integer (or integer-valued float) labels [B, H, W] or [B, H, W, 1].
+      y_pred: logits [B, H, W, C], any float dtype.
+      ignore_label: int, the label of pixels that take no part in the loss.
+
+    Returns:
+      labels: int32 [B, H, W], with ignored pixels set to -1 (so tf.one_hot gives zeros there).
+      logits: float32 [B, H, W, C].
+      valid: float32 [B, H, W, 1], 1 where the label is not ignore_label.
+
+    Raises:
+      ValueError: on ranks or spatial shapes that do not fit (static shapes).
+      tf.errors.InvalidArgumentError: when a label other than ignore_label is outside [0, C).
+    """
+    y_pred = tf.convert_to_tensor(y_pred)
+    y_true = tf.convert_to_tensor(y_true)
+    if y_pred.shape.rank != 4:
+        raise ValueError(f"y_pred must be logits [B, H, W, C]; got shape {y_pred.shape}")
+    if y_true.shape.rank == 4:
+        if y_true.shape[-1] not in (1, None):
+            raise ValueError(f"y_true must be labels [B, H, W] or [B, H, W, 1]; "
+                             f"got shape {y_true.shape}")
+        y_true = tf.squeeze(y_true, axis=-1)
+    if y_true.shape.rank != 3:
+        raise ValueError(f"y_true must be labels [B, H, W] or [B, H, W, 1]; got shape {y_true.shape}")
+    if not y_true.shape.is_compatible_with(y_pred.shape[:3]):
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in [B, H, W]: "
+                         "upsample the logits to the label size first")
+    logits = tf.cast(y_pred, tf.float32)
+    labels = tf.cast(y_true, tf.int32)
+    is_valid = tf.not_equal(labels, ignore_label)
+    labels = tf.where(is_valid, labels, -1)
+    num_classes = tf.shape(logits)[-1]
+    with tf.control_dependencies([
+            tf.debugging.assert_less(labels, num_classes, message=(
+                "y_true has a label >= num_classes (the last dimension of y_pred) that is "
+                "not ignore_label")),
+            tf.debugging.assert_greater_equal(labels, -1, message=(
+                "y_true has a negative label that is not ignore_label"))]):
+        labels = tf.identity(labels)
+    valid = tf.cast(is_valid, tf.float32)[..., None]
+    return labels, logits, valid
+
+
+def sigmoid_logits(y_pred, from_logits):
+    """float32 logits [B, H, W, C] from logits or from sigmoid probabilities (clipped to 1e-7)."""
+    y_pred = tf.cast(y_pred, tf.float32)
+    if from_logits:
+        return y_pred
+    probs = tf.clip_by_value(y_pred, 1e-7, 1.0 - 1e-7)
+    return tf.math.log(probs) - tf.math.log1p(-probs)
+
+
+class SumsLoss(keras.losses.Loss):
+    """Base class: a keras Loss computed from additive sums over the batch.
+
+    Subclasses implement `sums` and `loss_from_sums`. `loss(y_true, y_pred)` returns the float32
+    scalar `loss_from_sums(sums(y_true, y_pred))`. Inside `model.fit` under a tf.distribute
+    strategy it is scaled by 1 / num_replicas_in_sync like every Keras loss, so the SUM of the
+    replicas' gradients is the mean of the per-replica losses' gradients (standard Keras
+    semantics). For the exact loss of the global batch in a custom loop use `cross_replica_loss`.
+    """
+
+    def sums(self, y_true, y_pred):
+        """Returns dict[str, float32 scalar] of sums additive over pieces of the batch."""
+        raise NotImplementedError
+
+    def loss_from_sums(self, sums):
+        """Returns the float32 scalar loss from (local or all-reduced) `sums`."""
+        raise NotImplementedError
+
+    def call(self, y_true, y_pred):
+        return self.loss_from_sums(self.sums(y_true, y_pred))
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError(f"{type(self).__name__} takes no sample_weight: invalid pixels are "
+                             "given by ignore_label")
+        with tf.name_scope(self.name):
+            loss = self.call(y_true, y_pred)
+        # Keras scales its per-sample losses for tf.distribute in reduce_values, but leaves a
+        # scalar loss unscaled; do it here so fit() behaves as with any Keras loss.
+        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if num_replicas > 1:
+            loss = loss * (1.0 / num_replicas)
+        return loss
+
+
+def cross_replica_loss(loss, y_true, y_pred):
+    """The loss of the whole global batch, on every replica, with exact summed gradients.
+
+    Call it in a replica context (inside `strategy.run`, or with no strategy at all). The local
+    sums s are all-reduced (SUM) into G, and the loss is `loss.loss_from_sums(S)` with
+    S = s + stop_gradient(G - s): its value is the loss of the global batch, and its gradient on
+    replica r is dL/dS(G) * ds_r/dtheta, so the SUM of the replicas' gradients (what Keras
+    optimizers all-reduce) is dL/dS(G) * dG/dtheta, the exact gradient of the global loss, for
+    any loss_from_sums. Do not scale the result by 1 / num_replicas.
+
+    Args:
+      loss: a SumsLoss.
+      y_true: labels of this replica's batch [b, H, W] or [b, H, W, 1].
+      y_pred: logits of this replica's batch [b, H, W, C].
+
+    Returns:
+      (loss_value float32 scalar, global_sums dict[str, float32 scalar]).
+    """
+    if not isinstance(loss, SumsLoss):
+        raise TypeError(f"cross_replica_loss needs a SumsLoss, got {type(loss).__name__}")
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        raise ValueError("cross_replica_loss must be called in a replica context "
+                         "(inside strategy.run), not in a cross-replica context")
+    local_sums = loss.sums(y_true, y_pred)
+    global_sums = context.all_reduce(tf.distribute.ReduceOp.SUM, local_sums)
+    sums = {key: value + tf.stop_gradient(global_sums[key] - value)
+            for key, value in local_sums.items()}
+    return loss.loss_from_sums(sums), global_sums

@@ -1,0 +1,143 @@
+"""Cross-entropy baselines: sigmoid BCE, softmax CE, and deeplab's top-k hard-pixel softmax CE."""
+import keras
+import tensorflow as tf
+
+from deeplab_ssl.losses import base
+
+
+def sigmoid_cross_entropy_sums(logits, one_hot, weights):
+    """Weighted sums of the element-wise sigmoid cross entropy, with a fused gradient.
+
+    BCE(y, sigmoid(x)) = softplus(x (1 - 2 y)) for y in {0, 1}: exact and stable for any x.
+    The gradient is written by hand: d sum_i g_i sum(w_i BCE) / dx = (sum_i g_i w_i) (p - y),
+    p = sigmoid(x), which spares autodiff's intermediates (time and memory); the weights are
+    constants (no gradient flows into them).
+
+    Args:
+      logits: float32 [B, H, W, C].
+      one_hot: float32 [B, H, W, C], the binary targets y.
+      weights: list of float32 tensors broadcastable to [B, H, W, C].
+
+    Returns:
+      list of float32 scalars, sum(weights[i] * BCE).
+    """
+    weights = [tf.stop_gradient(w) for w in weights]
+
+    @tf.custom_gradient
+    def weighted_sums(logits):
+        bce = tf.nn.softplus(logits * (1.0 - 2.0 * one_hot))
+        sums = [tf.reduce_sum(bce * w) for w in weights]
+
+        def gradient(*upstream):
+            coefficient = sum(g * w for g, w in zip(upstream, weights))
+            return coefficient * (tf.sigmoid(logits) - one_hot)
+        return sums, gradient
+    return weighted_sums(logits)
+
+
+@keras.saving.register_keras_serializable(package="deeplab_ssl")
+class SigmoidCrossEntropy(base.SumsLoss):
+    """Sigmoid (one-vs-rest) cross entropy with ignore_label: the paper's BCE, Eq. 1's form.
+
+    loss = sum over valid pixels and classes of BCE(y, p) / number of valid pixels (0 if none),
+    with y the one-hot labels and p = sigmoid(logits).
+    Sums: bce_sum, num_valid.
+
+    Args:
+      ignore_label: int, label of pixels excluded from the loss.
+      from_logits: bool, y_pred holds logits (True) or sigmoid probabilities.
+      name, reduction, dtype: as keras.losses.Loss (the loss is always a scalar).
+    """
+
+    def __init__(self, ignore_label=255, from_logits=True, name="sigmoid_cross_entropy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ignore_label = ignore_label
+        self.from_logits = from_logits
+
+    def sums(self, y_true, y_pred):
+        labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
+        logits = base.sigmoid_logits(logits, self.from_logits)
+        one_hot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
+        (bce_sum,) = sigmoid_cross_entropy_sums(logits, one_hot, [valid])
+        return {"bce_sum": bce_sum, "num_valid": tf.reduce_sum(valid)}
+
+    def loss_from_sums(self, sums):
+        return tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(ignore_label=self.ignore_label, from_logits=self.from_logits)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deeplab_ssl")
+class SoftmaxCrossEntropy(base.SumsLoss):
+    """Softmax cross entropy with ignore_label and deeplab's optional top-k hard-pixel mining.
+
+    Matches deeplab's `add_softmax_cross_entropy_loss_for_each_scale`
+    (research/deeplab/utils/train_utils.py) for one scale, label weights 1:
+    - top_k_percent_pixels == 1: loss = sum of CE over valid pixels / number of valid pixels.
+    - otherwise: with N = all pixels of the batch (ignored ones included) and
+      ratio = min(1, step / hard_example_mining_step) (ratio = 1 if hard_example_mining_step
+      is 0), k = int((ratio * top_k_percent_pixels + 1 - ratio) * N); the k largest pixel losses
+      (ignored pixels have loss 0) are summed and divided by how many of them are non-zero.
+    Sums: ce_sum, num_present. Under tf.distribute each replica mines its own top k, as each
+    deeplab clone did; the sums are then added.
+
+    Args:
+      ignore_label: int, label of pixels excluded from the loss.
+      top_k_percent_pixels: float in (0, 1], fraction of pixels kept by hard mining.
+      hard_example_mining_step: int, the step at which mining reaches top_k_percent_pixels
+        (linear from 100% at step 0); 0 mines top_k_percent_pixels from the start.
+      step: the training step, a scalar tf.Variable such as optimizer.iterations, read at each
+        call; needed only when hard_example_mining_step > 0. Not serialized: set `loss.step`
+        after loading.
+      name, reduction, dtype: as keras.losses.Loss.
+    """
+
+    def __init__(self, ignore_label=255, top_k_percent_pixels=1.0, hard_example_mining_step=0,
+                 step=None, name="softmax_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not 0.0 < top_k_percent_pixels <= 1.0:
+            raise ValueError(f"top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
+        if hard_example_mining_step < 0:
+            raise ValueError("hard_example_mining_step must be >= 0, got "
+                             f"{hard_example_mining_step}")
+        self.ignore_label = ignore_label
+        self.top_k_percent_pixels = top_k_percent_pixels
+        self.hard_example_mining_step = hard_example_mining_step
+        self.step = step
+
+    def sums(self, y_true, y_pred):
+        labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
+        valid = valid[..., 0]
+        pixel_losses = valid * tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.maximum(labels, 0), logits=logits)
+        if self.top_k_percent_pixels == 1.0:
+            return {"ce_sum": tf.reduce_sum(pixel_losses), "num_present": tf.reduce_sum(valid)}
+        pixel_losses = tf.reshape(pixel_losses, [-1])
+        num_pixels = tf.cast(tf.size(pixel_losses), tf.float32)
+        if self.hard_example_mining_step == 0:
+            fraction = tf.constant(self.top_k_percent_pixels, tf.float32)
+        else:
+            if self.step is None:
+                raise ValueError("SoftmaxCrossEntropy with hard_example_mining_step > 0 needs "
+                                 "the training step: set loss.step = optimizer.iterations")
+            ratio = tf.minimum(1.0, tf.cast(self.step, tf.float32)
+                               / float(self.hard_example_mining_step))
+            fraction = ratio * self.top_k_percent_pixels + (1.0 - ratio)
+        top_k_pixels = tf.cast(fraction * num_pixels, tf.int32)
+        top_k_losses, _ = tf.nn.top_k(pixel_losses, k=top_k_pixels, sorted=False)
+        num_present = tf.reduce_sum(tf.cast(tf.not_equal(top_k_losses, 0.0), tf.float32))
+        return {"ce_sum": tf.reduce_sum(top_k_losses), "num_present": num_present}
+
+    def loss_from_sums(self, sums):
+        return tf.math.divide_no_nan(sums["ce_sum"], sums["num_present"])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(ignore_label=self.ignore_label,
+                      top_k_percent_pixels=self.top_k_percent_pixels,
+                      hard_example_mining_step=self.hard_example_mining_step)
+        return config

@@ -1,0 +1,92 @@
+"""Gaussian window and masked local statistics (paper Sec. 3.3): the one copy, for SSL and SSIM.
+
+Local statistics are weighted means over a k x k window centred on each pixel, computed over
+VALID pixels only: mean(x) = conv(w, m * x) / conv(w, m), m the valid mask. The convolution is
+depthwise with zero padding ('SAME'), so pixels outside the image count as invalid too.
+"""
+import numpy as np
+import tensorflow as tf
+
+# Measured on 2 CPU cores (benchmarks/loss_bench.py --conv): a k x k depthwise convolution is
+# faster than a k x 1 then 1 x k pair for k <= 5, equal at 7, and 2x slower at 11.
+_LARGEST_FULL_WINDOW = 5
+
+
+def _check_window(window_size, sigma):
+    if int(window_size) != window_size or window_size < 1 or window_size % 2 == 0:
+        raise ValueError(f"window_size must be an odd positive integer, got {window_size}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+
+
+def _gaussian_1d(window_size, sigma):
+    _check_window(window_size, sigma)
+    offsets = np.arange(window_size, dtype=np.float64) - (window_size - 1) / 2.0
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return weights / weights.sum()
+
+
+def gaussian_window(window_size, sigma):
+    """The circular-symmetric Gaussian window, normalized to sum 1.
+
+    Args:
+      window_size: odd int k, the side of the window (the paper's region size).
+      sigma: float > 0, standard deviation in pixels (1.5 in the paper; a huge sigma gives a
+        uniform window).
+
+    Returns:
+      numpy float32 [k, k].
+    """
+    weights = _gaussian_1d(window_size, sigma)
+    return np.outer(weights, weights).astype(np.float32)
+
+
+def local_sums(x, window_size, sigma):
+    """Gaussian-weighted sums over the window around each pixel, zero outside the image.
+
+    Args:
+      x: float32 [B, H, W, n].
+      window_size, sigma: see gaussian_window.
+
+    Returns:
+      float32 [B, H, W, n]: sum_i w_i x_i over the window centred on each pixel.
+    """
+    channels = x.shape[-1]
+    if channels is None:
+        raise ValueError(f"local_sums needs a static channel count; got shape {x.shape}")
+    strides = [1, 1, 1, 1]
+    if window_size <= _LARGEST_FULL_WINDOW:
+        window = gaussian_window(window_size, sigma)[:, :, None, None]
+        window = tf.tile(tf.constant(window), [1, 1, channels, 1])
+        return tf.nn.depthwise_conv2d(x, window, strides, "SAME")
+    # The 2-D Gaussian is separable: a k x 1 then a 1 x k pass.
+    weights = _gaussian_1d(window_size, sigma).astype(np.float32)
+    column = tf.tile(tf.constant(weights[:, None, None, None]), [1, 1, channels, 1])
+    row = tf.tile(tf.constant(weights[None, :, None, None]), [1, 1, channels, 1])
+    x = tf.nn.depthwise_conv2d(x, column, strides, "SAME")
+    return tf.nn.depthwise_conv2d(x, row, strides, "SAME")
+
+
+def masked_local_means(tensors, valid, window_size, sigma):
+    """Local weighted means of several maps over valid pixels.
+
+    mean(x) = conv(w, m * x) / conv(w, m) at valid pixels, 0 at invalid pixels.
+
+    Args:
+      tensors: list of float32 [B, H, W, n_i], each ALREADY ZERO where valid is 0 (pass m * x).
+      valid: float32 [B, H, W, 1], the valid mask m (1 valid, 0 invalid).
+      window_size, sigma: see gaussian_window.
+
+    Returns:
+      list of float32 [B, H, W, n_i], the local means, in the order of `tensors`.
+    """
+    # One convolution per map: concatenating the maps into one convolution was measured 2-5x
+    # slower on CPU (benchmarks/loss_bench.py --conv), the concat and split copies dominating.
+    # conv(w, m) >= w_c > 0 at valid pixels; m / conv(w, m) zeroes the invalid ones for free.
+    inverse_weight = tf.math.divide_no_nan(valid, local_sums(valid, window_size, sigma))
+    return [local_sums(t, window_size, sigma) * inverse_weight for t in tensors]
+
+
+def center_weight(window_size, sigma):
+    """w_c, the weight of the centre pixel in the normalized window (a Python float)."""
+    return float(gaussian_window(window_size, sigma)[window_size // 2, window_size // 2])

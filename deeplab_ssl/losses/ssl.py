@@ -1,0 +1,143 @@
+"""The structural similarity loss (SSL) of Zhao et al. 2019, paper Sec. 3.2-3.3, Eqs. 10-17."""
+import math
+
+import keras
+import tensorflow as tf
+
+from deeplab_ssl.losses import base
+from deeplab_ssl.losses import cross_entropy
+from deeplab_ssl.losses import local_stats
+
+
+def max_structural_error(window_size, sigma, c4):
+    """e_max = y_nor_max - y_nor_min of Eq. 16 = 2 (1 - w_c) / (sqrt(w_c (1 - w_c)) + c4).
+
+    y_nor is extreme when the centre pixel differs from all its neighbours (mu_y = w_c or
+    1 - w_c). w_c is the centre weight of the normalized window; 4.6716 for k=3, sigma=1.5,
+    c4=0.01; 0 for window_size 1.
+    """
+    w_c = local_stats.center_weight(window_size, sigma)
+    return 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + c4)
+
+
+@keras.saving.register_keras_serializable(package="deeplab_ssl")
+class SSLoss(base.SumsLoss):
+    """Structural similarity loss, Eq. 17: ce_weight * BCE + (1 - ce_weight) * SSL.
+
+    Exact definition, for y_true labels [B, H, W] or [B, H, W, 1] and y_pred [B, H, W, C]:
+    - y = one-hot labels, p = sigmoid(logits), computed in float32 whatever the logits dtype;
+      a pixel labelled ignore_label is invalid; m is the valid mask.
+    - Local statistics over a k x k Gaussian window w (sum 1, std sigma), VALID pixels only,
+      pixels outside the image being invalid: mu = sum(w m x) / sum(w m),
+      var = sum(w m x^2) / sum(w m) - mu^2, clamped at 0 (for binary y, var_y = mu_y - mu_y^2).
+    - x_nor = (x - mu_x + c4) / (sqrt(var_x) + c4) for x in {y, p};  e = |y_nor - p_nor|
+      (Eq. 10), a constant for the gradient (stop-gradient), as the paper says.
+    - e_max = 2 (1 - w_c) / (sqrt(w_c (1 - w_c)) + c4), w_c the window's centre weight
+      (Eq. 16; 4.6716 for k=3, sigma=1.5).
+    - f = valid and e > beta * e_max (Eq. 11); ohem=False: f = valid.  weight = e f;
+      reweight=False: weight = f.
+    - BCE(y, p) element-wise sigmoid cross entropy, from logits (stable for any logits).
+      BCE term = sum of BCE over classes and valid pixels / number of valid pixels.
+    - SSL term = sum(weight * BCE) / M with M = sum(f) (Eq. 12-13); 0 when M = 0. With
+      window_size 1 the window is the pixel itself, so y_nor = p_nor = 1, e = 0, e_max = 0 and
+      no example is hard: the SSL term is 0 and the loss is ce_weight * BCE.
+    - total = ce_weight * BCE term + (1 - ce_weight) * SSL term (Eq. 17). 0 for an all-ignore
+      batch (gradient 0).
+    The gradient w.r.t. the logits is (ce_weight m / N + (1 - ce_weight) weight / M) (p - y).
+
+    Sums (additive over pieces of the batch, see base.cross_replica_loss):
+      bce_sum, num_valid (valid pixels), ssl_sum, num_hard (M).
+
+    Args:
+      window_size: odd int, the region size k (paper: 3).
+      sigma: float, Gaussian std in pixels (paper: 1.5).
+      beta: float in [0, 1), hard-example threshold factor (paper: 0.1).
+      c4: float, stability constant of Eq. 10 (paper: 0.01).
+      ce_weight: float in [0, 1], the paper's lambda (0.5).
+      ignore_label: int, label of invalid pixels.
+      from_logits: bool, y_pred holds logits (True) or sigmoid probabilities.
+      ohem: bool, drop easy examples (f); Table 3's OHEM switch.
+      reweight: bool, weight hard examples by e; Table 3's Reweight switch.
+      name, reduction, dtype: as keras.losses.Loss (the loss is always a scalar).
+    """
+
+    def __init__(self, window_size=3, sigma=1.5, beta=0.1, c4=0.01, ce_weight=0.5,
+                 ignore_label=255, from_logits=True, ohem=True, reweight=True, name="ssl",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        if not 0.0 <= ce_weight <= 1.0:
+            raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
+        if not c4 > 0:
+            raise ValueError(f"c4 must be > 0, got {c4}")
+        self.window_size = window_size
+        self.sigma = sigma
+        self.beta = beta
+        self.c4 = c4
+        self.ce_weight = ce_weight
+        self.ignore_label = ignore_label
+        self.from_logits = from_logits
+        self.ohem = ohem
+        self.reweight = reweight
+        self.e_max = max_structural_error(window_size, sigma, c4)
+
+    def structural_error(self, one_hot, probs, valid):
+        """e of Eq. 10, float32 [B, H, W, C], 0 at invalid pixels; inputs carry no gradient.
+
+        Args:
+          one_hot: float32 [B, H, W, C], zero at invalid pixels.
+          probs: float32 [B, H, W, C], sigmoid probabilities.
+          valid: float32 [B, H, W, 1].
+        """
+        # At invalid pixels y = m p = mu = sigma = 0, so y_nor = p_nor = 1 and e = 0.
+        masked_probs = probs * valid
+        mu_y, mu_p, mean_p2 = local_stats.masked_local_means(
+            [one_hot, masked_probs, masked_probs * probs], valid, self.window_size, self.sigma)
+        sigma_y = tf.sqrt(tf.maximum(mu_y - tf.square(mu_y), 0.0))
+        sigma_p = tf.sqrt(tf.maximum(mean_p2 - tf.square(mu_p), 0.0))
+        y_nor = (one_hot - mu_y + self.c4) / (sigma_y + self.c4)
+        p_nor = (masked_probs - mu_p + self.c4) / (sigma_p + self.c4)
+        return tf.abs(y_nor - p_nor)
+
+    def sums(self, y_true, y_pred):
+        labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
+        logits = base.sigmoid_logits(logits, self.from_logits)
+        one_hot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
+        error = self.structural_error(one_hot, tf.stop_gradient(tf.sigmoid(logits)), valid)
+        num_valid = tf.reduce_sum(valid)
+        if self.ohem:
+            # e = 0 at invalid pixels and the threshold is >= 0: they are never hard.
+            is_hard = error > self.beta * self.e_max
+            weight = tf.where(is_hard, error, 0.0) if self.reweight else tf.cast(
+                is_hard, tf.float32)
+            num_hard = tf.reduce_sum(tf.cast(is_hard, tf.float32))
+        else:
+            weight = error if self.reweight else valid
+            num_hard = num_valid * tf.cast(tf.shape(logits)[-1], tf.float32)
+        bce_sum, ssl_sum = cross_entropy.sigmoid_cross_entropy_sums(
+            logits, one_hot, [valid, weight])
+        return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": ssl_sum,
+                "num_hard": num_hard}
+
+    def loss_from_sums(self, sums):
+        bce = tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"])
+        ssl = tf.math.divide_no_nan(sums["ssl_sum"], sums["num_hard"])
+        return self.ce_weight * bce + (1.0 - self.ce_weight) * ssl
+
+    @staticmethod
+    def hard_example_fraction(sums, num_classes):
+        """M / (valid pixels * C): the proportion of hard examples (paper Fig. 4), float32.
+
+        Args:
+          sums: the dict of `sums` (or of base.cross_replica_loss's global sums).
+          num_classes: int C.
+        """
+        return tf.math.divide_no_nan(sums["num_hard"], sums["num_valid"] * float(num_classes))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(window_size=self.window_size, sigma=self.sigma, beta=self.beta,
+                      c4=self.c4, ce_weight=self.ce_weight, ignore_label=self.ignore_label,
+                      from_logits=self.from_logits, ohem=self.ohem, reweight=self.reweight)
+        return config
