@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -27,6 +28,11 @@ def exported(model, tmp_path_factory):
     return export_dir
 
 
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported)
+
+
 def _images(shape, seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=shape).astype(np.uint8)
 
@@ -37,8 +43,8 @@ def _png_bytes(image):
     return buffer.getvalue()
 
 
-def test_exported_predictions_equal_the_in_process_model(model, exported):
-    signature = tf.saved_model.load(exported).signatures["serving_default"]
+def test_exported_predictions_equal_the_in_process_model(model, loaded):
+    signature = loaded.signatures["serving_default"]
     for shape in [(1, 23, 31, 3), (2, 40, 17, 3)]:
         images = _images(shape)
         outputs = signature(images=tf.constant(images))
@@ -50,8 +56,7 @@ def test_exported_predictions_equal_the_in_process_model(model, exported):
         assert outputs[serving.PREDICTIONS_KEY].dtype == tf.int32
 
 
-def test_encoded_signature_equals_the_image_signature(exported):
-    loaded = tf.saved_model.load(exported)
+def test_encoded_signature_equals_the_image_signature(loaded):
     image = _images((19, 26, 3), seed=1)
     from_bytes = loaded.signatures["serving_encoded"](image_bytes=tf.constant([_png_bytes(image)]))
     from_pixels = loaded.signatures["serving_default"](images=tf.constant(image[np.newaxis]))
@@ -59,8 +64,8 @@ def test_encoded_signature_equals_the_image_signature(exported):
                                   from_pixels[serving.PREDICTIONS_KEY])
 
 
-def test_bad_inputs_name_the_problem(exported):
-    signature = tf.saved_model.load(exported).signatures["serving_default"]
+def test_bad_inputs_name_the_problem(loaded):
+    signature = loaded.signatures["serving_default"]
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be uint8.*20 30 3"):
         signature(images=tf.zeros([20, 30, 3], tf.uint8))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be uint8.*1 8 8 4"):
@@ -69,7 +74,10 @@ def test_bad_inputs_name_the_problem(exported):
         signature(images=tf.zeros([1, 8, 8, 3], tf.float32))
 
 
-def test_crop_size_export_pads_small_and_fits_large_images(model, tmp_path):
+def test_crop_size_export_pads_small_and_fits_large_images(tmp_path):
+    # A small convolutional model keeps the multi-scale, flipped export fast.
+    images = keras.Input((None, None, 3))
+    model = keras.Model(images, keras.layers.Conv2D(4, 3, padding="same")(images))
     export_dir = str(tmp_path / "cropped")
     pad_value = (127.5, 127.5, 127.5)
     serving.export_model(model, export_dir, crop_size=(33, 33), pad_value=pad_value,
@@ -92,7 +100,7 @@ def _run(args):
     return result.stdout
 
 
-def test_saved_model_cli_show_and_run(exported, tmp_path):
+def test_saved_model_cli_show_and_run(exported, loaded, tmp_path):
     shown = _run([SAVED_MODEL_CLI, "show", "--dir", exported, "--all"])
     assert "signature_def['serving_default']" in shown
     assert "signature_def['serving_encoded']" in shown
@@ -105,7 +113,7 @@ def test_saved_model_cli_show_and_run(exported, tmp_path):
           "--signature_def", "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}",
           "--outdir", str(tmp_path / "out")])
     from_cli = np.load(tmp_path / "out" / "SemanticPredictions.npy")
-    in_process = tf.saved_model.load(exported).signatures["serving_default"](
+    in_process = loaded.signatures["serving_default"](
         images=tf.constant(images))[serving.PREDICTIONS_KEY]
     np.testing.assert_array_equal(from_cli, in_process)
 
