@@ -65,7 +65,8 @@ class LoadReport:
 
     Attributes:
         checkpoint: path of the checkpoint read.
-        loaded: slim names assigned from the checkpoint.
+        loaded: slim names assigned from the checkpoint (when an error is raised: the names that
+            matched, nothing having been assigned).
         missing: slim names of model variables the checkpoint lacks (left as initialized).
         wrong_shape: (name, model shape, checkpoint shape) of variables not assigned.
         skipped: slim names excluded on purpose (last layers with initialize_last_layer=False).
@@ -79,7 +80,7 @@ class LoadReport:
     unused: list = dataclasses.field(default_factory=list)
 
     def __str__(self):
-        lines = ["Checkpoint %s: %d variables loaded, %d missing, %d with a wrong shape, "
+        lines = ["Checkpoint %s: %d variables matched, %d missing, %d with a wrong shape, "
                  "%d skipped, %d checkpoint tensors unused."
                  % (self.checkpoint, len(self.loaded), len(self.missing), len(self.wrong_shape),
                     len(self.skipped), len(self.unused))]
@@ -142,19 +143,20 @@ def load_slim_checkpoint(model, checkpoint_path, initialize_last_layer=True,
             report.wrong_shape.append((name, tuple(variable.shape), tuple(shapes[name])))
         else:
             assignments.append((name, variable))
-    used = {name for name, _ in assignments} | set(report.skipped) | set(report.missing)
-    report.unused = sorted(set(shapes) - used)
+    report.loaded = [name for name, _ in assignments]
+    report.unused = sorted(set(shapes) - set(report.loaded) - set(report.skipped))
     if report.wrong_shape:
-        raise ValueError("%s\nVariables of checkpoint %s do not fit the model (another "
-                         "num_classes? use initialize_last_layer=False)." % (report, path))
+        raise ValueError("Nothing assigned: variables of checkpoint %s do not fit the model "
+                         "(another num_classes? use initialize_last_layer=False).\n%s"
+                         % (path, report))
     if not assignments:
-        raise ValueError("%s\nNo variable of model %s found in checkpoint %s: another "
-                         "model_variant?" % (report, model.name, path))
+        raise ValueError("Nothing assigned: no variable of model %s in checkpoint %s (another "
+                         "model_variant?).\n%s" % (model.name, path, report))
     if report.missing and not ignore_missing_vars:
-        raise ValueError("%s\nModel variables missing from checkpoint %s." % (report, path))
+        raise ValueError("Nothing assigned: model variables missing from checkpoint %s.\n%s"
+                         % (path, report))
     for name, variable in assignments:
         variable.assign(reader.get_tensor(name))
-        report.loaded.append(name)
     return report
 
 

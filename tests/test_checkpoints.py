@@ -1,0 +1,139 @@
+"""Loading deeplab / TF-slim checkpoints by name, and Keras weight files.
+
+The checkpoints are written here the way TF-slim wrote them (a tf.compat.v1 Saver over
+variables named like deeplab's, in a graph), since nothing can be downloaded.
+"""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_ssl import checkpoints
+from deeplab_ssl.model import build_deeplab
+
+OPTIONS = dict(depth_multiplier=0.5, atrous_rates=[6, 12, 18], decoder_output_stride=4)
+
+
+def _model(num_classes=3):
+    return build_deeplab("mobilenet_v2", num_classes, **OPTIONS)
+
+
+def _write_slim_checkpoint(prefix, values):
+    """Writes {name: array} as a TF1 checkpoint with exactly these variable names."""
+    with tf.Graph().as_default():
+        variables = [tf.compat.v1.Variable(value, name=name) for name, value in values.items()]
+        saver = tf.compat.v1.train.Saver(variables)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            return saver.save(session, prefix)
+
+
+def _random_values(model, seed=0):
+    rng = np.random.default_rng(seed)
+    return {name: rng.uniform(0.5, 1.5, variable.shape).astype(np.float32)
+            for name, variable in checkpoints.slim_variables(model).items()}
+
+
+@pytest.fixture(scope="module")
+def model_zoo_checkpoint(tmp_path_factory):
+    """A deeplab-style checkpoint of OPTIONS' mobilenet_v2 model with 3 classes, plus the
+    global_step and Momentum slots deeplab writes, without one batch norm variable."""
+    values = _random_values(_model())
+    del values["MobilenetV2/expanded_conv_3/expand/BatchNorm/gamma"]
+    extra = {"global_step": np.int64(1000),
+             "MobilenetV2/Conv/weights/Momentum": values["MobilenetV2/Conv/weights"]}
+    prefix = _write_slim_checkpoint(str(tmp_path_factory.mktemp("zoo") / "model.ckpt"),
+                                    {**values, **extra})
+    keras.backend.clear_session()
+    return prefix, values
+
+
+def test_round_trip_values_equal(model_zoo_checkpoint):
+    prefix, values = model_zoo_checkpoint
+    model = _model()
+    report = checkpoints.load_slim_checkpoint(model, prefix)
+    variables = checkpoints.slim_variables(model)
+    assert sorted(report.loaded) == sorted(values)
+    assert report.missing == ["MobilenetV2/expanded_conv_3/expand/BatchNorm/gamma"]
+    assert report.unused == ["MobilenetV2/Conv/weights/Momentum", "global_step"]
+    assert not report.skipped and not report.wrong_shape
+    for name, value in values.items():
+        np.testing.assert_array_equal(variables[name].numpy(), value, err_msg=name)
+    np.testing.assert_array_equal(  # the missing variable keeps its initial value
+        variables["MobilenetV2/expanded_conv_3/expand/BatchNorm/gamma"].numpy(), 1.0)
+    assert "1 missing" in str(report) and prefix in str(report)
+
+
+def test_directory_loads_its_latest_checkpoint(model_zoo_checkpoint):
+    prefix, values = model_zoo_checkpoint
+    model = _model()
+    report = checkpoints.load_slim_checkpoint(model, os.path.dirname(prefix))
+    assert report.checkpoint == prefix
+    assert len(report.loaded) == len(values)
+
+
+def test_other_num_classes_needs_initialize_last_layer_false(model_zoo_checkpoint):
+    prefix, values = model_zoo_checkpoint
+    model = _model(num_classes=7)
+    with pytest.raises(ValueError, match="(?s)initialize_last_layer.*wrong shape: logits/semantic/weights"):
+        checkpoints.load_slim_checkpoint(model, prefix)
+    logits_kernel = model.get_layer("logits.semantic").kernel.numpy()
+    report = checkpoints.load_slim_checkpoint(model, prefix, initialize_last_layer=False,
+                                              last_layers_contain_logits_only=True)
+    assert report.skipped == ["logits/semantic/weights", "logits/semantic/biases"]
+    np.testing.assert_array_equal(model.get_layer("logits.semantic").kernel.numpy(),
+                                  logits_kernel)
+    np.testing.assert_array_equal(model.get_layer("aspp0").kernel.numpy(),
+                                  values["aspp0/weights"])
+
+
+def test_initialize_last_layer_false_skips_the_whole_head(model_zoo_checkpoint):
+    prefix, values = model_zoo_checkpoint
+    model = _model()
+    report = checkpoints.load_slim_checkpoint(model, prefix, initialize_last_layer=False)
+    assert {"aspp0/weights", "image_pooling/weights", "concat_projection/weights",
+            "decoder/feature_projection0/weights", "logits/semantic/biases"} <= set(
+                report.skipped)
+    assert all(name.startswith("MobilenetV2/") for name in report.loaded)
+    assert not np.array_equal(model.get_layer("aspp0").kernel.numpy(), values["aspp0/weights"])
+
+
+def test_missing_variables_can_be_an_error(model_zoo_checkpoint):
+    prefix, _ = model_zoo_checkpoint
+    model = _model()
+    before = model.get_layer("aspp0").kernel.numpy()
+    with pytest.raises(ValueError, match="expanded_conv_3/expand/BatchNorm/gamma"):
+        checkpoints.load_slim_checkpoint(model, prefix, ignore_missing_vars=False)
+    np.testing.assert_array_equal(model.get_layer("aspp0").kernel.numpy(), before)
+
+
+def test_checkpoint_of_another_backbone_is_an_error(tmp_path):
+    prefix = _write_slim_checkpoint(str(tmp_path / "model.ckpt"), {
+        "resnet_v1_101/conv1/weights": np.zeros((7, 7, 3, 64), np.float32)})
+    model = build_deeplab("mobilenet_v2", 3, depth_multiplier=0.5)
+    with pytest.raises(ValueError, match="another model_variant"):
+        checkpoints.load_slim_checkpoint(model, prefix)
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    model = build_deeplab("mobilenet_v2", 3, depth_multiplier=0.5)
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        checkpoints.load_slim_checkpoint(model, str(tmp_path / "nowhere.ckpt"))
+    with pytest.raises(FileNotFoundError, match="No checkpoint in directory"):
+        checkpoints.load_slim_checkpoint(model, str(tmp_path))
+
+
+def test_keras_weights_file(tmp_path):
+    model = _model()
+    path = str(tmp_path / "deeplab.weights.h5")
+    model.save_weights(path)
+    other = _model()
+    checkpoints.load_weights(other, path)
+    for a, b in zip(model.weights, other.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ValueError, match="deeplab.weights.h5"):
+        checkpoints.load_weights(_model(num_classes=7), path)
+    with pytest.raises(FileNotFoundError, match="absent.weights.h5"):
+        checkpoints.load_weights(other, str(tmp_path / "absent.weights.h5"))
