@@ -62,12 +62,14 @@ class _Canvas:
     def paint(self, mask, label, color, grain=0.0):
         """Sets `label` and `color` (RGB [3] or [H, W, 3]) on mask [H, W], with per-pixel noise
         of std `grain` (a texture)."""
-        color = np.broadcast_to(np.asarray(color, np.float32), self.image.shape)[mask]
+        index = np.flatnonzero(mask)  # One scan of the mask, then cheap flat indexing.
+        color = np.asarray(color, np.float32)
+        color = color.reshape(-1, 3)[index] if color.ndim == 3 else color
         if grain:
-            color = color + self.rng.normal(0, grain, (color.shape[0], 1))
-        self.image[mask] = color
-        self.label[mask] = label
-        self.objects[mask] = label in (PERSON, CAR)
+            color = color + self.rng.normal(0, grain, (index.size, 1))
+        self.image.reshape(-1, 3)[index] = color
+        self.label.ravel()[index] = label
+        self.objects.ravel()[index] = label in (PERSON, CAR)
 
     def jitter(self, color, amount=15.0):
         return np.asarray(color, np.float32) + self.rng.uniform(-amount, amount, 3)
