@@ -347,9 +347,6 @@ class Trainer:
                 for g in gradients if g is not None])
             metrics["non_finite_gradients"] = context.all_reduce(
                 tf.distribute.ReduceOp.SUM, num_non_finite)
-        if hasattr(self.loss, "hard_example_fraction"):
-            metrics["hard_example_fraction"] = self.loss.hard_example_fraction(
-                sums, logits.shape[-1])
         return metrics
 
     def _distributed_step_fn(self, batch):
@@ -357,11 +354,20 @@ class Trainer:
         return self.strategy.run(self._replica_step, args=(images, labels))
 
     def train_step(self, batch):
-        """Runs one step on a distributed batch; returns {name: float} of the global batch."""
+        """Runs one step on a distributed batch; returns {name: float} of the global batch.
+
+        The names: the loss's sums, `loss`, `regularization_loss` (weight decay), `total_loss`,
+        `non_finite_gradients` (without loss scaling) and, for the SSL,
+        `hard_example_fraction` (paper Fig. 4).
+        """
         metrics = self._distributed_step(batch)
         local = tf.nest.map_structure(
             lambda value: self.strategy.experimental_local_results(value)[0], metrics)
-        return {name: float(value.numpy()) for name, value in local.items()}
+        metrics = {name: float(value.numpy()) for name, value in local.items()}
+        if hasattr(self.loss, "hard_example_fraction"):
+            metrics["hard_example_fraction"] = float(self.loss.hard_example_fraction(
+                metrics, self.model.output_shape[-1]))
+        return metrics
 
     # --- input ---------------------------------------------------------------------------------
 
