@@ -65,9 +65,11 @@ def _run_cli(module, **flag_values):
         check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
-def _same_shards(dir_a, dir_b):
-    names = sorted(os.listdir(dir_a))
-    assert names == sorted(os.listdir(dir_b))
+def _same_shards(dir_a, dir_b, names=None):
+    """Shards `names` (default: all, the same in both) are equal in dir_a and dir_b."""
+    if names is None:
+        names = sorted(os.listdir(dir_a))
+        assert names == sorted(os.listdir(dir_b))
     for name in names:  # Byte for byte: records are serialized deterministically.
         assert (dir_a / name).read_bytes() == (dir_b / name).read_bytes(), name
 
@@ -223,6 +225,18 @@ def test_voc_palette_labels_and_sbd_train_aug(tmp_path):
     # JPEG images are stored as read, not re-encoded.
     np.testing.assert_array_equal(train_aug["s0"][0], tf.io.decode_jpeg(
         (voc / "JPEGImages" / "s0.jpg").read_bytes()).numpy())
+    # Pre-converted SegmentationClassAug PNGs (here SBD's labels for its names, VOC's for VOC's
+    # val image v2) give the same train_aug.
+    aug = tmp_path / "SegmentationClassAug"
+    for name, label in {**sbd_labels, "v0": voc_labels["v0"]}.items():
+        _save(label, str(aug / f"{name}.png"))
+    build_voc2012_data.build_voc2012(
+        str(voc / "JPEGImages"), str(voc / "SegmentationClass"), str(lists),
+        str(tmp_path / "aug_out"), sbd_label_folder=str(aug), splits=["train_aug"],
+        num_shards=2, progress=False)
+    _same_shards(tmp_path / "aug_out",
+                 tmp_path / "out", names=["train_aug-00000-of-00002.tfrecord",
+                                          "train_aug-00001-of-00002.tfrecord"])
     # The command line writes the same shards.
     _run_cli("build_voc2012_data", image_folder=voc / "JPEGImages",
              semantic_segmentation_folder=voc / "SegmentationClass", list_folder=lists,
