@@ -1,0 +1,102 @@
+"""End-to-end runs of eval.py, vis.py and export.py on generated records and a checkpoint."""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from deeplab_ssl import model as model_lib
+from deeplab_ssl.datasets import records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_FLAGS = ["--model_variant=mobilenet_v2", "--depth_multiplier=0.25", "--output_stride=16"]
+
+
+def _png(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Folder with demo-dataset `val` records, a train.py-style checkpoint and a flagfile."""
+    root = tmp_path_factory.mktemp("eval_cli")
+    rng = np.random.default_rng(0)
+    data_dir = root / "data"
+    data_dir.mkdir()
+    with tf.io.TFRecordWriter(str(data_dir / records.shard_filename("val", 0, 1))) as writer:
+        for i, (height, width) in enumerate([(24, 32), (30, 20), (17, 17)]):
+            image = rng.integers(0, 256, size=(height, width, 3)).astype(np.uint8)
+            label = rng.integers(0, 10, size=(height, width)).astype(np.uint8)
+            label[:2] = 255
+            writer.write(records.encode_example(
+                _png(image), f"img{i}.png", height, width, _png(label), image_format="png"))
+    model = model_lib.build_deeplab("mobilenet_v2", 10, depth_multiplier=0.25)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model), str(root / "train"), max_to_keep=2,
+        checkpoint_name="model.ckpt")
+    manager.save(checkpoint_number=42)
+    (root / "demo.flags").write_text(
+        "\n".join(MODEL_FLAGS + ["--dataset=demo", f"--dataset_dir={data_dir}"]) + "\n")
+    return root
+
+
+def _run(script, *args, expect_ok=True):
+    result = subprocess.run([sys.executable, os.path.join(REPO, script), *args],
+                            capture_output=True, text=True, cwd=REPO, check=False)
+    if expect_ok:
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        assert result.returncode != 0, result.stdout[-3000:]
+    return result
+
+
+def test_eval_writes_tables_results_and_summaries(workdir):
+    result = _run("eval.py", f"--flagfile={workdir / 'demo.flags'}",
+                  f"--checkpoint_dir={workdir / 'train'}", f"--eval_logdir={workdir / 'eval'}",
+                  "--eval_split=val", "--eval_batch_size=2", "--max_number_of_evaluations=1",
+                  "--eval_interval_secs=0")
+    assert "mIoU" in result.stdout and "sidewalk" in result.stdout
+    prefix = workdir / "train" / "model.ckpt-42.eval_val_ms1"
+    metrics = json.loads((prefix.parent / (prefix.name + ".json")).read_text())
+    assert metrics["checkpoint"].endswith("model.ckpt-42")
+    assert metrics["num_pixels"] == 24 * 32 + 30 * 20 + 17 * 17 - 2 * (32 + 20 + 17)
+    assert 0.0 <= metrics["miou"] <= 1.0
+    rows = list(csv.DictReader(open(prefix.parent / (prefix.name + ".csv"))))
+    assert len(rows) == 1 and float(rows[0]["mIoU"]) == pytest.approx(100 * metrics["miou"],
+                                                                      abs=0.01)
+    assert list((workdir / "eval").glob("events.out.tfevents.*"))
+
+
+def test_eval_errors_name_the_split_and_the_checkpoint(workdir):
+    result = _run("eval.py", f"--flagfile={workdir / 'demo.flags'}",
+                  f"--checkpoint_dir={workdir / 'train'}", "--eval_split=tset", expect_ok=False)
+    assert "'tset'" in result.stderr
+    result = _run("eval.py", f"--flagfile={workdir / 'demo.flags'}", "--depth_multiplier=0.5",
+                  f"--checkpoint_path={workdir / 'train' / 'model.ckpt-42'}", expect_ok=False)
+    assert "model.ckpt-42' does not match" in result.stderr
+    assert "depth_multiplier=0.5" in result.stderr
+
+
+def test_vis_and_export(workdir):
+    _run("vis.py", f"--flagfile={workdir / 'demo.flags'}", f"--train_logdir={workdir / 'train'}",
+         f"--vis_logdir={workdir / 'vis'}", "--vis_split=val", "--also_save_raw_predictions")
+    results = sorted(p.name for p in (workdir / "vis" / "segmentation_results").iterdir())
+    assert len(results) == 9 and results[:3] == [
+        "000000_image.png", "000000_panel.png", "000000_prediction.png"]
+    raw = sorted(p.name for p in (workdir / "vis" / "raw_segmentation_results").iterdir())
+    assert raw == ["img0.png", "img1.png", "img2.png"]
+
+    _run("export.py", f"--flagfile={workdir / 'demo.flags'}", "--output_stride=8",
+         f"--checkpoint_dir={workdir / 'train'}", f"--export_path={workdir / 'export' / '1'}")
+    signature = tf.saved_model.load(str(workdir / "export" / "1")).signatures["serving_default"]
+    image = np.array(Image.open(workdir / "vis" / "segmentation_results" / "000000_image.png"))
+    labels = signature(images=tf.constant(image[np.newaxis]))["SemanticPredictions"]
+    assert labels.shape == (1, 24, 32)
