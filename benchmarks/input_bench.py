@@ -79,13 +79,20 @@ def write_voc_like(directory, split, num_images, num_shards=4):
 
 
 def images_per_second(dataset, batch_size, warmup_batches, num_batches):
+    """(images/s in wall time, CPU milliseconds of the process per image).
+
+    The CPU time per image does not depend on what else runs on the machine: 1000 / it is the
+    rate one free core would give.
+    """
     iterator = iter(dataset)
     for _ in range(warmup_batches):
         next(iterator)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(num_batches):
         next(iterator)
-    return num_batches * batch_size / (time.perf_counter() - start)
+    num_images = num_batches * batch_size
+    return (num_images / (time.perf_counter() - start),
+            (time.process_time() - start_cpu) * 1000 / num_images)
 
 
 def _model_step_rate():
@@ -117,20 +124,21 @@ def main(argv):
             scale_factor_step_size=FLAGS.scale_factor_step_size, **common)
         decode_only = input_pipeline.get_dataset(
             crop_size=crop_size, is_training=True, repeat=True, **common)
-        print(f"cores visible to TensorFlow: {os.cpu_count()}; batch {FLAGS.batch_size}, "
+        print(f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; batch {FLAGS.batch_size}, "
               f"crop {crop_size[0]}x{crop_size[1]}, scale {FLAGS.min_scale_factor}-"
               f"{FLAGS.max_scale_factor} step {FLAGS.scale_factor_step_size}, flip")
         args = (FLAGS.batch_size, FLAGS.warmup_batches, FLAGS.num_batches)
-        decode_rate = images_per_second(decode_only, *args)
-        train_rate = images_per_second(train, *args)
-        print(f"input pipeline, decode + pad/crop/flip (scale 1):  {decode_rate:8.1f} images/s")
-        print(f"input pipeline, full training augmentation:        {train_rate:8.1f} images/s")
+        for name, dataset in (("decode + pad/crop/flip (scale 1)", decode_only),
+                              ("full training augmentation", train)):
+            rate, cpu_ms = images_per_second(dataset, *args)
+            print(f"input pipeline, {name:33s} {rate:7.1f} images/s, {cpu_ms:5.1f} CPU ms "
+                  f"per image ({1000 / cpu_ms:5.1f} images/s per free core)")
         model_rate = _model_step_rate()
         if model_rate is None:
             print("training step consumption: benchmarks/model_bench.py not available")
         else:
-            print(f"training step consumption (model_bench):          {model_rate:8.1f} "
-                  f"images/s -> pipeline / step = {train_rate / model_rate:.1f}x")
+            print(f"training step consumption (model_bench): {model_rate:7.1f} images/s -> "
+                  f"pipeline / step = {rate / model_rate:.1f}x")
 
 
 if __name__ == "__main__":

@@ -151,3 +151,28 @@ def test_training_needs_a_crop_size():
     image, label = block_image_and_label(8, 8)
     with pytest.raises(ValueError, match="crop_height"):
         preprocess.preprocess_image_and_label(image, label, is_training=True)
+
+
+@pytest.mark.parametrize("size, min_size, max_size, factor, expected", [
+    ((375, 500), 513, None, None, (513, 684)),  # ceil(500 * 513 / 375) = 684.
+    # 684 > 600: the larger side becomes 600; 375 * float32(600 / 500) rounds up to 451.
+    ((375, 500), 513, 600, None, (451, 600)),
+    # deeplab's ADE20K flags: max 513 lowered to 497 (16k + 1), sides rounded up to 16k + 1.
+    ((375, 500), 513, 513, 16, (385, 497)),
+    ((200, 120), 513, 513, 16, (497, 305)),
+    ((100, 100), 50, None, 8, (57, 57)),
+])
+def test_resize_to_range_follows_deeplab(size, min_size, max_size, factor, expected):
+    image, label = block_image_and_label(*size)
+    out_image, out_label = preprocess.resize_to_range(
+        tf.cast(image, tf.float32), tf.cast(label, tf.int32), min_size, max_size, factor)
+    assert tuple(out_image.shape[:2]) == expected == tuple(out_label.shape[:2])
+
+
+def test_evaluation_resizes_to_range_with_label_aligned():
+    image, label = block_image_and_label(30, 50)
+    out_image, out_label = preprocess.preprocess_image_and_label(
+        image, label, min_resize_value=45, max_resize_value=100, mean_pixel=MEAN,
+        ignore_label=IGNORE, is_training=False)
+    assert tuple(out_image.shape[:2]) == (45, 75)
+    assert_aligned(out_image, out_label)

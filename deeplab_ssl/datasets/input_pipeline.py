@@ -95,6 +95,18 @@ def _skip_bad_records(examples):
     return examples.filter(log).map(lambda example, _: example)
 
 
+def preprocess_options(crop_size, min_resize_value, max_resize_value, resize_factor,
+                       min_scale_factor, max_scale_factor, scale_factor_step_size, mean_pixel,
+                       ignore_label):
+    """Keyword arguments of preprocess.preprocess_image_and_label from get_dataset's."""
+    crop_height, crop_width = crop_size if crop_size is not None else (None, None)
+    return dict(crop_height=crop_height, crop_width=crop_width,
+                min_resize_value=min_resize_value, max_resize_value=max_resize_value,
+                resize_factor=resize_factor, min_scale_factor=min_scale_factor,
+                max_scale_factor=max_scale_factor, scale_factor_step_size=scale_factor_step_size,
+                mean_pixel=mean_pixel, ignore_label=ignore_label)
+
+
 def shuffle_and_repeat(dataset, shuffle, shuffle_buffer_size, repeat, seed):
     """Shuffles (each epoch anew) then repeats forever, as deeplab's data_generator."""
     if shuffle:
@@ -104,22 +116,21 @@ def shuffle_and_repeat(dataset, shuffle, shuffle_buffer_size, repeat, seed):
     return dataset
 
 
-def preprocess_and_batch(examples, batch_size, crop_size=None, is_training=False,
-                         min_scale_factor=1.0, max_scale_factor=1.0, scale_factor_step_size=0.0,
-                         mean_pixel=(127.5, 127.5, 127.5), ignore_label=255, seed=None,
-                         deterministic=False):
+def preprocess_and_batch(examples, batch_size, is_training, seed=None, deterministic=False,
+                         **preprocess_options):
     """Applies deeplab's preprocessing to decoded examples and batches them.
 
     Args:
         examples: tf.data.Dataset of dicts with `image` uint8 [H, W, 3], `label` integer
             [H, W, 1], `filename` tf.string (e.g. from `decode_record`).
         batch_size: int, examples per batch.
-        Others: see `get_dataset`.
+        is_training, seed, deterministic: see `get_dataset`.
+        **preprocess_options: keyword arguments of `preprocess.preprocess_image_and_label`
+            (crop_height, crop_width, min_resize_value, ..., mean_pixel, ignore_label).
 
     Returns:
         See `get_dataset`.
     """
-    crop_height, crop_width = crop_size if crop_size is not None else (None, None)
     if is_training:
         # One stateless seed [2] per example, attached before the parallel map so that the
         # augmentation of a record does not depend on which thread runs it.
@@ -127,30 +138,28 @@ def preprocess_and_batch(examples, batch_size, crop_size=None, is_training=False
 
         def train_map(example, example_seed):
             return preprocess.preprocess_image_and_label(
-                example["image"], example["label"], crop_height, crop_width,
-                min_scale_factor, max_scale_factor, scale_factor_step_size, mean_pixel,
-                ignore_label, is_training=True, seed=example_seed)
+                example["image"], example["label"], is_training=True, seed=example_seed,
+                **preprocess_options)
 
         batches = tf.data.Dataset.zip(examples, seeds).map(
             train_map, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=True)
     else:
         def eval_map(example):
             image, label = preprocess.preprocess_image_and_label(
-                example["image"], example["label"], crop_height, crop_width,
-                mean_pixel=mean_pixel, ignore_label=ignore_label, is_training=False)
+                example["image"], example["label"], is_training=False, **preprocess_options)
             size = tf.shape(example["image"])[:2]
             return {"image": image, "label": label, "filename": example["filename"],
                     "height": size[0], "width": size[1]}
 
         def pad_with_mean_pixel(batch):
-            mean = tf.constant(mean_pixel, tf.float32)
+            mean = tf.constant(preprocess_options["mean_pixel"], tf.float32)
             return dict(batch, image=tf.where(batch["image"] < 0, mean, batch["image"]))
 
         # padded_batch pads with one scalar per component: pad images with -1, which no raw
         # pixel has, then put the mean pixel there.
         batches = examples.map(eval_map, num_parallel_calls=AUTOTUNE).padded_batch(
-            batch_size, padding_values={"image": -1.0, "label": ignore_label, "filename": "",
-                                        "height": 0, "width": 0})
+            batch_size, padding_values={"image": -1.0, "label": preprocess_options["ignore_label"],
+                                        "filename": "", "height": 0, "width": 0})
         batches = batches.map(pad_with_mean_pixel, num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -160,6 +169,7 @@ def preprocess_and_batch(examples, batch_size, crop_size=None, is_training=False
 
 def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is_training=False,
                 min_scale_factor=1.0, max_scale_factor=1.0, scale_factor_step_size=0.0,
+                min_resize_value=None, max_resize_value=None, resize_factor=None,
                 mean_pixel=(127.5, 127.5, 127.5), num_readers=4, shuffle=None,
                 shuffle_buffer_size=100, repeat=None, deterministic=None, seed=None,
                 skip_bad_records=False, input_context=None):
@@ -177,6 +187,9 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
             (whole images, dicts).
         min_scale_factor, max_scale_factor, scale_factor_step_size: floats, deeplab's random
             scale (training only), e.g. 0.5, 2.0, 0.25.
+        min_resize_value, max_resize_value, resize_factor: deeplab's resizing of every image
+            (training and evaluation) before the rest, e.g. 513, 513, 16 for ADE20K; see
+            `preprocess.resize_to_range`. None: no resizing.
         mean_pixel: 3 floats, padding value of images: the model variant's mean pixel
             (`deeplab_ssl.core.feature_extractor.mean_pixel(model_variant)`).
         num_readers: int, shard files read in parallel (interleave cycle length).
@@ -201,7 +214,8 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
         Evaluation: dicts of `image` float32 [B, h, w, 3], `label` int32 [B, h, w, 1] (h, w the
         largest padded size in the batch: padding with the mean pixel and the ignore label at
         the bottom/right), `filename` tf.string [B], `height`, `width` int32 [B] (the original
-        image sizes); batch_size 1 keeps each image at its own size.
+        image sizes, before any min_resize_value resizing); batch_size 1 keeps each image at
+        its own size.
 
     Raises:
         ValueError: unknown dataset or split (naming it), no shards matching the glob (naming the
@@ -246,5 +260,7 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
     else:
         examples = examples.map(_fail_on_bad_record)
     return preprocess_and_batch(
-        examples, batch_size, crop_size, is_training, min_scale_factor, max_scale_factor,
-        scale_factor_step_size, mean_pixel, descriptor.ignore_label, seed, deterministic)
+        examples, batch_size, is_training, seed, deterministic,
+        **preprocess_options(crop_size, min_resize_value, max_resize_value, resize_factor,
+                             min_scale_factor, max_scale_factor, scale_factor_step_size,
+                             mean_pixel, descriptor.ignore_label))

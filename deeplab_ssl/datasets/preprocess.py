@@ -72,11 +72,22 @@ def get_random_scale(min_scale_factor, max_scale_factor, scale_factor_step_size,
     return factors[index]
 
 
+def _resize_image_and_label(image, label, size):
+    """Bilinear image and nearest label resizes to `size` with `align_corners=True`, deeplab's
+    way, so that image and label sample the same grid. image float32 [H, W, 3], label int32
+    [H, W, 1] or None, size int32 [2]."""
+    image = tf.raw_ops.ResizeBilinear(images=image[None], size=size, align_corners=True)[0]
+    if label is not None:
+        label = tf.raw_ops.ResizeNearestNeighbor(
+            images=label[None], size=size, align_corners=True)[0]
+    return image, label
+
+
 def scale_image_and_label(image, label, scale):
     """Resizes image (bilinear) and label (nearest) by `scale`, deeplab's way.
 
-    The new size is `int(size * scale)` (truncated), and both resizes use `align_corners=True`
-    so that image and label sample the same grid.
+    The new size is `int(size * scale)` (truncated), as deeplab's
+    `randomly_scale_image_and_label`.
 
     Args:
         image: float32 [H, W, 3].
@@ -87,11 +98,38 @@ def scale_image_and_label(image, label, scale):
         (image float32 [h, w, 3], label int32 [h, w, 1] or None).
     """
     size = tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32)
-    image = tf.raw_ops.ResizeBilinear(images=image[None], size=size, align_corners=True)[0]
-    if label is not None:
-        label = tf.raw_ops.ResizeNearestNeighbor(
-            images=label[None], size=size, align_corners=True)[0]
-    return image, label
+    return _resize_image_and_label(image, label, size)
+
+
+def resize_to_range(image, label, min_size, max_size=None, factor=None):
+    """deeplab's `preprocess_utils.resize_to_range` (its --min_resize_value, --max_resize_value,
+    --resize_factor), e.g. for ADE20K.
+
+    The smaller side becomes `min_size` (sizes rounded up) unless the larger side would then
+    exceed `max_size`, in which case the larger side becomes `max_size`; with `factor`, both
+    sides are then rounded up to a multiple of factor plus one, `max_size` having first been
+    lowered to such a value (deeplab's arithmetic, kept as is).
+
+    Args:
+        image: float32 [H, W, 3].
+        label: int32 [H, W, 1] or None.
+        min_size: number, the target size of the smaller side.
+        max_size: number or None, the largest allowed size of the larger side.
+        factor: int or None.
+
+    Returns:
+        (image float32 [h, w, 3], label int32 [h, w, 1] or None).
+    """
+    if max_size is not None and factor is not None:
+        max_size = max_size + (factor - (max_size - 1) % factor) % factor - factor
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_size = tf.cast(tf.math.ceil(size * (min_size / tf.reduce_min(size))), tf.int32)
+    if max_size is not None:
+        small_size = tf.cast(tf.math.ceil(size * (max_size / tf.reduce_max(size))), tf.int32)
+        new_size = tf.where(tf.reduce_max(new_size) > max_size, small_size, new_size)
+    if factor is not None:
+        new_size += (factor - (new_size - 1) % factor) % factor
+    return _resize_image_and_label(image, label, new_size)
 
 
 def pad_to_bounding_box(image, target_height, target_width, pad_value):
@@ -150,13 +188,15 @@ def random_flip_left_right(image, label, seed):
 
 
 def preprocess_image_and_label(image, label, crop_height=None, crop_width=None,
+                               min_resize_value=None, max_resize_value=None, resize_factor=None,
                                min_scale_factor=1.0, max_scale_factor=1.0,
                                scale_factor_step_size=0.0, mean_pixel=(127.5, 127.5, 127.5),
                                ignore_label=255, is_training=True, seed=None):
-    """deeplab's `input_preprocess.preprocess_image_and_label` (without min/max resize).
+    """deeplab's `input_preprocess.preprocess_image_and_label`.
 
-    Training: random scale, pad to the crop size, random crop (done as crop then pad, which
-    gives the same result, see `random_crop`), random left-right flip.
+    First, with min_resize_value, `resize_to_range` (training and evaluation).
+    Training: random scale, pad to the crop size, random crop (done as crop then pad, which gives
+    the same result, see `random_crop`), random left-right flip.
     Evaluation: the whole image, padded at the bottom/right to the crop size only where it is
     smaller (no crop, no random op); no padding when the crop size is None.
 
@@ -164,6 +204,8 @@ def preprocess_image_and_label(image, label, crop_height=None, crop_width=None,
         image: [H, W, 3] uint8 or float tensor of raw pixel values.
         label: [H, W, 1] integer tensor of class indices, same H and W.
         crop_height, crop_width: ints, required for training.
+        min_resize_value, max_resize_value, resize_factor: see `resize_to_range`'s min_size,
+            max_size and factor; no resizing when min_resize_value is None.
         min_scale_factor, max_scale_factor, scale_factor_step_size: floats, see
             `get_random_scale`.
         mean_pixel: 3 floats, the image padding value (the model variant's mean pixel).
@@ -173,12 +215,18 @@ def preprocess_image_and_label(image, label, crop_height=None, crop_width=None,
 
     Returns:
         (image float32 [h, w, 3] in [0, 255], label int32 [h, w, 1]); training gives
-        h, w = crop_height, crop_width, evaluation max(H, crop_height), max(W, crop_width).
+        h, w = crop_height, crop_width, evaluation max(H, crop_height), max(W, crop_width)
+        with H, W the size after resize_to_range.
     """
     if is_training and (crop_height is None or crop_width is None):
         raise ValueError("training preprocessing needs crop_height and crop_width")
+    if max_resize_value is not None and min_resize_value is None:
+        raise ValueError("max_resize_value needs min_resize_value, as in deeplab")
     image = tf.cast(image, tf.float32)
     label = tf.cast(label, tf.int32)
+    if min_resize_value is not None:
+        image, label = resize_to_range(image, label, min_resize_value, max_resize_value,
+                                       resize_factor)
     if is_training:
         scale_seed, crop_seed, flip_seed = _split_seed(seed, 3)
         if (min_scale_factor, max_scale_factor) != (1.0, 1.0):

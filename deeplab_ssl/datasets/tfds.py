@@ -151,7 +151,8 @@ class DeeplabSegmentation(tfds.core.GeneratorBasedBuilder):
 
 def get_dataset(dataset_name, data_dir, split, batch_size, manual_dir=None, crop_size=None,
                 is_training=False, min_scale_factor=1.0, max_scale_factor=1.0,
-                scale_factor_step_size=0.0, mean_pixel=(127.5, 127.5, 127.5), num_readers=4,
+                scale_factor_step_size=0.0, min_resize_value=None, max_resize_value=None,
+                resize_factor=None, mean_pixel=(127.5, 127.5, 127.5), num_readers=4,
                 shuffle=None, shuffle_buffer_size=100, repeat=None, deterministic=None,
                 seed=None, input_context=None):
     """`input_pipeline.get_dataset` over the TFDS build of a dataset.
@@ -211,5 +212,7 @@ def get_dataset(dataset_name, data_dir, split, batch_size, manual_dir=None, crop
 
     examples = dataset.map(decode, num_parallel_calls=input_pipeline.AUTOTUNE)
     return input_pipeline.preprocess_and_batch(
-        examples, batch_size, crop_size, is_training, min_scale_factor, max_scale_factor,
-        scale_factor_step_size, mean_pixel, descriptor.ignore_label, seed, deterministic)
+        examples, batch_size, is_training, seed, deterministic,
+        **input_pipeline.preprocess_options(
+            crop_size, min_resize_value, max_resize_value, resize_factor, min_scale_factor,
+            max_scale_factor, scale_factor_step_size, mean_pixel, descriptor.ignore_label))
