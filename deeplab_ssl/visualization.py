@@ -65,7 +65,8 @@ _CAMVID_COLORS = (
 # demo classes not listed here get pascal's color of their label.
 _DEMO_COLORS_BY_NAME = {
     "background": (0, 0, 0), "sky": (70, 130, 180), "building": (70, 70, 70),
-    "road": (128, 64, 128), "sidewalk": (244, 35, 232), "tree": (107, 142, 35),
+    "road": (128, 64, 128), "sidewalk": (244, 35, 232), "fence": (190, 153, 153),
+    "tree": (107, 142, 35),
     "pole": (153, 153, 153), "sign": (220, 220, 0), "person": (220, 20, 60),
     "car": (0, 0, 142),
 }
