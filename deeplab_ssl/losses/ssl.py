@@ -29,7 +29,8 @@ class SSLoss(base.SumsLoss):
       a pixel labelled ignore_label is invalid; m is the valid mask.
     - Local statistics over a k x k Gaussian window w (sum 1, std sigma), VALID pixels only,
       pixels outside the image being invalid: mu = sum(w m x) / sum(w m),
-      var = sum(w m x^2) / sum(w m) - mu^2, clamped at 0 (for binary y, var_y = mu_y - mu_y^2).
+      var = sum(w m x^2) / sum(w m) - mu^2, clamped at 0 (for binary y, var_y = mu_y - mu_y^2,
+      computed as mu_y mu_(1-y) to be exactly 0 in one-class windows).
     - x_nor = (x - mu_x + c4) / (sqrt(var_x) + c4) for x in {y, p};  e = |y_nor - p_nor|
       (Eq. 10), a constant for the gradient (stop-gradient), as the paper says.
     - e_max = 2 (1 - w_c) / (sqrt(w_c (1 - w_c)) + c4), w_c the window's centre weight
@@ -92,9 +93,12 @@ class SSLoss(base.SumsLoss):
         """
         # At invalid pixels y = m p = mu = sigma = 0, so y_nor = p_nor = 1 and e = 0.
         masked_probs = probs * valid
-        mu_y, mu_p, mean_p2 = local_stats.masked_local_means(
-            [one_hot, masked_probs, masked_probs * probs], valid, self.window_size, self.sigma)
-        sigma_y = tf.sqrt(tf.maximum(mu_y - tf.square(mu_y), 0.0))
+        # var_y = mu_y (1 - mu_y) is computed as mu_y mu_(1-y), exactly 0 in a one-class
+        # window (float32 rounding of mu_y = 1 would give sqrt(var_y) ~ 2e-4, 2% of c4).
+        mu_y, mu_not_y, mu_p, mean_p2 = local_stats.masked_local_means(
+            [one_hot, valid - one_hot, masked_probs, masked_probs * probs], valid,
+            self.window_size, self.sigma)
+        sigma_y = tf.sqrt(mu_y * mu_not_y)
         sigma_p = tf.sqrt(tf.maximum(mean_p2 - tf.square(mu_p), 0.0))
         y_nor = (one_hot - mu_y + self.c4) / (sigma_y + self.c4)
         p_nor = (masked_probs - mu_p + self.c4) / (sigma_p + self.c4)
