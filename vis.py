@@ -16,9 +16,9 @@ from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import descriptors, input_pipeline
 
 flags.DEFINE_string("vis_split", "val", "Split of the dataset to visualize.")
-flags.DEFINE_multi_integer("vis_crop_size", None,
-                           "Height and width images are padded to; unset pads each batch to "
-                           "its largest image.")
+flags.DEFINE_list("vis_crop_size", None,
+                  "Height,width images are padded to (deeplab's, e.g. 513,513); unset pads "
+                  "each batch to its largest image.")
 flags.DEFINE_integer("vis_batch_size", 1, "Images per batch.")
 flags.DEFINE_multi_float("eval_scales", [1.0], "Image scales of multi-scale inference.")
 flags.DEFINE_boolean("add_flipped_images", False, "Also run on left-right flipped images.")
@@ -44,9 +44,10 @@ def main(argv):
     if not checkpoint_path:
         raise app.UsageError("give --checkpoint_path or --checkpoint_dir")
     checkpoint_path = evaluation.restore_model(model, checkpoint_path, options)
+    crop_size = [int(size) for size in FLAGS.vis_crop_size] if FLAGS.vis_crop_size else None
     dataset = input_pipeline.get_dataset(
         FLAGS.dataset, FLAGS.dataset_dir, FLAGS.vis_split, FLAGS.vis_batch_size,
-        crop_size=FLAGS.vis_crop_size, is_training=False,
+        crop_size=crop_size, is_training=False,
         mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant))
     raw_label_ids = (visualization.CITYSCAPES_TRAIN_ID_TO_EVAL_ID
                      if descriptor.name == "cityscapes" else None)

@@ -61,7 +61,8 @@ def _run(script, *args, expect_ok=True):
 def test_eval_writes_tables_results_and_summaries(workdir):
     result = _run("eval.py", f"--flagfile={workdir / 'demo.flags'}",
                   f"--checkpoint_dir={workdir / 'train'}", f"--eval_logdir={workdir / 'eval'}",
-                  "--eval_split=val", "--eval_batch_size=2", "--max_number_of_evaluations=1",
+                  "--eval_split=val", "--eval_batch_size=2", "--eval_crop_size=33,33",
+                  "--max_number_of_evaluations=1",
                   "--eval_interval_secs=0")
     assert "mIoU" in result.stdout and "sidewalk" in result.stdout
     prefix = workdir / "train" / "model.ckpt-42.eval_val_ms1"
