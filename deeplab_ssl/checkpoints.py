@@ -20,6 +20,8 @@ from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import utils
 
 _BATCH_NORM_NAMES = ("gamma", "beta", "moving_mean", "moving_variance")
+# Present in checkpoints written by tf.train.Checkpoint (TF2), absent from TF-slim ones.
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 
 def slim_variable_name(layer, variable):
@@ -150,6 +152,10 @@ def load_slim_checkpoint(model, checkpoint_path, initialize_last_layer=True,
                          "(another num_classes? use initialize_last_layer=False).\n%s"
                          % (path, report))
     if not assignments:
+        if _OBJECT_GRAPH_KEY in shapes:
+            raise ValueError("%s is an object-based checkpoint (e.g. from train.py), not a "
+                             "TF-slim one: restore it with tf.train.Checkpoint(model=model)."
+                             % path)
         raise ValueError("Nothing assigned: no variable of model %s in checkpoint %s (another "
                          "model_variant?).\n%s" % (model.name, path, report))
     if report.missing and not ignore_missing_vars:

@@ -117,6 +117,13 @@ def test_checkpoint_of_another_backbone_is_an_error(tmp_path):
         checkpoints.load_slim_checkpoint(model, prefix)
 
 
+def test_object_based_checkpoint_is_explained(tmp_path):
+    model = build_deeplab("mobilenet_v2", 3, depth_multiplier=0.5)
+    prefix = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    with pytest.raises(ValueError, match="tf.train.Checkpoint"):
+        checkpoints.load_slim_checkpoint(model, prefix)
+
+
 def test_missing_checkpoint_names_the_path(tmp_path):
     model = build_deeplab("mobilenet_v2", 3, depth_multiplier=0.5)
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
