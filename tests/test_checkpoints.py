@@ -77,7 +77,8 @@ def test_directory_loads_its_latest_checkpoint(model_zoo_checkpoint):
 def test_other_num_classes_needs_initialize_last_layer_false(model_zoo_checkpoint):
     prefix, values = model_zoo_checkpoint
     model = _model(num_classes=7)
-    with pytest.raises(ValueError, match="(?s)initialize_last_layer.*wrong shape: logits/semantic/weights"):
+    with pytest.raises(ValueError,
+                       match="(?s)initialize_last_layer.*wrong shape: logits/semantic/weights"):
         checkpoints.load_slim_checkpoint(model, prefix)
     logits_kernel = model.get_layer("logits.semantic").kernel.numpy()
     report = checkpoints.load_slim_checkpoint(model, prefix, initialize_last_layer=False,

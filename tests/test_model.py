@@ -82,7 +82,8 @@ def test_output_stride_16_shapes_and_decoder(variant):
     assert low_level.shape[1:3] == (math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4))
     assert decoded.shape[1:] == (math.ceil(HEIGHT / 4), math.ceil(WIDTH / 4), 256)
     # Output stride 16 = one stride turned into rate 2; multi_grid (1, 2, 4) gives 2 * 4 = 8.
-    assert _max_dilation(_backbone_layers(model, variant)) == (2 if variant == "mobilenet_v2" else 8)
+    expected_rate = 2 if variant == "mobilenet_v2" else 8
+    assert _max_dilation(_backbone_layers(model, variant)) == expected_rate
 
 
 @pytest.mark.parametrize("variant", ["mobilenet_v2", "resnet_v1_50", "resnet_v1_50_beta",

@@ -1,8 +1,9 @@
 """Layers shared by the backbones and the DeepLab head, with deeplab's padding and naming rules.
 
 Every layer is named after the TF-slim variable scope deeplab gives it, with `/` written as `.`
-(Keras forbids `/` in layer names): the convolution `resnet_v1_101/block1/unit_1/bottleneck_v1/conv1`
-is the Keras layer `resnet_v1_101.block1.unit_1.bottleneck_v1.conv1` and its batch norm
+(Keras forbids `/` in layer names): the convolution
+`resnet_v1_101/block1/unit_1/bottleneck_v1/conv1` is the Keras layer
+`resnet_v1_101.block1.unit_1.bottleneck_v1.conv1` and its batch norm
 `resnet_v1_101.block1.unit_1.bottleneck_v1.conv1.BatchNorm`. `deeplab_ssl.checkpoints` relies on
 this to map deeplab / TF-slim checkpoints onto the model by variable name.
 """
@@ -27,8 +28,8 @@ class ResizeBilinear(keras.layers.Layer):
     """Bilinear resizing to the spatial size of a reference tensor, as deeplab does it.
 
     deeplab resizes with `tf.image.resize_bilinear(..., align_corners=True)` everywhere (image
-    pooling, decoder, logits); the same op (ResizeBilinear) is used here so that its checkpoints give the same
-    outputs. Works for any (dynamic) height and width.
+    pooling, decoder, logits); the same op (ResizeBilinear) is used here so that its checkpoints
+    give the same outputs. Works for any (dynamic) height and width.
 
     Call arguments:
         inputs: pair (images [B, h, w, C], reference [B, H, W, ...]), any float dtype.
