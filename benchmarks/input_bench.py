@@ -4,8 +4,8 @@ Reads `--dataset_dir` (deeplab shards of `--split`) or, by default, a few hundre
 VOC-like records (500x375 JPEG images, PNG labels of 21 classes with 255 borders) in a temporary
 folder, and times `input_pipeline.get_dataset` at crop 513, scale 0.5-2.0 step 0.25, random
 flip, batch 12. Also times decoding alone (parse + decode, no augmentation) to show where the
-time goes. When benchmarks/model_bench.py is importable, its training-step rate is printed
-next to it.
+time goes. Then times the training step of --model_variant with benchmarks/model_bench.py in
+the same run and prints the ratio: the pipeline must be faster than the step consumes.
 
     python benchmarks/input_bench.py
     python benchmarks/input_bench.py --dataset_dir=tfrecord --split=train_aug
@@ -34,6 +34,11 @@ flags.DEFINE_float("scale_factor_step_size", 0.25, "Random scale step.")
 flags.DEFINE_integer("num_readers", 4, "Shard files read in parallel.")
 flags.DEFINE_integer("warmup_batches", 5, "Batches before timing (fills buffers).")
 flags.DEFINE_integer("num_batches", 50, "Timed batches.")
+flags.DEFINE_string("model_variant", "mobilenet_v2",
+                    "Variant whose training step (benchmarks/model_bench.py forward+backward at "
+                    "the crop size) is timed in the same run; empty: skip.")
+flags.DEFINE_integer("model_batch", 2, "Batch of the timed training step (CPU time per image "
+                     "barely depends on it; 12 takes minutes on 2 cores).")
 FLAGS = flags.FLAGS
 
 
@@ -95,16 +100,6 @@ def images_per_second(dataset, batch_size, warmup_batches, num_batches):
             (time.process_time() - start_cpu) * 1000 / num_images)
 
 
-def _model_step_rate():
-    """Images/s of a training step from benchmarks/model_bench.py, or None if unavailable."""
-    try:
-        import model_bench  # noqa: F401 (benchmarks/ is on sys.path when run as a script)
-    except ImportError:
-        return None
-    rate = getattr(model_bench, "train_images_per_second", None)
-    return rate() if rate else None
-
-
 def main(argv):
     del argv
     crop_size = [int(v) for v in FLAGS.crop_size]
@@ -124,21 +119,23 @@ def main(argv):
             scale_factor_step_size=FLAGS.scale_factor_step_size, **common)
         decode_only = input_pipeline.get_dataset(
             crop_size=crop_size, is_training=True, repeat=True, **common)
-        print(f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; batch {FLAGS.batch_size}, "
-              f"crop {crop_size[0]}x{crop_size[1]}, scale {FLAGS.min_scale_factor}-"
-              f"{FLAGS.max_scale_factor} step {FLAGS.scale_factor_step_size}, flip")
+        print(f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; batch "
+              f"{FLAGS.batch_size}, crop {crop_size[0]}x{crop_size[1]}, scale "
+              f"{FLAGS.min_scale_factor}-{FLAGS.max_scale_factor} step "
+              f"{FLAGS.scale_factor_step_size}, flip")
         args = (FLAGS.batch_size, FLAGS.warmup_batches, FLAGS.num_batches)
         for name, dataset in (("decode + pad/crop/flip (scale 1)", decode_only),
                               ("full training augmentation", train)):
             rate, cpu_ms = images_per_second(dataset, *args)
             print(f"input pipeline, {name:33s} {rate:7.1f} images/s, {cpu_ms:5.1f} CPU ms "
                   f"per image ({1000 / cpu_ms:5.1f} images/s per free core)")
-        model_rate = _model_step_rate()
-        if model_rate is None:
-            print("training step consumption: benchmarks/model_bench.py not available")
-        else:
-            print(f"training step consumption (model_bench): {model_rate:7.1f} images/s -> "
-                  f"pipeline / step = {rate / model_rate:.1f}x")
+        if FLAGS.model_variant:
+            import model_bench  # benchmarks/ is on sys.path when run as a script.
+            step = model_bench.bench_variant(FLAGS.model_variant, crop_size[0],
+                                             FLAGS.model_batch, repetitions=1)
+            step_rate = 1 / step["forward_backward"]
+            print(f"training step, {FLAGS.model_variant} forward+backward (model_bench): "
+                  f"{step_rate:7.2f} images/s -> pipeline / step = {rate / step_rate:.0f}x")
 
 
 if __name__ == "__main__":
