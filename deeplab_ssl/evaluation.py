@@ -133,8 +133,14 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
         return total
 
     def replica_confusion(images, labels):
-        predictions = predict_labels(model, images, eval_scales, add_flipped_images)
-        return confusion_matrix(labels, predictions, num_classes, ignore_label)
+        def batch_confusion():
+            predictions = predict_labels(model, images, eval_scales, add_flipped_images)
+            return confusion_matrix(labels, predictions, num_classes, ignore_label)
+
+        # The last batch can leave a replica without images; TF's CPU convolutions fail on
+        # empty batches, so those replicas count nothing.
+        return tf.cond(tf.shape(images)[0] > 0, batch_confusion,
+                       lambda: tf.zeros([num_classes, num_classes], tf.int64))
 
     @tf.function(reduce_retracing=True)
     def step(images, labels):
