@@ -47,6 +47,13 @@ def test_records_parse_with_the_demo_descriptor_values(tmp_path):
     np.testing.assert_array_equal(example["label"].numpy()[..., 0], label)
 
 
+def test_generator_classes_are_the_descriptors():
+    names = ("road", "sidewalk", "building", "fence", "pole", "sign", "tree", "sky", "person",
+             "car")
+    assert DEMO.class_names == names
+    assert [getattr(build_demo_data, n.upper()) for n in names] == list(range(len(names)))
+
+
 def test_scenes_have_every_class_thin_ones_and_ignore_bands():
     labels = np.stack([label for _, label in _scenes(30)])
     values = set(np.unique(labels).tolist())

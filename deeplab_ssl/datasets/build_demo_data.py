@@ -23,8 +23,9 @@ from absl import app, flags
 
 from deeplab_ssl.datasets import build_data, descriptors
 
-ROAD, SIDEWALK, BUILDING, FENCE, POLE, SIGN, TREE, SKY, PERSON, CAR = range(10)
-IGNORE_LABEL = 255
+# The descriptor's class order, ignore label and split sizes (the defaults below).
+DEMO = descriptors.get_descriptor("demo")
+ROAD, SIDEWALK, BUILDING, FENCE, POLE, SIGN, TREE, SKY, PERSON, CAR = range(DEMO.num_classes)
 _SPLIT_STREAMS = {"train": 0, "val": 1}
 
 _FACADES = np.array([[150, 140, 125], [160, 90, 70], [120, 120, 125], [185, 170, 140],
@@ -242,7 +243,7 @@ def make_scene(rng, height=128, width=160):
     grown[:-1] |= c.objects[1:]
     grown[:, 1:] |= c.objects[:, :-1]
     grown[:, :-1] |= c.objects[:, 1:]
-    c.label[grown & ~c.objects] = IGNORE_LABEL
+    c.label[grown & ~c.objects] = DEMO.ignore_label
 
     cast = rng.uniform(0.8, 1.15, 3) * rng.uniform(0.75, 1.2)
     light = 1 + 0.15 * _smooth_noise(rng, height, width, max(8, width // 5))[..., None]
@@ -254,13 +255,13 @@ def encode_scene(seed, split, index, height, width):
     """The serialized record of example `index` of `split`, named `SPLIT_INDEX`."""
     rng = np.random.default_rng([seed, _SPLIT_STREAMS[split], index])
     image, label = make_scene(rng, height, width)
-    demo = descriptors.get_descriptor("demo")
-    return build_data.encode_arrays(f"{split}_{index:05d}", image, label, demo.num_classes,
-                                    demo.ignore_label, image_format="jpeg")
+    return build_data.encode_arrays(f"{split}_{index:05d}", image, label, DEMO.num_classes,
+                                    DEMO.ignore_label, image_format="jpeg")
 
 
-def build_demo(output_dir, seed=0, num_train=400, num_val=100, height=128, width=160,
-               num_shards=2, progress=True):
+def build_demo(output_dir, seed=0, num_train=DEMO.split_size("train"),
+               num_val=DEMO.split_size("val"), height=128, width=160, num_shards=2,
+               progress=True):
     """Generates and writes the demo set's train and val splits.
 
     Args:
@@ -290,8 +291,8 @@ def main(argv):
 if __name__ == "__main__":
     flags.DEFINE_string("output_dir", "./demo_data", "Where the shards are written.")
     flags.DEFINE_integer("seed", 0, "Seed of the whole set.")
-    flags.DEFINE_integer("num_train", 400, "Training examples.")
-    flags.DEFINE_integer("num_val", 100, "Validation examples.")
+    flags.DEFINE_integer("num_train", DEMO.split_size("train"), "Training examples.")
+    flags.DEFINE_integer("num_val", DEMO.split_size("val"), "Validation examples.")
     flags.DEFINE_integer("height", 128, "Image height.")
     flags.DEFINE_integer("width", 160, "Image width.")
     flags.DEFINE_integer("num_shards", 2, "Shards per split.")
