@@ -58,6 +58,9 @@ flags.DEFINE_list("train_crop_size", "513,513",
                   "Image crop size [height, width] during training, e.g. 513,513 (or 513).")
 flags.DEFINE_boolean("fine_tune_batch_norm", True,
                      "Fine tune the batch norm parameters (False freezes them: stage 2).")
+flags.DEFINE_float("batch_norm_decay", 0.9997,
+                   "Moving-average decay of the ASPP and decoder batch norms (deeplab's 0.9997; "
+                   "lower it for runs of a few hundred steps).")
 flags.DEFINE_float("min_scale_factor", 0.5, "Minimum scale factor for data augmentation.")
 flags.DEFINE_float("max_scale_factor", 2.0, "Maximum scale factor for data augmentation.")
 flags.DEFINE_float("scale_factor_step_size", 0.25,
@@ -152,7 +155,8 @@ def make_trainer(strategy):
         keras.utils.set_random_seed(FLAGS.seed)
         return model_lib.build_deeplab(
             **common.model_options(descriptor.num_classes), weight_decay=FLAGS.weight_decay,
-            fine_tune_batch_norm=FLAGS.fine_tune_batch_norm)
+            fine_tune_batch_norm=FLAGS.fine_tune_batch_norm,
+            batch_norm_decay=FLAGS.batch_norm_decay)
 
     def initialize_fn(model):
         training.initialize_from_checkpoint(

@@ -1,0 +1,137 @@
+"""Training the real DeepLab model on the generated demo set: the loop, replicas, fit, stage 2."""
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_ssl import losses, training
+from deeplab_ssl import model as model_lib
+from deeplab_ssl.datasets import build_demo_data, descriptors, input_pipeline
+
+DEMO = descriptors.get_descriptor("demo")
+CROP = [65, 65]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demo")
+    build_demo_data.build_demo(str(path), num_train=16, num_val=2, height=64, width=80,
+                               progress=False)
+    return str(path)
+
+
+def model_fn(fine_tune_batch_norm=True):
+    def build():
+        keras.utils.set_random_seed(0)
+        return model_lib.build_deeplab("mobilenet_v2", DEMO.num_classes, depth_multiplier=0.25,
+                                       weight_decay=4e-5,
+                                       fine_tune_batch_norm=fine_tune_batch_norm)
+    return build
+
+
+def dataset_fn_of(demo_dir, global_batch_size, augment=True):
+    def dataset_fn(input_context=None):
+        scale = dict(min_scale_factor=0.75, max_scale_factor=1.25,
+                     scale_factor_step_size=0.25) if augment else {}
+        return input_pipeline.get_dataset(
+            "demo", demo_dir, "train", global_batch_size, crop_size=CROP, is_training=True,
+            seed=1, deterministic=True, input_context=input_context, **scale)
+    return dataset_fn
+
+
+def options(logdir, **kwargs):
+    values = dict(train_logdir=str(logdir), train_batch_size=4, training_number_of_steps=30,
+                  base_learning_rate=0.05, log_steps=1, save_interval_steps=30,
+                  save_summaries_images=True)
+    values.update(kwargs)
+    return training.TrainOptions(**values)
+
+
+def one_cpu():
+    return tf.distribute.MirroredStrategy(["/cpu:0"])
+
+
+def test_a_few_steps_on_demo_data_reduce_the_loss(demo_dir, tmp_path):
+    trainer = training.Trainer(model_fn(), losses.SSLoss(ignore_label=DEMO.ignore_label),
+                               options(tmp_path), strategy=one_cpu(), colormap=DEMO.colormap)
+    assert trainer.train(dataset_fn_of(demo_dir, 4)) == 30
+    with open(tmp_path / training.TRAIN_LOG_NAME) as f:
+        log = [json.loads(line) for line in f]
+    first, last = (np.mean([r["loss"] for r in part]) for part in (log[:5], log[-5:]))
+    assert last < 0.8 * first
+    assert all(0 < r["hard_example_fraction"] < 1 for r in log)
+    assert all(r["regularization_loss"] > 0 for r in log)  # Weight decay is in the loss.
+    assert tf.train.latest_checkpoint(tmp_path).endswith("model.ckpt-30")
+    event_files = tf.io.gfile.glob(str(tmp_path / "events.out.tfevents.*"))
+    tags = {value.tag for path in event_files for event in tf.compat.v1.train.summary_iterator(path)
+            for value in event.summary.value}
+    assert {"loss", "ssl", "bce", "learning_rate", "hard_example_fraction",
+            "samples/image", "samples/label", "samples/prediction"} <= tags
+
+
+def test_two_replicas_match_one_with_the_deeplab_model(demo_dir, tmp_path):
+    # Frozen batch norm: batch statistics would otherwise depend on the per-replica batch.
+    runs = []
+    for name, strategy in (("one", one_cpu()),
+                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+        trainer = training.Trainer(model_fn(fine_tune_batch_norm=False),
+                                   losses.SSLoss(ignore_label=DEMO.ignore_label),
+                                   options(tmp_path / name), strategy=strategy)
+        iterator = trainer.make_iterator(dataset_fn_of(demo_dir, 4, augment=False))
+        metrics = [trainer.train_step(trainer.next_batch(iterator)) for _ in range(2)]
+        runs.append((metrics, [w.numpy() for w in trainer.model.weights]))
+    (metrics_one, weights_one), (metrics_two, weights_two) = runs
+    for one, two in zip(metrics_one, metrics_two):
+        for key in ("loss", "regularization_loss", "bce_sum", "num_hard"):
+            assert one[key] == pytest.approx(two[key], rel=1e-4), key
+    for one, two in zip(weights_one, weights_two):
+        np.testing.assert_allclose(one, two, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_and_fit_train_the_same_model(demo_dir):
+    model = model_fn()()
+    schedule = training.DeepLabLearningRate(0.05, 12, slow_start_step=2,
+                                            slow_start_learning_rate=0.005)
+    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
+                  loss=losses.SSLoss(ignore_label=DEMO.ignore_label))
+    history = model.fit(dataset_fn_of(demo_dir, 4)(), steps_per_epoch=4, epochs=3, verbose=0)
+    loss = history.history["loss"]
+    assert np.all(np.isfinite(loss)) and loss[-1] < loss[0]
+    assert int(model.optimizer.iterations) == 12
+
+
+def test_stage2_starts_from_stage1_with_frozen_batch_norm(demo_dir, tmp_path):
+    stage1 = training.Trainer(model_fn(), losses.SSLoss(ignore_label=DEMO.ignore_label),
+                              options(tmp_path / "stage1", training_number_of_steps=2,
+                                      save_summaries_images=False),
+                              strategy=one_cpu())
+    stage1.train(dataset_fn_of(demo_dir, 4))
+
+    stage2_options = options(tmp_path / "stage2", training_number_of_steps=2,
+                             base_learning_rate=0.0005, tf_initial_checkpoint=str(
+                                 tmp_path / "stage1"), save_summaries_images=False)
+
+    def initialize_fn(model):
+        training.initialize_from_checkpoint(model, stage2_options.tf_initial_checkpoint)
+        stage1_weights = {weight.path: weight.numpy() for weight in stage1.model.weights}
+        assert len(stage1_weights) == len(model.weights)
+        for weight in model.weights:  # Frozen batch norm changes the order of model.weights.
+            np.testing.assert_array_equal(weight.numpy(), stage1_weights[weight.path])
+
+    stage2 = training.Trainer(model_fn(fine_tune_batch_norm=False),
+                              losses.SSLoss(ignore_label=DEMO.ignore_label), stage2_options,
+                              strategy=one_cpu(), initialize_fn=initialize_fn)
+    assert stage2.step == 0  # A new optimizer: the step and momentum start again.
+    assert stage2.train(dataset_fn_of(demo_dir, 4)) == 2
+    stage1_weights = {weight.path: weight.numpy() for weight in stage1.model.weights}
+    batch_norms = [layer for layer in stage2.model.layers
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batch_norms
+    for layer in batch_norms:  # Frozen: stage 1's statistics and scales, unchanged.
+        for weight in layer.weights:
+            np.testing.assert_array_equal(weight.numpy(), stage1_weights[weight.path])
+    with pytest.raises(ValueError, match="initialize_last_layer"):
+        training.initialize_from_checkpoint(stage2.model, str(tmp_path / "stage1"),
+                                            initialize_last_layer=False)
