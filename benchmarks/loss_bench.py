@@ -7,11 +7,12 @@ Usage (from the repository root):
 
 Time: every loss is a tf.function returning (loss, d loss / d logits) for float32 logits. After
 a warm-up call each, the losses run in rounds, one call of each loss per round in a rotating
-order, so slow phases of a shared machine hit all of them alike; printed are the median time
-and the median over rounds of the ratio to BCE measured in the same round.
+order, so slow phases of a shared machine hit all of them alike; printed are the median wall
+and process CPU times and the medians over rounds of the ratios to BCE in the same round (on a
+loaded machine CPU time is the steadier figure).
 Peak memory: each loss runs (warm-up + 2 calls) in its own subprocess, which reports its peak
-resident set (VmHWM of /proc/self/status); a baseline subprocess builds the same inputs and runs a
-trivial function. Printed is the peak minus the baseline's, and its ratio to BCE's.
+resident set (VmHWM of /proc/self/status); a baseline subprocess builds the same inputs and
+runs a trivial function. Printed is the peak minus the baseline's, and its ratio to BCE's.
 """
 import argparse
 import json
@@ -63,14 +64,16 @@ def time_losses(shape, names, rounds):
     functions = {name: loss_and_gradient_fn(name) for name in names}
     for function in functions.values():
         tf.nest.map_structure(lambda t: t.numpy(), function(labels, logits))
-    times = {name: [] for name in names}
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             tf.nest.map_structure(lambda t: t.numpy(), functions[name](labels, logits))
-            times[name].append(time.perf_counter() - start)
-    return times
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def peak_memory_mb(shape, name):
@@ -95,21 +98,23 @@ def worker(shape, name):
 
 def benchmark_shape(shape, names, rounds):
     print(f"\n== logits {list(shape)} float32, {rounds} rounds ==", flush=True)
-    times = time_losses(shape, names, rounds)
+    wall, cpu = time_losses(shape, names, rounds)
     baseline_mb = peak_memory_mb(shape, BASELINE)
     extra_mb = {name: peak_memory_mb(shape, name) - baseline_mb for name in names}
     print(f"baseline process (inputs only): {baseline_mb:.0f} MB peak RSS")
-    print(f"{'loss':<12}{'median s':>10}{'min s':>9}{'x BCE':>8}"
-          f"{'extra peak MB':>15}{'x BCE':>8}")
+    print(f"{'loss':<12}{'wall s':>8}{'x BCE':>7}{'cpu s':>8}{'x BCE':>7}"
+          f"{'extra peak MB':>15}{'x BCE':>7}")
+
+    def ratio(times, name):
+        return statistics.median([t / b for t, b in zip(times[name], times["bce"])])
     for name in names:
-        ratios = [t / b for t, b in zip(times[name], times["bce"])]
-        print(f"{name:<12}{statistics.median(times[name]):>10.3f}{min(times[name]):>9.3f}"
-              f"{statistics.median(ratios):>8.2f}{extra_mb[name]:>15.0f}"
-              f"{extra_mb[name] / extra_mb['bce']:>8.2f}", flush=True)
+        print(f"{name:<12}{statistics.median(wall[name]):>8.3f}{ratio(wall, name):>7.2f}"
+              f"{statistics.median(cpu[name]):>8.3f}{ratio(cpu, name):>7.2f}"
+              f"{extra_mb[name]:>15.0f}{extra_mb[name] / extra_mb['bce']:>7.2f}", flush=True)
 
 
 def benchmark_conv(rounds):
-    """Full k x k versus separable depthwise Gaussian on 3C+1 = 64 channels of [4, 257, 257]."""
+    """Full k x k versus separable window on 64 channels of [4, 257, 257]; batched or not."""
     from deeplab_ssl.losses import local_stats
     x = tf.random.uniform([4, 257, 257, 64])
     print("window  full k x k s  separable s")
@@ -134,6 +139,24 @@ def benchmark_conv(rounds):
                 runs.append(time.perf_counter() - start)
             results[key] = statistics.median(runs)
         print(f"{window_size:>6}{results['full']:>14.4f}{results['separable']:>13.4f}")
+    # Batching: one convolution over the concatenated maps (then split) versus one per map.
+    maps = [tf.random.uniform([4, 257, 257, 21]) for _ in range(3)]
+    valid = tf.ones([4, 257, 257, 1])
+    variants = {
+        "concatenated": tf.function(lambda maps, valid: tf.split(local_stats.local_sums(
+            tf.concat(maps + [valid], -1), 3, 1.5), [21, 21, 21, 1], -1)),
+        "separate": tf.function(lambda maps, valid: [
+            local_stats.local_sums(t, 3, 1.5) for t in maps + [valid]]),
+    }
+    for key, function in variants.items():
+        function(maps, valid)
+        runs = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), function(maps, valid))
+            runs.append(time.perf_counter() - start)
+        print(f"3 maps of 21 channels + mask, k=3, {key} convolutions: "
+              f"{statistics.median(runs):.4f} s")
 
 
 def main():

@@ -40,7 +40,8 @@ def labels_logits_and_mask(y_true, y_pred, ignore_label):
                              f"got shape {y_true.shape}")
         y_true = tf.squeeze(y_true, axis=-1)
     if y_true.shape.rank != 3:
-        raise ValueError(f"y_true must be labels [B, H, W] or [B, H, W, 1]; got shape {y_true.shape}")
+        raise ValueError(f"y_true must be labels [B, H, W] or [B, H, W, 1]; "
+                         f"got shape {y_true.shape}")
     if not y_true.shape.is_compatible_with(y_pred.shape[:3]):
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in [B, H, W]: "
                          "upsample the logits to the label size first")

@@ -5,6 +5,14 @@ import tensorflow as tf
 from deeplab_ssl.losses import base
 
 
+def _weighted_sum(x, weight):
+    """sum(x * weight), x [B, H, W, C], weight [B, H, W, 1 or C]."""
+    if weight.shape[-1] == 1:
+        # Sum the classes first: no x-sized product.
+        return tf.reduce_sum(tf.reduce_sum(x, axis=-1, keepdims=True) * weight)
+    return tf.reduce_sum(x * weight)
+
+
 def sigmoid_cross_entropy_sums(logits, one_hot, weights):
     """Weighted sums of the element-wise sigmoid cross entropy, with a fused gradient.
 
@@ -26,7 +34,7 @@ def sigmoid_cross_entropy_sums(logits, one_hot, weights):
     @tf.custom_gradient
     def weighted_sums(logits):
         bce = tf.nn.softplus(logits * (1.0 - 2.0 * one_hot))
-        sums = [tf.reduce_sum(bce * w) for w in weights]
+        sums = [_weighted_sum(bce, w) for w in weights]
 
         def gradient(*upstream):
             coefficient = sum(g * w for g, w in zip(upstream, weights))
