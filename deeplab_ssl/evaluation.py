@@ -90,22 +90,16 @@ def confusion_matrix(labels, predictions, num_classes, ignore_label):
         num_classes=num_classes, dtype=tf.int64)
 
 
-def _batch_images_labels(batch):
-    """(images, labels) of a dataset element: a tuple/list (images, labels, ...) or a dict."""
-    if isinstance(batch, dict):
-        return batch["image"], batch["label"]
-    return batch[0], batch[1]
-
-
 def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
              add_flipped_images=False, strategy=None, crf_iterations=0):
     """Accumulates the confusion matrix of `model` over a whole dataset.
 
     Args:
         model: keras.Model as for `predict_probabilities`, built under `strategy`'s scope.
-        dataset: tf.data.Dataset of batches, each (images float32 [B, H, W, 3] in [0, 255],
-            labels int [B, H, W, 1], ...) or a dict with "image" and "label"; images may be
-            padded, padded label pixels must carry `ignore_label`.
+        dataset: tf.data.Dataset of evaluation batches (`input_pipeline.get_dataset` with
+            is_training=False): dicts with "image" float32 [B, H, W, 3] in [0, 255] and "label"
+            int [B, H, W, 1] (other keys are not used); padded label pixels must carry
+            `ignore_label`.
         num_classes, ignore_label: ints of the dataset descriptor.
         eval_scales, add_flipped_images: as `predict_probabilities`.
         strategy: optional tf.distribute.Strategy; batches are split over its replicas and the
@@ -124,12 +118,12 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
             lambda images: predict_probabilities(model, images, eval_scales, add_flipped_images),
             reduce_retracing=True)
         for batch in dataset:
-            images, labels = _batch_images_labels(batch)
-            probabilities = predict(images).numpy()
+            probabilities = predict(batch["image"]).numpy()
             predictions = np.stack([
                 dense_crf(image, probability, crf_iterations)
-                for image, probability in zip(images.numpy(), probabilities)])
-            total += confusion_matrix(labels, predictions, num_classes, ignore_label).numpy()
+                for image, probability in zip(batch["image"].numpy(), probabilities)])
+            total += confusion_matrix(batch["label"], predictions, num_classes,
+                                      ignore_label).numpy()
         return total
 
     def replica_confusion(images, labels):
@@ -147,8 +141,7 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
         per_replica = strategy.run(replica_confusion, (images, labels))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    pairs = dataset.map(lambda *batch: _batch_images_labels(
-        batch[0] if len(batch) == 1 else batch))
+    pairs = dataset.map(lambda batch: (batch["image"], batch["label"]))
     for images, labels in strategy.experimental_distribute_dataset(pairs):
         total += step(images, labels).numpy()
     return total

@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import sys
 
 import keras
 import numpy as np
@@ -149,6 +150,22 @@ def test_dense_crf_keeps_confident_predictions():
     refined = evaluation.dense_crf(image, probabilities, iterations=5)
     assert refined.shape == (12, 10) and refined.dtype == np.int32
     np.testing.assert_array_equal(refined, labels)
+
+
+def test_evaluate_with_crf_counts_every_labelled_pixel():
+    pytest.importorskip("pydensecrf")
+    images = tf.random.uniform([3, 8, 9, 3], 0, 255, seed=9)
+    labels = tf.random.uniform([3, 8, 9, 1], 0, 3, dtype=tf.int32, seed=10)
+    labels = tf.concat([labels[:, :7], tf.fill([3, 1, 9, 1], 255)], axis=1)
+    confusion = evaluation.evaluate(_pointwise_model(), _dataset(images, labels, 2), 3, 255,
+                                    crf_iterations=2)
+    assert confusion.shape == (3, 3) and confusion.sum() == 3 * 7 * 9
+
+
+def test_missing_pydensecrf_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    with pytest.raises(ImportError, match="pip install pydensecrf2"):
+        evaluation.dense_crf(np.zeros((2, 2, 3)), np.full((2, 2, 2), 0.5), iterations=1)
 
 
 def test_results_are_written_as_json_and_csv(tmp_path):
