@@ -205,3 +205,15 @@ def test_unknown_split_and_missing_shards_are_named(dataset_dir, tmp_path):
         input_pipeline.get_dataset(DATASET, dataset_dir, "no_such_split", batch_size=1)
     with pytest.raises(ValueError, match=str(tmp_path / "trainval-")):
         input_pipeline.get_dataset(DATASET, str(tmp_path), "trainval", batch_size=1)
+    with pytest.raises(ValueError, match="crop_size"):
+        input_pipeline.get_dataset(DATASET, dataset_dir, "train", batch_size=1, is_training=True)
+
+
+def test_min_resize_value_resizes_training_and_evaluation(dataset_dir):
+    element = next(iter(input_pipeline.get_dataset(
+        DATASET, dataset_dir, "val", batch_size=1, min_resize_value=40, max_resize_value=60)))
+    # val_0 is 20x24: the smaller side to 40 gives 40x48, within 60.
+    assert element["image"].shape == (1, 40, 48, 3) and element["label"].shape == (1, 40, 48, 1)
+    assert (element["height"].numpy()[0], element["width"].numpy()[0]) == (20, 24)
+    images, labels = next(iter(train_dataset(dataset_dir, min_resize_value=40)))
+    assert_label_drawn_from_image(images, labels)

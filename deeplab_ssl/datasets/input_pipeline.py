@@ -95,6 +95,16 @@ def _skip_bad_records(examples):
     return examples.filter(log).map(lambda example, _: example)
 
 
+def resolve_defaults(is_training, crop_size, shuffle, repeat, deterministic):
+    """get_dataset's (shuffle, repeat, deterministic): None means is_training, is_training,
+    not is_training. Raises ValueError if training has no crop_size."""
+    if is_training and crop_size is None:
+        raise ValueError("get_dataset: training needs crop_size [crop_height, crop_width]")
+    return (is_training if shuffle is None else shuffle,
+            is_training if repeat is None else repeat,
+            not is_training if deterministic is None else deterministic)
+
+
 def preprocess_options(crop_size, min_resize_value, max_resize_value, resize_factor,
                        min_scale_factor, max_scale_factor, scale_factor_step_size, mean_pixel,
                        ignore_label):
@@ -223,11 +233,8 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
     """
     descriptor = descriptors.get_descriptor(dataset_name)
     descriptor.split_size(split)  # Raises a ValueError naming an unknown split.
-    if is_training and crop_size is None:
-        raise ValueError("get_dataset: training needs crop_size [crop_height, crop_width]")
-    shuffle = is_training if shuffle is None else shuffle
-    repeat = is_training if repeat is None else repeat
-    deterministic = not is_training if deterministic is None else deterministic
+    shuffle, repeat, deterministic = resolve_defaults(
+        is_training, crop_size, shuffle, repeat, deterministic)
     pattern = os.path.join(dataset_dir, records.shard_pattern(split))
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:

@@ -174,11 +174,8 @@ def get_dataset(dataset_name, data_dir, split, batch_size, manual_dir=None, crop
     descriptor = descriptors.get_descriptor(dataset_name)
     if dataset_name not in _PAIRS:
         raise ValueError(f"no TFDS build of {dataset_name!r}; known: {sorted(_PAIRS)}")
-    if is_training and crop_size is None:
-        raise ValueError("get_dataset: training needs crop_size [crop_height, crop_width]")
-    shuffle = is_training if shuffle is None else shuffle
-    repeat = is_training if repeat is None else repeat
-    deterministic = not is_training if deterministic is None else deterministic
+    shuffle, repeat, deterministic = input_pipeline.resolve_defaults(
+        is_training, crop_size, shuffle, repeat, deterministic)
     builder = DeeplabSegmentation(config=dataset_name, data_dir=data_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir))
