@@ -217,3 +217,17 @@ def test_min_resize_value_resizes_training_and_evaluation(dataset_dir):
     assert (element["height"].numpy()[0], element["width"].numpy()[0]) == (20, 24)
     images, labels = next(iter(train_dataset(dataset_dir, min_resize_value=40)))
     assert_label_drawn_from_image(images, labels)
+
+
+def test_iterator_checkpoint_resumes_the_same_batches(dataset_dir, tmp_path):
+    """Stateless augmentation: a saved iterator gives the same next batches after restore."""
+    iterator = iter(train_dataset(dataset_dir, deterministic=True, seed=2))
+    next(iterator)
+    checkpoint = tf.train.Checkpoint(iterator=iterator)
+    path = checkpoint.save(str(tmp_path / "iterator"))
+    expected = [next(iterator) for _ in range(2)]
+    checkpoint.restore(path)
+    for images, labels in expected:
+        restored_images, restored_labels = next(iterator)
+        np.testing.assert_array_equal(images, restored_images)
+        np.testing.assert_array_equal(labels, restored_labels)

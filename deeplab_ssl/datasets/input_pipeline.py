@@ -173,6 +173,11 @@ def preprocess_and_batch(examples, batch_size, is_training, seed=None, determini
         batches = batches.map(pad_with_mean_pixel, num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic
+    # The ops tf.data calls stateful here (the one-element decode in `decode_record`, the bad
+    # record assertion and log) keep no state from one element to the next, and the random
+    # seeds come from a checkpointable Dataset.random: a saved iterator resumes exactly.
+    options.experimental_external_state_policy = (
+        tf.data.experimental.ExternalStatePolicy.IGNORE)
     return batches.prefetch(AUTOTUNE).with_options(options)
 
 
