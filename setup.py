@@ -19,10 +19,13 @@ setuptools.setup(
         "absl-py",
         "pillow",
         "tqdm",
+        "scipy",  # SBD's .mat labels (VOC train_aug).
         "tensorflow-datasets",
+        "importlib_resources",  # TFDS needs it for builders defined outside TFDS.
     ],
     extras_require={
         "test": ["pytest"],
         "plot": ["matplotlib"],
+        "crf": ["pydensecrf2"],  # eval.py --crf_iterations; builds from source (C++ compiler).
     },
 )
