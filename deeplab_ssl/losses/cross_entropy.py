@@ -13,32 +13,35 @@ def _weighted_sum(x, weight):
     return tf.reduce_sum(x * weight)
 
 
-def sigmoid_cross_entropy_sums(logits, one_hot, weights):
+def sigmoid_cross_entropy_sums(logits, labels, weights):
     """Weighted sums of the element-wise sigmoid cross entropy, with a fused gradient.
 
-    BCE(y, sigmoid(x)) = softplus(x (1 - 2 y)) for y in {0, 1}: exact and stable for any x.
-    The gradient is written by hand: d sum_i g_i sum(w_i BCE) / dx = (sum_i g_i w_i) (p - y),
-    p = sigmoid(x), which spares autodiff's intermediates (time and memory); the weights are
-    constants (no gradient flows into them).
+    With y the one-hot labels, BCE(y, sigmoid(x)) = softplus((1 - 2 y) x) for y in {0, 1}:
+    exact and stable for any x. The gradient is written by hand:
+    d sum_i g_i sum(w_i BCE) / dx = (sum_i g_i w_i) (sigmoid(x) - y), which spares autodiff's
+    intermediates (time and memory); only the int labels are kept for it, not y. The weights
+    are constants (no gradient flows into them).
 
     Args:
       logits: float32 [B, H, W, C].
-      one_hot: float32 [B, H, W, C], the binary targets y.
-      weights: list of float32 tensors broadcastable to [B, H, W, C].
+      labels: int32 [B, H, W], -1 at ignored pixels (y = 0 there).
+      weights: list of float32 tensors [B, H, W, 1] or [B, H, W, C].
 
     Returns:
       list of float32 scalars, sum(weights[i] * BCE).
     """
+    num_classes = tf.shape(logits)[-1]
     weights = [tf.stop_gradient(w) for w in weights]
 
     @tf.custom_gradient
     def weighted_sums(logits):
-        bce = tf.nn.softplus(logits * (1.0 - 2.0 * one_hot))
+        signs = tf.one_hot(labels, num_classes, on_value=-1.0, off_value=1.0)
+        bce = tf.nn.softplus(signs * logits)
         sums = [_weighted_sum(bce, w) for w in weights]
 
         def gradient(*upstream):
             coefficient = sum(g * w for g, w in zip(upstream, weights))
-            return coefficient * (tf.sigmoid(logits) - one_hot)
+            return coefficient * (tf.sigmoid(logits) - tf.one_hot(labels, num_classes))
         return sums, gradient
     return weighted_sums(logits)
 
@@ -66,8 +69,7 @@ class SigmoidCrossEntropy(base.SumsLoss):
     def sums(self, y_true, y_pred):
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
         logits = base.sigmoid_logits(logits, self.from_logits)
-        one_hot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
-        (bce_sum,) = sigmoid_cross_entropy_sums(logits, one_hot, [valid])
+        (bce_sum,) = sigmoid_cross_entropy_sums(logits, labels, [valid])
         return {"bce_sum": bce_sum, "num_valid": tf.reduce_sum(valid)}
 
     def loss_from_sums(self, sums):
