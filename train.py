@@ -58,9 +58,10 @@ flags.DEFINE_list("train_crop_size", "513,513",
                   "Image crop size [height, width] during training, e.g. 513,513 (or 513).")
 flags.DEFINE_boolean("fine_tune_batch_norm", True,
                      "Fine tune the batch norm parameters (False freezes them: stage 2).")
-flags.DEFINE_float("batch_norm_decay", 0.9997,
-                   "Moving-average decay of the ASPP and decoder batch norms (deeplab's 0.9997; "
-                   "lower it for runs of a few hundred steps).")
+flags.DEFINE_float("batch_norm_decay", None,
+                   "Moving-average decay of every batch norm; unset: deeplab's (0.9997 in the "
+                   "head, the backbone's own). Lower it (e.g. 0.99) for runs of a few hundred "
+                   "steps from scratch, whose statistics otherwise lag behind the weights.")
 flags.DEFINE_float("min_scale_factor", 0.5, "Minimum scale factor for data augmentation.")
 flags.DEFINE_float("max_scale_factor", 2.0, "Maximum scale factor for data augmentation.")
 flags.DEFINE_float("scale_factor_step_size", 0.25,
@@ -153,10 +154,12 @@ def make_trainer(strategy):
 
     def model_fn():
         keras.utils.set_random_seed(FLAGS.seed)
-        return model_lib.build_deeplab(
+        model = model_lib.build_deeplab(
             **common.model_options(descriptor.num_classes), weight_decay=FLAGS.weight_decay,
-            fine_tune_batch_norm=FLAGS.fine_tune_batch_norm,
-            batch_norm_decay=FLAGS.batch_norm_decay)
+            fine_tune_batch_norm=FLAGS.fine_tune_batch_norm)
+        if FLAGS.batch_norm_decay is not None:
+            training.set_batch_norm_decay(model, FLAGS.batch_norm_decay)
+        return model
 
     def initialize_fn(model):
         training.initialize_from_checkpoint(

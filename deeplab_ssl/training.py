@@ -234,6 +234,16 @@ def dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
+def set_batch_norm_decay(model, decay):
+    """Sets the moving-average decay (keras `momentum`) of every batch norm layer of `model`."""
+    if not 0 <= decay < 1:
+        raise ValueError(f"--batch_norm_decay={decay} must be in [0, 1)")
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = decay
+        set_batch_norm_decay(layer, decay)  # Nested models.
+
+
 def initialize_from_checkpoint(model, tf_initial_checkpoint, initialize_last_layer=True,
                                last_layers_contain_logits_only=False):
     """deeplab's --tf_initial_checkpoint: initial weights of a run without a checkpoint yet.

@@ -1,0 +1,122 @@
+"""train.py as users run it: killed and restarted, and on two worker processes."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from deeplab_ssl import training
+from deeplab_ssl.datasets import build_demo_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demo")
+    build_demo_data.build_demo(str(path), num_train=16, num_val=2, height=64, width=80,
+                               progress=False)
+    return str(path)
+
+
+def train_command(demo_dir, logdir, *extra):
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--dataset=demo",
+            f"--dataset_dir={demo_dir}", f"--train_logdir={logdir}",
+            "--model_variant=mobilenet_v2", "--depth_multiplier=0.25",
+            "--train_crop_size=65,65", "--train_batch_size=2", "--base_learning_rate=0.01",
+            "--slow_start_step=3", "--slow_start_learning_rate=0.001", "--log_steps=1",
+            *extra]
+
+
+def environment(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def read_log(logdir):
+    with open(os.path.join(logdir, training.TRAIN_LOG_NAME)) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(demo_dir, tmp_path):
+    logdir = str(tmp_path / "train")
+    command = train_command(demo_dir, logdir, "--training_number_of_steps=16",
+                            "--save_interval_steps=4", "--nosave_summaries_images")
+    process = subprocess.Popen(command, env=environment(), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not str(training.tf.train.latest_checkpoint(logdir)).endswith("model.ckpt-8"):
+        assert process.poll() is None, process.stderr.read()
+        assert time.time() < deadline, "no checkpoint of step 8 in time"
+        time.sleep(0.2)
+    process.kill()
+    process.communicate()
+    killed_at = len(read_log(logdir))
+    saved = int(training.tf.train.latest_checkpoint(logdir).rsplit("-", 1)[1])
+    assert 8 <= saved <= killed_at < 16
+
+    result = subprocess.run(command, env=environment(), cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming at step {saved}." in result.stderr
+    log = read_log(logdir)
+    assert [record["step"] for record in log] == list(range(1, 17))
+    schedule = training.DeepLabLearningRate(0.01, 16, slow_start_step=3,
+                                            slow_start_learning_rate=0.001)
+    for record in log:  # The same learning rates before and after the restart.
+        assert record["learning_rate"] == pytest.approx(float(schedule(record["step"] - 1)))
+    assert training.tf.train.latest_checkpoint(logdir).endswith("model.ckpt-16")
+
+
+def test_exploding_run_stops_with_a_clear_message(demo_dir, tmp_path):
+    logdir = str(tmp_path / "train")
+    result = subprocess.run(
+        train_command(demo_dir, logdir, "--training_number_of_steps=20", "--slow_start_step=0",
+                      "--base_learning_rate=1e35", "--save_interval_steps=1",
+                      "--nosave_summaries_images"),
+        env=environment(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "train.py: non-finite loss or gradients at step" in result.stderr
+    bad_step = int(result.stderr.split("at step ")[1].split(":")[0])
+    latest = training.tf.train.latest_checkpoint(logdir)
+    assert latest.endswith(f"model.ckpt-{bad_step - 1}")
+    assert f"the last good checkpoint is {latest}" in result.stderr
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_worker_processes_train_together(demo_dir, tmp_path):
+    logdir = str(tmp_path / "train")
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    command = train_command(demo_dir, logdir, "--training_number_of_steps=3",
+                            "--slow_start_step=1", "--save_interval_steps=2")
+    processes = [
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, env=environment(TF_CONFIG=json.dumps(
+                             {"cluster": {"worker": workers},
+                              "task": {"type": "worker", "index": index}})))
+        for index in range(2)]
+    try:
+        outputs = [process.communicate(timeout=240)[1] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output
+        assert "MultiWorkerMirroredStrategy" in output
+    assert training.tf.train.latest_checkpoint(logdir).endswith("model.ckpt-3")
+    assert [record["step"] for record in read_log(logdir)] == [1, 2, 3]
+    assert not os.path.exists(os.path.join(logdir, "worker_1_temp"))
