@@ -79,15 +79,16 @@ def main():
     parser.add_argument("--markdown", help="Also write the table to this markdown file.")
     args = parser.parse_args()
 
-    header = ("| variant | parameters | trainable | forward s/image | forward+backward s/image |\n"
-              "| --- | ---: | ---: | ---: | ---: |")
+    header = ("| variant | parameters | trainable | forward s/image | forward+backward s/image "
+              "| load average |\n| --- | ---: | ---: | ---: | ---: | ---: |")
     rows = []
     print(header, flush=True)
     for variant in args.variants.split(","):
         r = bench_variant(variant, args.size, args.batch, args.repetitions)
-        rows.append("| %s | %s | %s | %.2f | %.2f |" % (
+        # The 1-minute load average after the runs shows how busy the shared CPU was.
+        rows.append("| %s | %s | %s | %.2f | %.2f | %.1f |" % (
             r["variant"], format(r["params"], ","), format(r["trainable"], ","), r["forward"],
-            r["forward_backward"]))
+            r["forward_backward"], os.getloadavg()[0]))
         print(rows[-1], flush=True)
     if args.markdown:
         text = "\n".join([
@@ -96,8 +97,10 @@ def main():
             "%d classes, float32, tf.function without XLA. ResNets / Xceptions: DeepLabv3+ "
             "(ASPP 6, 12, 18, decoder at 4); mobilenet_v2: deeplab's light head."
             % (args.size, args.size, args.batch, args.repetitions, NUM_CLASSES),
-            "Machine: %s, %d CPU cores (shared with other jobs while measured), TF %s, Keras %s."
-            % (platform.processor() or platform.machine(), os.cpu_count(), tf.__version__,
+            "Machine: %s, %d CPU cores shared with other jobs while measured (see the load "
+            "average: above %d the figures are inflated), TF %s, Keras %s."
+            % (platform.processor() or platform.machine(), os.cpu_count(), os.cpu_count(),
+               tf.__version__,
                keras.__version__), "",
             "Command: `python benchmarks/model_bench.py --size %d --batch %d --repetitions %d "
             "--variants %s --markdown %s`" % (args.size, args.batch, args.repetitions,
