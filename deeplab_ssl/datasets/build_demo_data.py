@@ -149,8 +149,8 @@ def _pole(c, y, x, scale):
     height = c.rng.uniform(50, 90) * scale
     width = max(1.0, round(2 * scale + c.rng.uniform(-0.5, 0.5)))
     c.paint(_box(c, y - height, y, x, x + width), POLE, c.jitter([125, 125, 120], 20), grain=4)
-    if c.rng.random() < 0.7:
-        size = max(3.0, c.rng.uniform(6, 11) * scale)
+    if c.rng.random() < 0.8:
+        size = max(3.0, c.rng.uniform(7, 13) * scale)
         cy, cx = y - height + size / 2, x + width / 2
         shape = c.rng.integers(3)
         if shape == 0:
@@ -164,7 +164,7 @@ def _pole(c, y, x, scale):
 
 
 def _person(c, y, x, scale):
-    height = c.rng.uniform(22, 32) * scale
+    height = c.rng.uniform(26, 38) * scale
     width = height * 0.3
     clothes = _CLOTHES[c.rng.integers(len(_CLOTHES), size=2)]
     legs = _box(c, y - 0.45 * height, y, x - width / 2, x + width / 2) & (
@@ -177,7 +177,7 @@ def _person(c, y, x, scale):
 
 
 def _car(c, y, x, scale):
-    length, height = c.rng.uniform(38, 55) * scale, c.rng.uniform(14, 18) * scale
+    length, height = c.rng.uniform(42, 60) * scale, c.rng.uniform(15, 20) * scale
     paint = c.jitter(_CAR_PAINTS[c.rng.integers(len(_CAR_PAINTS))], 20)
     body = (np.abs((c.xx - x) / (length / 2)) ** 4
             + np.abs((c.yy - (y - 0.35 * height)) / (0.3 * height)) ** 4) < 1
@@ -203,13 +203,16 @@ def make_scene(rng, height=128, width=160):
     c = _Canvas(rng, height, width)
     horizon = rng.uniform(0.38, 0.55) * height
     vanish_x = rng.uniform(0.3, 0.7) * width
-    spread = rng.uniform(0.6, 1.3)  # Road half-width per pixel below the horizon.
+    spread = rng.uniform(0.8, 1.6)  # Road half-width per pixel below the horizon.
     _sky(c)
     _buildings(c, horizon)
     _ground(c, horizon, vanish_x, spread)
 
     def scale(y):  # Apparent size at base row y: 0 at the horizon, 1 at the bottom (128 rows).
         return (y - horizon) / (height - horizon) * height / 128
+
+    def row(top):  # A base row below `top`, more often near (large) than far.
+        return top + (height + 8 - top) * np.sqrt(rng.random())
 
     def beside_road(y, margin):
         side = rng.choice([-1, 1])
@@ -219,19 +222,19 @@ def make_scene(rng, height=128, width=160):
     for _ in range(rng.integers(0, 3)):
         y = horizon + rng.uniform(1, 8)
         objects.append((y, _fence, (y, scale(y) + 0.3)))
-    for _ in range(rng.integers(0, 4)):
-        y = rng.uniform(horizon + 4, height)
+    for _ in range(rng.integers(0, 6)):
+        y = row(horizon + 4)
         objects.append((y, _tree, (y, beside_road(y, rng.uniform(8, 30)), scale(y))))
-    for _ in range(rng.integers(1, 7)):
-        y = rng.uniform(horizon + 6, height)
+    for _ in range(rng.integers(2, 9)):
+        y = row(horizon + 6)
         objects.append((y, _pole, (y, beside_road(y, rng.uniform(2, 6)), scale(y))))
-    for _ in range(rng.integers(0, 5)):
-        y = rng.uniform(horizon + 8, height + 5)
+    for _ in range(rng.integers(1, 8)):
+        y = row(horizon + 8)
         x = (beside_road(y, rng.uniform(4, 40)) if rng.random() < 0.8
              else vanish_x + rng.uniform(-1, 1) * (y - horizon) * spread)
         objects.append((y, _person, (y, x, scale(y))))
-    for _ in range(rng.integers(0, 4)):
-        y = rng.uniform(horizon + 8, height + 8)
+    for _ in range(rng.integers(1, 6)):
+        y = row(horizon + 8)
         x = vanish_x + rng.uniform(-0.8, 0.8) * (y - horizon) * spread
         objects.append((y, _car, (y, x, scale(y))))
     for _, draw, args in sorted(objects, key=lambda o: o[0]):
