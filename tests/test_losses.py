@@ -353,3 +353,27 @@ def test_compile_fit_and_saved_keras_model(tmp_path):
 def test_get_loss_unknown_name_lists_names():
     with pytest.raises(ValueError, match="ssl, bce, softmax_ce"):
         losses.get_loss("dice")
+
+
+def test_fit_under_two_replicas_matches_one_device():
+    """Keras fit semantics: each replica's scalar loss is scaled by 1 / num_replicas, so with
+    equal valid-pixel counts per replica one SGD step equals the single-device step."""
+    rng = np.random.default_rng(1)
+    images = rng.random((4, 8, 8, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, (4, 8, 8, 1)).astype(np.int32)
+    keras.utils.set_random_seed(0)
+    model = tiny_model(3)
+    initial = model.get_weights()
+
+    def one_step(model):
+        model.compile(optimizer=keras.optimizers.SGD(1.0), loss=losses.SigmoidCrossEntropy())
+        model.fit(images, labels, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    expected = one_step(model)
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        replicated = tiny_model(3)
+        replicated.set_weights(initial)
+        got = one_step(replicated)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
