@@ -147,7 +147,7 @@ def make_loss(ignore_label):
 
 
 def make_trainer(strategy):
-    """The training.Trainer of the flags (model, loss, options, initial checkpoint)."""
+    """The training.Trainer of the flags: model, loss, options."""
     descriptor = descriptors.get_descriptor(FLAGS.dataset)
     descriptor.split_size(FLAGS.train_split)  # Names an unknown split.
     options = train_options()
@@ -161,15 +161,8 @@ def make_trainer(strategy):
             training.set_batch_norm_decay(model, FLAGS.batch_norm_decay)
         return model
 
-    def initialize_fn(model):
-        training.initialize_from_checkpoint(
-            model, FLAGS.tf_initial_checkpoint, FLAGS.initialize_last_layer,
-            FLAGS.last_layers_contain_logits_only)
-
-    return training.Trainer(
-        model_fn, make_loss(descriptor.ignore_label), options, strategy=strategy,
-        initialize_fn=initialize_fn if FLAGS.tf_initial_checkpoint else None,
-        colormap=descriptor.colormap)
+    return training.Trainer(model_fn, make_loss(descriptor.ignore_label), options,
+                            strategy=strategy, colormap=descriptor.colormap)
 
 
 def dataset_fn(input_context):

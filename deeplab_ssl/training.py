@@ -297,17 +297,13 @@ class Trainer:
         loss: a loss of `deeplab_ssl.losses` (with `sums` and `loss_from_sums`).
         options: TrainOptions.
         strategy: a tf.distribute.Strategy; default `get_strategy()`.
-        initialize_fn: optional callable (model) -> None loading initial weights, called only
-            when `train_logdir` has no checkpoint (e.g. from --tf_initial_checkpoint).
         colormap: name of a `deeplab_ssl.visualization` colormap for the TensorBoard pictures.
     """
 
-    def __init__(self, model_fn, loss, options, strategy=None, initialize_fn=None,
-                 colormap="pascal"):
+    def __init__(self, model_fn, loss, options, strategy=None, colormap="pascal"):
         self.options = options
         self.strategy = strategy or get_strategy()
         self.loss = loss
-        self.initialize_fn = initialize_fn
         self.colormap = colormap
         replicas = self.strategy.num_replicas_in_sync
         if options.train_batch_size % replicas:
@@ -494,8 +490,10 @@ class Trainer:
         if latest:
             self._restore(manager, latest)
             logging.info("Restored %s: resuming at step %d.", latest, self.step)
-        elif self.initialize_fn is not None:
-            self.initialize_fn(self.model)
+        elif options.tf_initial_checkpoint:
+            initialize_from_checkpoint(
+                self.model, options.tf_initial_checkpoint, options.initialize_last_layer,
+                options.last_layers_contain_logits_only)
         step = self.step
         if step >= total:
             logging.info("%s already holds a checkpoint of step %d >= "

@@ -108,30 +108,27 @@ def test_stage2_starts_from_stage1_with_frozen_batch_norm(demo_dir, tmp_path):
                                       save_summaries_images=False),
                               strategy=one_cpu())
     stage1.train(dataset_fn_of(demo_dir, 4))
-
-    stage2_options = options(tmp_path / "stage2", training_number_of_steps=2,
-                             base_learning_rate=0.0005, tf_initial_checkpoint=str(
-                                 tmp_path / "stage1"), save_summaries_images=False)
-
-    def initialize_fn(model):
-        training.initialize_from_checkpoint(model, stage2_options.tf_initial_checkpoint)
-        stage1_weights = {weight.path: weight.numpy() for weight in stage1.model.weights}
-        assert len(stage1_weights) == len(model.weights)
-        for weight in model.weights:  # Frozen batch norm changes the order of model.weights.
-            np.testing.assert_array_equal(weight.numpy(), stage1_weights[weight.path])
-
-    stage2 = training.Trainer(model_fn(fine_tune_batch_norm=False),
-                              losses.SSLoss(ignore_label=DEMO.ignore_label), stage2_options,
-                              strategy=one_cpu(), initialize_fn=initialize_fn)
-    assert stage2.step == 0  # A new optimizer: the step and momentum start again.
-    assert stage2.train(dataset_fn_of(demo_dir, 4)) == 2
     stage1_weights = {weight.path: weight.numpy() for weight in stage1.model.weights}
+
+    # The whole model from stage 1's train_logdir (model.weights order differs: frozen BN).
+    model = model_fn(fine_tune_batch_norm=False)()
+    training.initialize_from_checkpoint(model, str(tmp_path / "stage1"))
+    assert len(model.weights) == len(stage1_weights)
+    for weight in model.weights:
+        np.testing.assert_array_equal(weight.numpy(), stage1_weights[weight.path])
+    with pytest.raises(ValueError, match="initialize_last_layer"):
+        training.initialize_from_checkpoint(model, str(tmp_path / "stage1"),
+                                            initialize_last_layer=False)
+
+    stage2 = training.Trainer(
+        model_fn(fine_tune_batch_norm=False), losses.SSLoss(ignore_label=DEMO.ignore_label),
+        options(tmp_path / "stage2", training_number_of_steps=2, base_learning_rate=0.0005,
+                tf_initial_checkpoint=str(tmp_path / "stage1"), save_summaries_images=False),
+        strategy=one_cpu())
+    assert stage2.train(dataset_fn_of(demo_dir, 4)) == 2  # A new optimizer: from step 0.
     batch_norms = [layer for layer in stage2.model.layers
                    if isinstance(layer, keras.layers.BatchNormalization)]
     assert batch_norms
-    for layer in batch_norms:  # Frozen: stage 1's statistics and scales, unchanged.
+    for layer in batch_norms:  # Initialized from stage 1, then frozen.
         for weight in layer.weights:
             np.testing.assert_array_equal(weight.numpy(), stage1_weights[weight.path])
-    with pytest.raises(ValueError, match="initialize_last_layer"):
-        training.initialize_from_checkpoint(stage2.model, str(tmp_path / "stage1"),
-                                            initialize_last_layer=False)
