@@ -302,3 +302,33 @@ def test_mixed_float16_uses_loss_scaling(tmp_path):
     iterator = trainer.make_iterator(dataset_fn_of(images, labels, 4))
     metrics = trainer.train_step(trainer.next_batch(iterator))
     assert np.isfinite(metrics["loss"])
+
+
+def test_initial_checkpoint_is_used_only_without_a_checkpoint(tmp_path):
+    images, labels = make_data()
+    dataset_fn = dataset_fn_of(images, labels, 4)
+    first = training.Trainer(seeded_model_fn(), losses.SSLoss(),
+                             options(tmp_path / "run", training_number_of_steps=4),
+                             strategy=one_cpu())
+    first.train(dataset_fn)
+    # A missing initial checkpoint would fail; with a checkpoint in train_logdir it is unused.
+    resumed = training.Trainer(seeded_model_fn(), losses.SSLoss(),
+                               options(tmp_path / "run", tf_initial_checkpoint="/nonexistent"),
+                               strategy=one_cpu())
+    assert resumed.train(dataset_fn) == 6
+    fresh = training.Trainer(seeded_model_fn(), losses.SSLoss(),
+                             options(tmp_path / "fresh", tf_initial_checkpoint="/nonexistent"),
+                             strategy=one_cpu())
+    with pytest.raises(ValueError, match="/nonexistent"):
+        fresh.train(dataset_fn)
+
+
+def test_initialize_from_keras_weights_and_train_checkpoints(tmp_path):
+    source = tiny_model()
+    source.save_weights(str(tmp_path / "source.weights.h5"))
+    prefix = tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt"))
+    for path in (str(tmp_path / "source.weights.h5"), prefix, str(tmp_path)):
+        model = tiny_model()
+        training.initialize_from_checkpoint(model, path)
+        for one, two in zip(source.weights, model.weights):
+            np.testing.assert_array_equal(one.numpy(), two.numpy())
