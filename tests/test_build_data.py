@@ -271,8 +271,12 @@ def test_cityscapes_train_ids_and_label_ids_fallback(tmp_path):
     val = _read(out, "val_fine")
     np.testing.assert_array_equal(val["lindau_000001_000019"][1],
                                   [[0, 1, 255, 18, 13, 255, 10, 255]] * 2)
+    build_cityscapes_data.build_cityscapes(str(root), out, splits=["trainval_fine"],
+                                           num_shards=1, progress=False)
+    assert sorted(_read(out, "trainval_fine")) == ["aachen_000000_000019",
+                                                   "lindau_000001_000019"]
     _run_cli("build_cityscapes_data", cityscapes_root=root, num_shards=1,
-             output_dir=tmp_path / "cli")
+             splits="train_fine,val_fine,trainval_fine", output_dir=tmp_path / "cli")
     _same_shards(tmp_path / "out", tmp_path / "cli")
 
 

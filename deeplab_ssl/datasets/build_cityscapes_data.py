@@ -5,8 +5,8 @@ Reads the official layout under `--cityscapes_root`:
     leftImg8bit/SPLIT/CITY/CITY_SEQ_FRAME_leftImg8bit.png
     gtFine/SPLIT/CITY/CITY_SEQ_FRAME_gtFine_labelTrainIds.png
 
-and writes deeplab's split names: train -> `train_fine`, val -> `val_fine`, test -> `test_fine`
-(10 shards each, as deeplab). The `*_labelTrainIds.png` files are made by cityscapesscripts'
+and writes deeplab's split names: train -> `train_fine`, val -> `val_fine`, both ->
+`trainval_fine`, test -> `test_fine` (10 shards each, as deeplab). The `*_labelTrainIds.png` files are made by cityscapesscripts'
 `createTrainIdLabelImgs` (`CITYSCAPES_DATASET=ROOT csCreateTrainIdLabelImgs`); where one is
 missing, the `*_labelIds.png` next to it is converted here with the same id -> trainId table
 (cityscapesscripts/helpers/labels.py). `image/filename` is `CITY_SEQ_FRAME`, as in deeplab.
@@ -23,7 +23,8 @@ from absl import app, flags
 
 from deeplab_ssl.datasets import build_data, descriptors
 
-SPLIT_FOLDERS = {"train_fine": "train", "val_fine": "val", "test_fine": "test"}
+SPLIT_FOLDERS = {"train_fine": ("train",), "val_fine": ("val",),
+                 "trainval_fine": ("train", "val"), "test_fine": ("test",)}
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 _IDS_SUFFIX = "_gtFine_labelIds.png"
@@ -49,24 +50,25 @@ def _encode(pair, size):
 def list_pairs(cityscapes_root, split):
     """(image_path, label_path) pairs of a deeplab split name, sorted; the label is the
     labelTrainIds PNG, or the labelIds PNG where that is missing."""
-    folder = SPLIT_FOLDERS[split]
-    images = sorted(tf.io.gfile.glob(
-        os.path.join(cityscapes_root, "leftImg8bit", folder, "*", "*" + _IMAGE_SUFFIX)))
-    if not images:
-        raise ValueError(f"no *{_IMAGE_SUFFIX} in {cityscapes_root}/leftImg8bit/{folder}/*/")
     pairs = []
-    for image in images:
-        city = os.path.basename(os.path.dirname(image))
-        stem = os.path.join(cityscapes_root, "gtFine", folder, city,
-                            os.path.basename(image)[:-len(_IMAGE_SUFFIX)])
-        label = stem + _TRAIN_IDS_SUFFIX
-        if not tf.io.gfile.exists(label):
-            label = stem + _IDS_SUFFIX
-            if not tf.io.gfile.exists(label):
-                raise ValueError(f"no label for {image}: neither {stem + _TRAIN_IDS_SUFFIX} "
-                                 f"nor {label} exists")
-        pairs.append((image, label))
+    for folder in SPLIT_FOLDERS[split]:
+        images = sorted(tf.io.gfile.glob(
+            os.path.join(cityscapes_root, "leftImg8bit", folder, "*", "*" + _IMAGE_SUFFIX)))
+        if not images:
+            raise ValueError(f"no *{_IMAGE_SUFFIX} in {cityscapes_root}/leftImg8bit/{folder}/*/")
+        pairs += [(image, _label_path(cityscapes_root, folder, image)) for image in images]
     return pairs
+
+
+def _label_path(cityscapes_root, folder, image):
+    city = os.path.basename(os.path.dirname(image))
+    stem = os.path.join(cityscapes_root, "gtFine", folder, city,
+                        os.path.basename(image)[:-len(_IMAGE_SUFFIX)])
+    for label in (stem + _TRAIN_IDS_SUFFIX, stem + _IDS_SUFFIX):
+        if tf.io.gfile.exists(label):
+            return label
+    raise ValueError(f"no label for {image}: neither {stem + _TRAIN_IDS_SUFFIX} nor "
+                     f"{stem + _IDS_SUFFIX} exists")
 
 
 def build_cityscapes(cityscapes_root, output_dir, splits=("train_fine", "val_fine"),
@@ -76,7 +78,7 @@ def build_cityscapes(cityscapes_root, output_dir, splits=("train_fine", "val_fin
     Args:
         cityscapes_root: str, the folder holding leftImg8bit/ and gtFine/.
         output_dir: str, where the shards go.
-        splits: deeplab split names among train_fine, val_fine, test_fine.
+        splits: deeplab split names among train_fine, val_fine, trainval_fine, test_fine.
         num_shards: int, shards per split.
         size: optional (height, width) to resize to, e.g. (512, 1024).
         progress: bool, show progress bars.
@@ -107,6 +109,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("cityscapes_root", "./cityscapes",
                         "Folder holding leftImg8bit/ and gtFine/.")
     flags.DEFINE_list("splits", ["train_fine", "val_fine"],
-                      "Splits to build among train_fine, val_fine, test_fine.")
+                      "Splits to build among train_fine, val_fine, trainval_fine, test_fine.")
     build_data.define_output_flags(num_shards=10)
     app.run(main)
