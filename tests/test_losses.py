@@ -208,9 +208,19 @@ def test_gradient_is_e_weighted_bce_gradient():
                                tape.gradient(reference, x).numpy(), rtol=1e-4, atol=1e-9)
 
 
+def two_replicas():
+    """MirroredStrategy over the two logical CPUs of conftest.
+
+    Not the default collective all-reduce: TF gives every MirroredStrategy of a process the
+    same collective keys, so a later strategy's all-reduce of another shape would fail.
+    """
+    return tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
 def test_cross_replica_loss_equals_global_batch_on_two_replicas():
     """Loss value on every replica AND summed gradients equal the single-device global batch."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_replicas()
     labels, features = random_batch(7, shape=(4, 10, 9, 3))
     # Replica 0 gets mostly ignored pixels, so per-replica averaging would be wrong.
     labels[:2, :, 2:] = IGNORE
@@ -371,7 +381,7 @@ def test_fit_under_two_replicas_matches_one_device():
         return model.get_weights()
 
     expected = one_step(model)
-    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    with two_replicas().scope():
         replicated = tiny_model(3)
         replicated.set_weights(initial)
         got = one_step(replicated)

@@ -40,8 +40,11 @@ def sigmoid_cross_entropy_sums(logits, labels, weights):
         sums = [_weighted_sum(bce, w) for w in weights]
 
         def gradient(*upstream):
-            coefficient = sum(g * w for g, w in zip(upstream, weights))
-            return coefficient * (tf.sigmoid(logits) - tf.one_hot(labels, num_classes))
+            # Depending on the upstream gradients, these logits-sized tensors are made after
+            # the forward pass, not during it (they depend on nothing else), which saves memory.
+            with tf.control_dependencies(upstream):
+                error = tf.sigmoid(logits) - tf.one_hot(labels, num_classes)
+            return sum(g * w for g, w in zip(upstream, weights)) * error
         return sums, gradient
     return weighted_sums(logits)
 
