@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 from deeplab_ssl import losses  # noqa: E402
 
-LOSSES = ("bce", "ssl", "softmax_ce", "ssim7", "affinity")
+LOSSES = ("bce", "ssl", "softmax_ce", "ssim7", "affinity", "bce_autodiff")
 BASELINE = "inputs_only"
 
 
@@ -45,11 +45,19 @@ def make_inputs(shape, seed=0):
     return tf.constant(labels.astype(np.int32)), tf.constant(logits)
 
 
+def plain_sigmoid_cross_entropy(labels, logits):
+    """Reference only: the same BCE as written plainly, with TF's op and autodiff."""
+    valid = tf.cast(labels != 255, tf.float32)[..., None]
+    one_hot = tf.one_hot(tf.where(labels != 255, labels, -1), logits.shape[-1])
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=one_hot, logits=logits)
+    return tf.reduce_sum(bce * valid) / tf.reduce_sum(valid)
+
+
 def loss_and_gradient_fn(name):
     """tf.function (labels, logits) -> (loss, gradient w.r.t. logits)."""
     if name == BASELINE:
         return tf.function(lambda labels, logits: (tf.reduce_sum(logits), logits))
-    loss = losses.get_loss(name)
+    loss = plain_sigmoid_cross_entropy if name == "bce_autodiff" else losses.get_loss(name)
 
     @tf.function
     def run(labels, logits):
@@ -172,7 +180,8 @@ def main():
     parser.add_argument("--shapes", nargs="+", default=["4,257,257,21", "8,513,513,21"],
                         help="logits shapes B,H,W,C")
     parser.add_argument("--losses", default=",".join(LOSSES),
-                        help="comma-separated get_loss names (bce is always included)")
+                        help="comma-separated get_loss names (bce is always included), "
+                        "or bce_autodiff: TF's sigmoid CE op with autodiff, for reference")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per loss")
     parser.add_argument("--conv", action="store_true",
                         help="only compare full and separable Gaussian windows")
