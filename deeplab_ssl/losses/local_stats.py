@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 # Measured on 2 CPU cores (benchmarks/loss_bench.py --conv): a k x k depthwise convolution is
-# faster than a k x 1 then 1 x k pair for k <= 5, equal at 7, and 2x slower at 11.
+# faster than a k x 1 then 1 x k pair for k <= 5, slower from 7 on (2.7x at 11).
 _LARGEST_FULL_WINDOW = 5
 
 
@@ -80,7 +80,7 @@ def masked_local_means(tensors, valid, window_size, sigma):
     Returns:
       list of float32 [B, H, W, n_i], the local means, in the order of `tensors`.
     """
-    # One convolution per map: concatenating the maps into one convolution was measured 2-5x
+    # One convolution per map: one convolution over the concatenated maps was measured 2-4x
     # slower on CPU (benchmarks/loss_bench.py --conv), the concat and split copies dominating.
     # conv(w, m) >= w_c > 0 at valid pixels; m / conv(w, m) zeroes the invalid ones for free.
     inverse_weight = tf.math.divide_no_nan(valid, local_sums(valid, window_size, sigma))
