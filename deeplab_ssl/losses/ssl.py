@@ -45,9 +45,12 @@ class SSLoss(base.SumsLoss):
     - total = ce_weight * BCE term + (1 - ce_weight) * SSL term (Eq. 17). 0 for an all-ignore
       batch (gradient 0).
     The gradient w.r.t. the logits is (ce_weight m / N + (1 - ce_weight) weight / M) (p - y).
+    Float32 note: where the valid p of a window are (nearly) equal, var_p is ~0 and its
+    rounding noise (~1e-8) under the square root moves e by up to ~0.02.
 
-    Sums (additive over pieces of the batch, see base.cross_replica_loss):
-      bce_sum, num_valid (valid pixels), ssl_sum, num_hard (M).
+    Sums (additive over pieces of the batch): bce_sum, num_valid (valid pixels), ssl_sum,
+    num_hard (M). In a custom distributed loop, base.cross_replica_loss gives the exact loss
+    of the global batch; hard_example_fraction(sums, C) is the paper's Fig. 4 proportion.
 
     Args:
       window_size: odd int, the region size k (paper: 3).
