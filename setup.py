@@ -24,7 +24,7 @@ setuptools.setup(
         "importlib_resources",  # TFDS needs it for builders defined outside TFDS.
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "tf-slim"],  # tf-slim: the reference ResNet of a model test.
         "plot": ["matplotlib"],
         "crf": ["pydensecrf2"],  # eval.py --crf_iterations; builds from source (C++ compiler).
     },
