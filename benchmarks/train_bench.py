@@ -86,16 +86,17 @@ def main():
               f"{NUM_CLASSES} classes, float32, one device ({platform.processor() or 'CPU'}, "
               f"{os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}); "
               f"medians of {args.repetitions} interleaved repetitions of {args.steps} step(s).")
-    rows = ["| model | loss | s / image | ratio to BCE (median of pairs) |",
-            "| --- | --- | ---: | ---: |"]
+    rows = ["| model | loss | s / image | ratio to BCE (median of pairs) | load average |",
+            "| --- | --- | ---: | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as logdir:
         for variant in args.variants:
             seconds = bench_variant(variant, args.crop, args.batch, args.repetitions,
                                     args.steps, logdir)
+            load = os.getloadavg()[0]
             for name in LOSSES:
                 ratio = statistics.median(a / b for a, b in zip(seconds[name], seconds["bce"]))
                 rows.append(f"| {variant} | {name} | {statistics.median(seconds[name]):.3f} | "
-                            f"{ratio:.3f} |")
+                            f"{ratio:.3f} | {load:.1f} |")
                 print(rows[-1], flush=True)
     text = "\n".join([header, "", *rows]) + "\n"
     print(text)
