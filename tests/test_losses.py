@@ -167,9 +167,10 @@ def test_figure_2_worked_example():
     assert bce[1, 1] / bce.sum() == pytest.approx(0.57, abs=0.005)
 
     loss = losses.SSLoss(window_size=5, sigma=1e6)
-    error = loss.structural_error(tf.constant(y[None, ..., None]),
-                                  tf.constant(p[None, ..., None]),
-                                  tf.ones([1, 3, 3, 1])).numpy()[0, ..., 0]
+    # structural_error takes all the classes' one-hot maps: class 0 (1 - y, 1 - p), class 1.
+    error = loss.structural_error(tf.constant(np.stack([1 - y, y], -1)[None]),
+                                  tf.constant(np.stack([1 - p, p], -1)[None]),
+                                  tf.ones([1, 3, 3, 1])).numpy()[0, ..., 1]
     # e = |(c) - (d)| of the figure, whose maps are rounded (-1.076 printed -1.1, -1.338 -1.4).
     figure_y_nor = np.array([[-1.1, -1.1, -1.1], [.89, -1.1, .89], [.89, .89, .89]])
     figure_p_nor = np.array([[-1.4, -1.4, -1.4], [.61, .61, .89], [.61, .89, .61]])

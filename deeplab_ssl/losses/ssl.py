@@ -90,19 +90,27 @@ class SSLoss(base.SumsLoss):
         """e of Eq. 10, float32 [B, H, W, C], 0 at invalid pixels; inputs carry no gradient.
 
         Args:
-          one_hot: float32 [B, H, W, C], zero at invalid pixels.
+          one_hot: float32 [B, H, W, C], the one-hot labels of ALL the classes (summing to
+            valid over the classes), zero at invalid pixels.
           probs: float32 [B, H, W, C], sigmoid probabilities.
           valid: float32 [B, H, W, 1].
         """
         # At invalid pixels y = m p = mu = sigma = 0, so y_nor = p_nor = 1 and e = 0.
         masked_probs = probs * valid
-        # var_y = mu_y (1 - mu_y) is computed as mu_y mu_(1-y), exactly 0 in a one-class
-        # window (float32 rounding of mu_y = 1 would give sqrt(var_y) ~ 2e-4, 2% of c4).
-        mu_y, mu_not_y, mu_p, mean_p2 = local_stats.masked_local_means(
-            [one_hot, valid - one_hot, masked_probs, masked_probs * probs], valid,
-            self.window_size, self.sigma)
-        sigma_y = tf.sqrt(mu_y * mu_not_y)
-        sigma_p = tf.sqrt(tf.maximum(mean_p2 - tf.square(mu_p), 0.0))
+        sum_y, sum_p, sum_p2 = [
+            local_stats.local_sums(t, self.window_size, self.sigma)
+            for t in (one_hot, masked_probs, masked_probs * probs)]
+        # The one-hot y sum to m over the classes, so the sum of their window sums is sum(w m):
+        # no convolution of m. In a window holding one class c, the other classes' sums are
+        # exact zeros, so sum(w m) - sum(w m y) is exactly 0 there and var_y = mu_y mu_(1-y)
+        # is exactly 0 (mu_y (1 - mu_y) would round to ~6e-8: sqrt(var_y) = 2% of c4).
+        sum_m = tf.reduce_sum(sum_y, axis=-1, keepdims=True)
+        # sum(w m) >= w_c > 0 at valid pixels; m / sum(w m) zeroes the invalid ones.
+        inverse_weight = tf.math.divide_no_nan(valid, sum_m)
+        mu_y = sum_y * inverse_weight
+        sigma_y = tf.sqrt(mu_y * ((sum_m - sum_y) * inverse_weight))
+        mu_p = sum_p * inverse_weight
+        sigma_p = tf.sqrt(tf.maximum(sum_p2 * inverse_weight - tf.square(mu_p), 0.0))
         y_nor = (one_hot - mu_y + self.c4) / (sigma_y + self.c4)
         p_nor = (masked_probs - mu_p + self.c4) / (sigma_p + self.c4)
         return tf.abs(y_nor - p_nor)
@@ -117,8 +125,9 @@ class SSLoss(base.SumsLoss):
         else:
             weight = valid
         if self.ohem:
-            # Hard examples have e > beta e_max >= 0, so exactly the non-zero weights.
-            num_hard = tf.cast(tf.math.count_nonzero(weight), tf.float32)
+            # Hard examples have e > beta e_max >= 0, so exactly the non-zero weights. A float32
+            # sum of their signs: half the time of count_nonzero (bool, int64 and sum passes).
+            num_hard = tf.reduce_sum(tf.sign(weight))
         else:
             num_hard = num_valid * tf.cast(num_classes, tf.float32)
         bce_sum, ssl_sum = cross_entropy.sigmoid_cross_entropy_sums(
