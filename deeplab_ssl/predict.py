@@ -13,13 +13,6 @@ from absl import app, flags
 
 from deeplab_ssl import visualization
 
-flags.DEFINE_string("model_dir", None, "SavedModel folder written by export.py.")
-flags.DEFINE_string("output_dir", None, "Folder of the PNGs (created).")
-flags.DEFINE_enum("colormap", "pascal", list(visualization.COLORMAP_NAMES),
-                  "Colormap of the predictions (the dataset's).")
-flags.DEFINE_boolean("also_save_raw_predictions", False, "Also write the label ids as PNGs.")
-flags.mark_flags_as_required(["model_dir", "output_dir"])
-
 FLAGS = flags.FLAGS
 
 
@@ -40,6 +33,8 @@ def predict_files(model_dir, image_paths, output_dir, colormap, also_save_raw_pr
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for path in image_paths:
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"no image file {path}")
         encoded = tf.io.read_file(path)
         try:
             prediction = predict(image_bytes=encoded[tf.newaxis])["SemanticPredictions"][0]
@@ -66,5 +61,18 @@ def main(argv):
         print(path)
 
 
+def define_flags():
+    """The command line's flags; defined only when run as a program, so that importing this
+    module (tests, notebooks) adds no required flags to absl's global FLAGS."""
+    flags.DEFINE_string("model_dir", None, "SavedModel folder written by export.py.")
+    flags.DEFINE_string("output_dir", None, "Folder of the PNGs (created).")
+    flags.DEFINE_enum("colormap", "pascal", list(visualization.COLORMAP_NAMES),
+                      "Colormap of the predictions (the dataset's).")
+    flags.DEFINE_boolean("also_save_raw_predictions", False,
+                         "Also write the label ids as PNGs.")
+    flags.mark_flags_as_required(["model_dir", "output_dir"])
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

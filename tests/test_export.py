@@ -135,3 +135,6 @@ def test_predict_writes_colored_pngs(exported, tmp_path):
     with pytest.raises(ValueError, match="broken.png"):
         predict.predict_files(exported, [str(tmp_path / "broken.png")], str(tmp_path / "out"),
                               colormap)
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        predict.predict_files(exported, [str(tmp_path / "missing.jpg")], str(tmp_path / "out"),
+                              colormap)
