@@ -70,7 +70,13 @@ def one_cpu():
 
 
 def two_cpus():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    """The two logical CPUs of conftest.
+
+    Not the default collective all-reduce: TF gives every MirroredStrategy of a process the
+    same collective keys, so a later strategy's all-reduce of other shapes would fail.
+    """
+    return tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def weights_of(trainer):

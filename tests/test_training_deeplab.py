@@ -75,7 +75,9 @@ def test_two_replicas_match_one_with_the_deeplab_model(demo_dir, tmp_path):
     # Frozen batch norm: batch statistics would otherwise depend on the per-replica batch.
     runs = []
     for name, strategy in (("one", one_cpu()),
-                           ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+                           ("two", tf.distribute.MirroredStrategy(  # See test_training.
+                               ["/cpu:0", "/cpu:1"],
+                               cross_device_ops=tf.distribute.ReductionToOneDevice()))):
         trainer = training.Trainer(model_fn(fine_tune_batch_norm=False),
                                    losses.SSLoss(ignore_label=DEMO.ignore_label),
                                    options(tmp_path / name), strategy=strategy)
