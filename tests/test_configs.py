@@ -14,25 +14,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(path, ROOT)
                  for path in glob.glob(os.path.join(ROOT, "configs", "**", "*.flags"),
                                        recursive=True))
-# Model and dataset flagfiles: also read by eval.py, vis.py and export.py, so they may only hold
-# the flags of deeplab_ssl/common.py.
-MODEL_CONFIGS = ["configs/demo.flags", "configs/pascal_voc/deeplabv3.flags",
-                 "configs/pascal_voc/deeplabv3plus.flags", "configs/cityscapes/deeplabv3.flags"]
 FLAGS = flags.FLAGS
 
 
-def _included_flagfiles():
-    included = set()
-    for path in CONFIGS:
-        with open(os.path.join(ROOT, path)) as f:
-            included.update(line.strip().split("=", 1)[1] for line in f
-                            if line.startswith("--flagfile="))
-    return included
+def _includes(path):
+    with open(os.path.join(ROOT, path)) as f:
+        return [line.strip().split("=", 1)[1] for line in f if line.startswith("--flagfile=")]
 
 
+_INCLUDED = {included for path in CONFIGS for included in _includes(path)}
+# Model and dataset flagfiles (included, including nothing): also read by eval.py, vis.py and
+# export.py, so they may only hold the flags of deeplab_ssl/common.py.
+MODEL_CONFIGS = sorted(path for path in _INCLUDED if not _includes(path))
 # Training bases that experiments include: complete but for the train_logdir.
-BASE_CONFIGS = sorted(_included_flagfiles() - set(MODEL_CONFIGS))
-EXPERIMENTS = sorted(set(CONFIGS) - set(BASE_CONFIGS) - set(MODEL_CONFIGS))
+BASE_CONFIGS = sorted(_INCLUDED - set(MODEL_CONFIGS))
+EXPERIMENTS = sorted(set(CONFIGS) - _INCLUDED)
 
 
 def _load_train_module():
@@ -57,6 +53,12 @@ def parse(monkeypatch):
 
     yield parse_flagfile
     FLAGS.unparse_flags()
+
+
+def test_the_papers_model_flagfiles_are_shared():
+    assert {"configs/demo.flags", "configs/pascal_voc/deeplabv3.flags",
+            "configs/pascal_voc/deeplabv3plus.flags",
+            "configs/cityscapes/deeplabv3.flags"} <= set(MODEL_CONFIGS)
 
 
 def test_there_is_a_flagfile_per_experiment():
