@@ -20,6 +20,7 @@ setuptools.setup(
         "pillow",
         "tqdm",
         "scipy",  # SBD's .mat labels (VOC train_aug).
+        "tensorboard",  # tf.summary needs it; TF 2.21 no longer installs it.
         "tensorflow-datasets",
         "importlib_resources",  # TFDS needs it for builders defined outside TFDS.
     ],
