@@ -146,9 +146,9 @@ class SSLoss(base.SumsLoss):
                                           tf.sigmoid(logits[image]), valid[image])[0]
             if not self.ohem:
                 return error
-            is_hard = error > threshold
-            return tf.where(is_hard, error, 0.0) if self.reweight else tf.cast(
-                is_hard, tf.float32)
+            # A product with the 0/1 mask: measured faster than tf.where.
+            is_hard = tf.cast(error > threshold, tf.float32)
+            return error * is_hard if self.reweight else is_hard
         # One image at a time: the statistics' temporaries then take 1 / B of the memory.
         # Mapping over indices, not over the tensors, spares map_fn copies of its inputs.
         return tf.map_fn(image_weights, tf.range(tf.shape(logits)[0]),
