@@ -37,7 +37,8 @@ for _id, _train_id in _TRAIN_ID_OF_ID.items():
     LABEL_ID_TO_TRAIN_ID[_id] = _train_id
 
 
-def _encode(pair, size):
+def encode_pair(pair, size=None):
+    """One record of an (image, label) pair of list_pairs; `size` (h, w) resizes it."""
     image_path, label_path = pair
     cityscapes = descriptors.get_descriptor("cityscapes")
     label_map = LABEL_ID_TO_TRAIN_ID if label_path.endswith(_IDS_SUFFIX) else None
@@ -92,7 +93,7 @@ def build_cityscapes(cityscapes_root, output_dir, splits=("train_fine", "val_fin
             raise ValueError(f"unknown Cityscapes split {split!r}; known: {list(SPLIT_FOLDERS)}")
         pairs = list_pairs(cityscapes_root, split)
         written[split] = build_data.write_split(
-            pairs, lambda pair: _encode(pair, size), output_dir, split, num_shards,
+            pairs, lambda pair: encode_pair(pair, size), output_dir, split, num_shards,
             progress=progress)
     return written
 

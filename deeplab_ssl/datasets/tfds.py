@@ -89,8 +89,9 @@ def _encode_voc(pair):
 def _cityscapes_pairs(manual_dir):
     """{split: [(image_path, label_path)]} of the Cityscapes splits found in manual_dir."""
     pairs = {split: build_cityscapes_data.list_pairs(manual_dir, split)
-             for split, folder in build_cityscapes_data.SPLIT_FOLDERS.items()
-             if tf.io.gfile.isdir(os.path.join(manual_dir, "leftImg8bit", folder))}
+             for split, folders in build_cityscapes_data.SPLIT_FOLDERS.items()
+             if all(tf.io.gfile.isdir(os.path.join(manual_dir, "leftImg8bit", folder))
+                    for folder in folders)}
     if not pairs:
         raise ValueError(f"no Cityscapes split folder in {manual_dir}/leftImg8bit")
     return pairs
@@ -100,7 +101,7 @@ def _cityscapes_pairs(manual_dir):
 # (a ValueError names the file at fault), giving a record in deeplab's schema.
 _PAIRS = {"pascal_voc_seg": _voc_pairs, "cityscapes": _cityscapes_pairs}
 _ENCODE = {"pascal_voc_seg": _encode_voc,
-           "cityscapes": lambda pair: build_cityscapes_data._encode(pair, size=None)}
+           "cityscapes": build_cityscapes_data.encode_pair}
 
 
 class DeeplabSegmentation(tfds.core.GeneratorBasedBuilder):
