@@ -13,7 +13,7 @@ def _weighted_sum(x, weight):
     return tf.reduce_sum(x * weight)
 
 
-def sigmoid_cross_entropy_sums(logits, labels, weights):
+def sigmoid_cross_entropy_sums(logits, labels, weights, probs=None):
     """Weighted sums of the element-wise sigmoid cross entropy, with a fused gradient.
 
     With y the one-hot labels, BCE(y, sigmoid(x)) = softplus((1 - 2 y) x) for y in {0, 1}:
@@ -26,6 +26,9 @@ def sigmoid_cross_entropy_sums(logits, labels, weights):
       logits: float32 [B, H, W, C].
       labels: int32 [B, H, W], -1 at ignored pixels (y = 0 there).
       weights: list of float32 tensors [B, H, W, 1] or [B, H, W, C].
+      probs: None, or float32 [B, H, W, C] = sigmoid(logits) that the caller computed anyway:
+        the gradient then reuses it (it stays in memory until the backward pass) instead of
+        computing sigmoid(logits) after the forward pass.
 
     Returns:
       list of float32 scalars, sum(weights[i] * BCE).
@@ -43,7 +46,8 @@ def sigmoid_cross_entropy_sums(logits, labels, weights):
             # Depending on the upstream gradients, these logits-sized tensors are made after
             # the forward pass, not during it (they depend on nothing else), which saves memory.
             with tf.control_dependencies(upstream):
-                error = tf.sigmoid(logits) - tf.one_hot(labels, num_classes)
+                error = (tf.sigmoid(logits) if probs is None else probs) - tf.one_hot(
+                    labels, num_classes)
             return sum(g * w for g, w in zip(upstream, weights)) * error
         return sums, gradient
     return weighted_sums(logits)

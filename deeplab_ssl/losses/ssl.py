@@ -120,8 +120,11 @@ class SSLoss(base.SumsLoss):
         logits = base.sigmoid_logits(logits, self.from_logits)
         num_classes = tf.shape(logits)[-1]
         num_valid = tf.reduce_sum(valid)
+        probs = None
         if self.ohem or self.reweight:
-            weight = self._example_weights(labels, tf.stop_gradient(logits), valid)
+            # Computed once for the batch: the BCE gradient reuses it.
+            probs = tf.sigmoid(tf.stop_gradient(logits))
+            weight = self._example_weights(labels, probs, valid)
         else:
             weight = valid
         if self.ohem:
@@ -131,19 +134,19 @@ class SSLoss(base.SumsLoss):
         else:
             num_hard = num_valid * tf.cast(num_classes, tf.float32)
         bce_sum, ssl_sum = cross_entropy.sigmoid_cross_entropy_sums(
-            logits, labels, [valid, weight])
+            logits, labels, [valid, weight], probs)
         return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": ssl_sum,
                 "num_hard": num_hard}
 
-    def _example_weights(self, labels, logits, valid):
+    def _example_weights(self, labels, probs, valid):
         """e f (reweight) or f (no reweight), float32 [B, H, W, C], e f = e without OHEM."""
         threshold = self.beta * self.e_max
-        num_classes = logits.shape[-1]  # static: the depthwise window is tiled over it
+        num_classes = probs.shape[-1]  # static: the depthwise window is tiled over it
 
         def image_weights(index):
             image = slice(index, index + 1)
             error = self.structural_error(tf.one_hot(labels[image], num_classes),
-                                          tf.sigmoid(logits[image]), valid[image])[0]
+                                          probs[image], valid[image])[0]
             if not self.ohem:
                 return error
             # A product with the 0/1 mask: measured faster than tf.where.
@@ -151,7 +154,7 @@ class SSLoss(base.SumsLoss):
             return error * is_hard if self.reweight else is_hard
         # One image at a time: the statistics' temporaries then take 1 / B of the memory.
         # Mapping over indices, not over the tensors, spares map_fn copies of its inputs.
-        return tf.map_fn(image_weights, tf.range(tf.shape(logits)[0]),
+        return tf.map_fn(image_weights, tf.range(tf.shape(probs)[0]),
                          fn_output_signature=tf.float32, parallel_iterations=1)
 
     def loss_from_sums(self, sums):
