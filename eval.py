@@ -16,16 +16,13 @@ from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import descriptors, input_pipeline
 
 flags.DEFINE_string("eval_split", "val", "Split of the dataset to evaluate.")
-flags.DEFINE_list("eval_crop_size", None,
-                  "Height,width images are padded to (deeplab's, e.g. 513,513); unset pads "
-                  "each batch to its largest image.")
+common.define_crop_size_flag(
+    "eval_crop_size", None,
+    "Height,width images are padded to (deeplab's, e.g. 513,513); unset pads each batch to its "
+    "largest image.")
 flags.DEFINE_integer("eval_batch_size", 1, "Images per batch.")
-flags.DEFINE_multi_float("eval_scales", [1.0], "Image scales of multi-scale inference.")
-flags.DEFINE_boolean("add_flipped_images", False, "Also run on left-right flipped images.")
-flags.DEFINE_string("checkpoint_dir", None, "Training folder whose checkpoints are evaluated.")
-flags.DEFINE_alias("train_logdir", "checkpoint_dir")
-flags.DEFINE_string("checkpoint_path", None,
-                    "One checkpoint prefix (or folder: its latest checkpoint) to evaluate.")
+common.define_inference_flags()
+common.define_checkpoint_flags()
 flags.DEFINE_string("eval_logdir", None, "Folder of the TensorBoard summaries.")
 flags.DEFINE_integer("eval_interval_secs", 300, "Seconds between evaluations of the folder.")
 flags.DEFINE_integer("max_number_of_evaluations", 0,
@@ -43,10 +40,9 @@ def main(argv):
     descriptor.split_size(FLAGS.eval_split)
     options = common.model_options(descriptor.num_classes)
     model = model_lib.build_deeplab(**options)
-    crop_size = [int(size) for size in FLAGS.eval_crop_size] if FLAGS.eval_crop_size else None
     dataset = input_pipeline.get_dataset(
         FLAGS.dataset, FLAGS.dataset_dir, FLAGS.eval_split, FLAGS.eval_batch_size,
-        crop_size=crop_size, is_training=False,
+        crop_size=common.crop_size("eval_crop_size"), is_training=False,
         mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant))
     writer = tf.summary.create_file_writer(FLAGS.eval_logdir) if FLAGS.eval_logdir else None
     for checkpoint_path in evaluation.checkpoints_to_evaluate(

@@ -15,16 +15,14 @@ from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import descriptors
 
-flags.DEFINE_string("checkpoint_dir", None, "Training folder; its latest checkpoint is exported.")
-flags.DEFINE_alias("train_logdir", "checkpoint_dir")
-flags.DEFINE_string("checkpoint_path", None, "Checkpoint prefix to export instead.")
+common.define_checkpoint_flags()
 flags.DEFINE_string("export_path", None,
                     "SavedModel folder to write (TensorFlow Serving wants MODEL_DIR/VERSION).")
 flags.DEFINE_multi_integer("crop_size", None,
                            "Height and width the model runs at: larger images are resized down "
                            "to fit, smaller ones padded; unset runs at each image's own size.")
-flags.DEFINE_multi_float("inference_scales", [1.0], "Image scales of multi-scale inference.")
-flags.DEFINE_boolean("add_flipped_images", False, "Also run on left-right flipped images.")
+common.define_inference_flags()
+flags.DEFINE_alias("inference_scales", "eval_scales")  # deeplab's export_model.py name.
 flags.DEFINE_boolean("include_probabilities", False,
                      "Also return SemanticProbabilities float32 [B, H, W, num_classes].")
 flags.mark_flag_as_required("export_path")
@@ -39,14 +37,11 @@ def main(argv):
     descriptor = descriptors.get_descriptor(FLAGS.dataset)
     options = common.model_options(descriptor.num_classes)
     model = model_lib.build_deeplab(**options)
-    checkpoint_path = FLAGS.checkpoint_path or FLAGS.checkpoint_dir
-    if not checkpoint_path:
-        raise app.UsageError("give --checkpoint_path or --checkpoint_dir")
-    checkpoint_path = evaluation.restore_model(model, checkpoint_path, options)
+    checkpoint_path = evaluation.restore_model(model, common.checkpoint_to_restore(), options)
     serving.export_model(
         model, FLAGS.export_path, crop_size=FLAGS.crop_size,
         pad_value=feature_extractor.mean_pixel(FLAGS.model_variant),
-        eval_scales=FLAGS.inference_scales, add_flipped_images=FLAGS.add_flipped_images,
+        eval_scales=FLAGS.eval_scales, add_flipped_images=FLAGS.add_flipped_images,
         include_probabilities=FLAGS.include_probabilities)
     print(f"exported {checkpoint_path} to {FLAGS.export_path}")
 

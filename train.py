@@ -54,8 +54,9 @@ flags.DEFINE_integer("train_batch_size", 8,
                      "Images per step over all replicas (the global batch).")
 flags.DEFINE_float("weight_decay", 0.00004,
                    "Weight decay: 0.00004 for mobilenet_v2 and xception, 0.0001 for resnet.")
-flags.DEFINE_list("train_crop_size", "513,513",
-                  "Image crop size [height, width] during training, e.g. 513,513 (or 513).")
+common.define_crop_size_flag(
+    "train_crop_size", "513,513",
+    "Image crop size [height, width] during training, e.g. 513,513 (or 513).")
 flags.DEFINE_boolean("fine_tune_batch_norm", True,
                      "Fine tune the batch norm parameters (False freezes them: stage 2).")
 flags.DEFINE_float("batch_norm_decay", None,
@@ -99,12 +100,6 @@ flags.DEFINE_float("affinity_kld_margin", 3.0, "Affinity field loss: separating-
 FLAGS = flags.FLAGS
 
 
-def _crop_size_is_valid(value):
-    return len(value) in (1, 2) and all(v.strip().isdigit() and int(v) > 0 for v in value)
-
-
-flags.register_validator("train_crop_size", _crop_size_is_valid,
-                         "must be 'height,width' (or one size) of positive integers, e.g. 513,513")
 flags.register_multi_flags_validator(
     ["min_scale_factor", "max_scale_factor"],
     lambda f: 0 < f["min_scale_factor"] <= f["max_scale_factor"],
@@ -113,8 +108,7 @@ flags.register_multi_flags_validator(
 
 def crop_size():
     """[height, width] from --train_crop_size."""
-    sizes = [int(v) for v in FLAGS.train_crop_size]
-    return sizes * 2 if len(sizes) == 1 else sizes
+    return common.crop_size("train_crop_size")
 
 
 def train_options():

@@ -16,15 +16,13 @@ from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import descriptors, input_pipeline
 
 flags.DEFINE_string("vis_split", "val", "Split of the dataset to visualize.")
-flags.DEFINE_list("vis_crop_size", None,
-                  "Height,width images are padded to (deeplab's, e.g. 513,513); unset pads "
-                  "each batch to its largest image.")
+common.define_crop_size_flag(
+    "vis_crop_size", None,
+    "Height,width images are padded to (deeplab's, e.g. 513,513); unset pads each batch to its "
+    "largest image.")
 flags.DEFINE_integer("vis_batch_size", 1, "Images per batch.")
-flags.DEFINE_multi_float("eval_scales", [1.0], "Image scales of multi-scale inference.")
-flags.DEFINE_boolean("add_flipped_images", False, "Also run on left-right flipped images.")
-flags.DEFINE_string("checkpoint_dir", None, "Training folder; its latest checkpoint is used.")
-flags.DEFINE_alias("train_logdir", "checkpoint_dir")
-flags.DEFINE_string("checkpoint_path", None, "Checkpoint prefix to use instead.")
+common.define_inference_flags()
+common.define_checkpoint_flags()
 flags.DEFINE_string("vis_logdir", None, "Output folder of the pictures.")
 flags.DEFINE_integer("num_vis_examples", 0, "Images to visualize; 0: the whole split.")
 flags.DEFINE_boolean("also_save_raw_predictions", False,
@@ -40,14 +38,10 @@ def main(argv):
     descriptor.split_size(FLAGS.vis_split)
     options = common.model_options(descriptor.num_classes)
     model = model_lib.build_deeplab(**options)
-    checkpoint_path = FLAGS.checkpoint_path or FLAGS.checkpoint_dir
-    if not checkpoint_path:
-        raise app.UsageError("give --checkpoint_path or --checkpoint_dir")
-    checkpoint_path = evaluation.restore_model(model, checkpoint_path, options)
-    crop_size = [int(size) for size in FLAGS.vis_crop_size] if FLAGS.vis_crop_size else None
+    checkpoint_path = evaluation.restore_model(model, common.checkpoint_to_restore(), options)
     dataset = input_pipeline.get_dataset(
         FLAGS.dataset, FLAGS.dataset_dir, FLAGS.vis_split, FLAGS.vis_batch_size,
-        crop_size=crop_size, is_training=False,
+        crop_size=common.crop_size("vis_crop_size"), is_training=False,
         mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant))
     raw_label_ids = (visualization.CITYSCAPES_TRAIN_ID_TO_EVAL_ID
                      if descriptor.name == "cityscapes" else None)

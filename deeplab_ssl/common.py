@@ -3,7 +3,7 @@
 Defined once, here, as in deeplab's `common.py`. Script-specific flags (crop sizes, logdirs,
 learning rates, loss flags) are defined in the script that uses them.
 """
-from absl import flags
+from absl import app, flags
 
 flags.DEFINE_string("model_variant", "mobilenet_v2",
                     "Backbone: mobilenet_v2, resnet_v1_50, resnet_v1_50_beta, resnet_v1_101, "
@@ -28,6 +28,51 @@ flags.DEFINE_string("dataset", "pascal_voc_seg",
 flags.DEFINE_string("dataset_dir", None, "Folder of the dataset's tfrecord shards.")
 
 FLAGS = flags.FLAGS
+
+
+def _crop_size_is_valid(value):
+    return value is None or (
+        len(value) in (1, 2) and all(v.strip().isdigit() and int(v) > 0 for v in value))
+
+
+def define_crop_size_flag(name, default, help_text):
+    """A deeplab crop-size flag: 'height,width' (or one size for a square), e.g. 513,513."""
+    flags.DEFINE_list(name, default, help_text)
+    flags.register_validator(
+        name, _crop_size_is_valid,
+        "must be 'height,width' (or one size) of positive integers, e.g. 513,513")
+
+
+def crop_size(name):
+    """[height, width] from the crop-size flag `name`, or None where it is unset."""
+    if not FLAGS[name].value:
+        return None
+    sizes = [int(v) for v in FLAGS[name].value]
+    return sizes * 2 if len(sizes) == 1 else sizes
+
+
+def define_checkpoint_flags():
+    """--checkpoint_dir (alias --train_logdir) and --checkpoint_path, of eval, vis and export."""
+    flags.DEFINE_string("checkpoint_dir", None,
+                        "Training folder: eval.py evaluates each new checkpoint in it, vis.py "
+                        "and export.py use its latest.")
+    flags.DEFINE_alias("train_logdir", "checkpoint_dir")
+    flags.DEFINE_string("checkpoint_path", None,
+                        "One checkpoint prefix (or folder: its latest checkpoint) to use instead.")
+
+
+def define_inference_flags():
+    """deeplab's multi-scale and flipped inference flags, of eval, vis and export."""
+    flags.DEFINE_multi_float("eval_scales", [1.0], "Image scales of multi-scale inference.")
+    flags.DEFINE_boolean("add_flipped_images", False, "Also run on left-right flipped images.")
+
+
+def checkpoint_to_restore():
+    """--checkpoint_path, else --checkpoint_dir; raises app.UsageError when both are unset."""
+    path = FLAGS.checkpoint_path or FLAGS.checkpoint_dir
+    if not path:
+        raise app.UsageError("give --checkpoint_path or --checkpoint_dir")
+    return path
 
 
 def model_options(num_classes):
