@@ -5,7 +5,7 @@ Each variant is built as in the paper / deeplab's model zoo at output stride 16:
 mobilenet_v2 head (1x1 + image pooling ASPP, no decoder). Times are medians over
 --repetitions runs of a compiled tf.function (no XLA), after one warm-up run.
 
-    python benchmarks/model_bench.py --size 513 --repetitions 3 --markdown docs/benchmarks_models.md
+    python benchmarks/model_bench.py --size 513 --repetitions 3 --markdown model_bench.md  (a table for docs/benchmarks.md)
 """
 import argparse
 import os

@@ -8,7 +8,7 @@ so load changes of a shared machine hit every loss alike; the table gives median
 median of the per-repetition ratios to BCE. Target: SSL at most 1.03x BCE.
 
     python benchmarks/train_bench.py --variants mobilenet_v2 resnet_v1_101_beta --crop 513 \
-        --batch 2 --repetitions 5 --markdown docs/benchmarks_train.md
+        --batch 2 --repetitions 5 --markdown train_bench.md  (a table for docs/benchmarks.md)
 """
 import argparse
 import os
