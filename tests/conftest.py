@@ -7,8 +7,19 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """A small generated demo set (16 train, 2 val images of 64x80), built once per session."""
+    from deeplab_ssl.datasets import build_demo_data
+    path = tmp_path_factory.mktemp("demo")
+    build_demo_data.build_demo(str(path), num_train=16, num_val=2, height=64, width=80,
+                               progress=False)
+    return str(path)

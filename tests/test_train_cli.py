@@ -9,17 +9,8 @@ import time
 import pytest
 
 from deeplab_ssl import training
-from deeplab_ssl.datasets import build_demo_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("demo")
-    build_demo_data.build_demo(str(path), num_train=16, num_val=2, height=64, width=80,
-                               progress=False)
-    return str(path)
 
 
 def train_command(demo_dir, logdir, *extra):

@@ -8,18 +8,10 @@ import tensorflow as tf
 
 from deeplab_ssl import losses, training
 from deeplab_ssl import model as model_lib
-from deeplab_ssl.datasets import build_demo_data, descriptors, input_pipeline
+from deeplab_ssl.datasets import descriptors, input_pipeline
 
 DEMO = descriptors.get_descriptor("demo")
 CROP = [65, 65]
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("demo")
-    build_demo_data.build_demo(str(path), num_train=16, num_val=2, height=64, width=80,
-                               progress=False)
-    return str(path)
 
 
 def model_fn(fine_tune_batch_norm=True):
