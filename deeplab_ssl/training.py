@@ -393,7 +393,8 @@ class Trainer:
         batches; unlike it, the iterator is an ordinary one that tf.train.Checkpoint can save.
         """
         options = tf.data.Options()
-        # Random augmentation ops have state that cannot be saved; their buffered outputs are.
+        # Datasets with stateful ops (a user's random augmentation; our pipeline's is stateless)
+        # can still be saved: their buffered outputs are, the ops' state is not.
         options.experimental_external_state_policy = (
             tf.data.experimental.ExternalStatePolicy.IGNORE)
         return iter(dataset_fn(self.input_context()).with_options(options))
