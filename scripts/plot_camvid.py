@@ -110,15 +110,21 @@ def plot_hard_fraction(runs, path):
 
 
 def plot_predictions(runs_dir, path, methods=("ce", "ssl3"), num_images=4):
-    """Val images with the most thin-class pixels: image, ground truth, one column per method."""
+    """Val images rich in thin classes: image, ground truth, one column per method."""
     from deeplab_ssl import evaluation, visualization
     from deeplab_ssl import model as model_lib
     from deeplab_ssl.datasets import descriptors, input_pipeline
     camvid = descriptors.get_descriptor("camvid")
     thin = [camvid.class_names.index(c) for c in ("pole", "signsymbol", "pedestrian", "bicyclist")]
     examples = list(input_pipeline.get_dataset("camvid", "data/camvid_180x240", "val", 1))
-    examples.sort(key=lambda e: -int(np.isin(e["label"].numpy(), thin).sum()))
-    examples = examples[:num_images]
+    # The most thin-class pixels, from frames at least 10 apart: val is a video sequence.
+    order = sorted(range(len(examples)),
+                   key=lambda i: -int(np.isin(examples[i]["label"].numpy(), thin).sum()))
+    chosen = []
+    for i in order:
+        if len(chosen) < num_images and all(abs(i - j) >= 10 for j in chosen):
+            chosen.append(i)
+    examples = [examples[i] for i in sorted(chosen)]
     colormap = visualization.get_colormap("camvid")
     columns = [[e["image"][0].numpy().astype(np.uint8) for e in examples],
                [visualization.label_to_color_image(e["label"][0, ..., 0].numpy(), colormap)
