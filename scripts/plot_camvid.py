@@ -5,7 +5,7 @@
 Reads results/camvid/METHOD/seedN/{eval_val.json, train_log.jsonl} (benchmarks/reproduce_camvid.sh)
 and prints the markdown tables of docs/results.md: mean and standard deviation of val mIoU per
 method (the layout of the paper's Table 2) and per-class IoU (Table 4). Writes
-docs/camvid_curves.png (training loss per method), docs/camvid_hard_fraction.png (proportion of
+docs/camvid_curves.png (each method's training loss), docs/camvid_hard_fraction.png (proportion of
 hard examples of the SSL runs over training, the paper's Fig. 4) and, where the checkpoints of
 seed 0 are still in --runs, docs/camvid_predictions.png (val images with ground truth, softmax CE
 and SSL predictions). Needs matplotlib (`pip install -e '.[plot]'`).
@@ -26,8 +26,6 @@ import numpy as np  # noqa: E402
 METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "ssim7_3": "SSIM Eq. 7 (3)",
            "ssl1": "SSL (1)", "ssl3": "SSL (3)", "ssl7": "SSL (7)",
            "ssl3_ohem_only": "SSL (3), OHEM only", "ssl3_reweight_only": "SSL (3), reweight only"}
-# The main loss term of each method in train_log.jsonl.
-LOSS_TERM = {"ce": "ce", "bce": "bce", "ssim7_3": "ssim"}
 
 
 def load_runs(results_dir):
@@ -76,14 +74,13 @@ def per_class_table(runs):
 
 
 def plot_curves(runs, path):
-    """Main loss term over the steps, one line per run."""
+    """Each run's own objective (without weight decay) over the steps; scales differ by loss."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for index, (method, method_runs) in enumerate(runs.items()):
         for seed, _, log in method_runs:
-            term = LOSS_TERM.get(method, "loss")
-            ax.plot([r["step"] for r in log], [r[term] for r in log], color=f"C{index}",
+            ax.plot([r["step"] for r in log], [r["loss"] for r in log], color=f"C{index}",
                     label=METHODS[method] if seed == method_runs[0][0] else None, lw=1)
-    ax.set(xlabel="step", ylabel="training loss (main term)", yscale="log",
+    ax.set(xlabel="step", ylabel="training loss (each method's own)", yscale="log",
            title="CamVid 180x240, DeepLabv3 mobilenet_v2 from scratch")
     ax.legend(fontsize=8)
     fig.tight_layout()
