@@ -54,8 +54,9 @@ def miou_table(runs):
     for method, method_runs in runs.items():
         miou = _mean_std([100 * e["miou"] for _, e, _ in method_runs])
         accuracy = _mean_std([100 * e["pixel_accuracy"] for _, e, _ in method_runs])
-        lines.append(f"| {METHODS[method]} | {len(method_runs)} | {miou[0]:.2f} | "
-                     f"{miou[1]:.2f} | {accuracy[0]:.2f} |")
+        std = f"{miou[1]:.2f}" if len(method_runs) > 1 else "-"
+        lines.append(f"| {METHODS[method]} | {len(method_runs)} | {miou[0]:.2f} | {std} | "
+                     f"{accuracy[0]:.2f} |")
     return "\n".join(lines)
 
 
