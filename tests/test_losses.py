@@ -167,8 +167,8 @@ def test_figure_2_worked_example():
     assert bce[1, 1] / bce.sum() == pytest.approx(0.57, abs=0.005)
 
     loss = losses.SSLoss(window_size=5, sigma=1e6)
-    # structural_error takes all the classes' one-hot maps: class 0 (1 - y, 1 - p), class 1.
-    error = loss.structural_error(tf.constant(np.stack([1 - y, y], -1)[None]),
+    # Two classes: class 0 (1 - y, 1 - p), class 1 (y, p).
+    error = loss.structural_error(tf.constant(y.astype(np.int32)[None]),
                                   tf.constant(np.stack([1 - p, p], -1)[None]),
                                   tf.ones([1, 3, 3, 1])).numpy()[0, ..., 1]
     # e = |(c) - (d)| of the figure, whose maps are rounded (-1.076 printed -1.1, -1.338 -1.4).

@@ -20,6 +20,72 @@ def max_structural_error(window_size, sigma, c4):
     return 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + c4)
 
 
+def _structural_error(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4):
+    """e = |y_nor - p_nor| (SSLoss docstring) from the Gaussian window sums of y, m p, m p^2.
+
+    Args:
+      one_hot, masked_probs: float32 [B, H, W, C], y and m p.
+      valid: float32 [B, H, W, 1], m.
+      sum_y, sum_p, sum_p2: float32 [B, H, W, C], window sums of y, m p and m p^2.
+      c4: Python float.
+
+    Returns:
+      float32 [B, H, W, C], 0 at invalid pixels.
+    """
+    # The one-hot y sum to m over the classes, so the sum of their window sums is sum(w m):
+    # no convolution of m. In a window holding one class c, the other classes' sums are
+    # exact zeros, so sum(w m) - sum(w m y) is exactly 0 there and var_y = mu_y mu_(1-y)
+    # is exactly 0 (mu_y (1 - mu_y) would round to ~6e-8: sqrt(var_y) = 2% of c4).
+    sum_m = tf.reduce_sum(sum_y, axis=-1, keepdims=True)
+    # sum(w m) >= w_c > 0 at valid pixels; m / sum(w m) zeroes the invalid ones.
+    inverse_weight = tf.math.divide_no_nan(valid, sum_m)
+    mu_y = sum_y * inverse_weight
+    sigma_y = tf.sqrt(mu_y * ((sum_m - sum_y) * inverse_weight))
+    mu_p = sum_p * inverse_weight
+    sigma_p = tf.sqrt(tf.maximum(sum_p2 * inverse_weight - tf.square(mu_p), 0.0))
+    y_nor = (one_hot - mu_y + c4) / (sigma_y + c4)
+    p_nor = (masked_probs - mu_p + c4) / (sigma_p + c4)
+    return tf.abs(y_nor - p_nor)
+
+
+def _window_maps(labels, probs, valid, num_classes):
+    """y, m p and m p^2, float32 [B, H, W, C]: the maps whose window sums the SSL needs."""
+    masked_probs = probs * valid
+    return tf.one_hot(labels, num_classes), masked_probs, masked_probs * probs
+
+
+# XLA fuses the ~30 element-wise passes of the SSL's weights into a few loops: measured ~2x
+# faster on CPU (benchmarks/loss_bench.py). The depthwise convolutions of the window sums and
+# the reductions stay outside XLA, which runs them several times slower on CPU.
+_xla_window_maps = tf.function(_window_maps, jit_compile=True)
+
+
+@tf.function(jit_compile=True)
+def _xla_weights_and_cross_entropy(labels, logits, probs, one_hot, masked_probs, valid,
+                                   sum_y, sum_p, sum_p2, c4, threshold, reweight):
+    """The SSL's example weights and the element-wise BCE, for one piece of the batch.
+
+    Args:
+      labels: int32 [B, H, W], -1 at invalid pixels.
+      logits, probs: float32 [B, H, W, C], x and sigmoid(x) (no gradient flows here).
+      one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4: as _structural_error.
+      threshold: Python float beta e_max (f = e > threshold), or None for no OHEM (f = m).
+      reweight: Python bool, weight = e f (else f).
+
+    Returns:
+      weight: float32 [B, H, W, C], 0 at invalid pixels.
+      bce: float32 [B, H, W, C].
+    """
+    error = _structural_error(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4)
+    if threshold is None:
+        weight = error
+    else:
+        # A product with the 0/1 mask: measured faster than tf.where.
+        is_hard = tf.cast(error > threshold, tf.float32)
+        weight = error * is_hard if reweight else is_hard
+    return weight, cross_entropy.sigmoid_cross_entropy(logits, labels, one_hot.shape[-1], probs)
+
+
 @keras.saving.register_keras_serializable(package="deeplab_ssl")
 class SSLoss(base.SumsLoss):
     """Structural similarity loss, Eq. 17: ce_weight * BCE + (1 - ce_weight) * SSL.
@@ -86,76 +152,75 @@ class SSLoss(base.SumsLoss):
         self.reweight = reweight
         self.e_max = max_structural_error(window_size, sigma, c4)
 
-    def structural_error(self, one_hot, probs, valid):
+    def structural_error(self, labels, probs, valid):
         """e of Eq. 10, float32 [B, H, W, C], 0 at invalid pixels; inputs carry no gradient.
 
         Args:
-          one_hot: float32 [B, H, W, C], the one-hot labels of ALL the classes (summing to
-            valid over the classes), zero at invalid pixels.
+          labels: int32 [B, H, W], -1 at invalid pixels.
           probs: float32 [B, H, W, C], sigmoid probabilities.
           valid: float32 [B, H, W, 1].
         """
-        # At invalid pixels y = m p = mu = sigma = 0, so y_nor = p_nor = 1 and e = 0.
-        masked_probs = probs * valid
-        sum_y, sum_p, sum_p2 = [
-            local_stats.local_sums(t, self.window_size, self.sigma)
-            for t in (one_hot, masked_probs, masked_probs * probs)]
-        # The one-hot y sum to m over the classes, so the sum of their window sums is sum(w m):
-        # no convolution of m. In a window holding one class c, the other classes' sums are
-        # exact zeros, so sum(w m) - sum(w m y) is exactly 0 there and var_y = mu_y mu_(1-y)
-        # is exactly 0 (mu_y (1 - mu_y) would round to ~6e-8: sqrt(var_y) = 2% of c4).
-        sum_m = tf.reduce_sum(sum_y, axis=-1, keepdims=True)
-        # sum(w m) >= w_c > 0 at valid pixels; m / sum(w m) zeroes the invalid ones.
-        inverse_weight = tf.math.divide_no_nan(valid, sum_m)
-        mu_y = sum_y * inverse_weight
-        sigma_y = tf.sqrt(mu_y * ((sum_m - sum_y) * inverse_weight))
-        mu_p = sum_p * inverse_weight
-        sigma_p = tf.sqrt(tf.maximum(sum_p2 * inverse_weight - tf.square(mu_p), 0.0))
-        y_nor = (one_hot - mu_y + self.c4) / (sigma_y + self.c4)
-        p_nor = (masked_probs - mu_p + self.c4) / (sigma_p + self.c4)
-        return tf.abs(y_nor - p_nor)
+        maps = _window_maps(labels, probs, valid, probs.shape[-1])
+        return _structural_error(maps[0], maps[1], valid, *self._window_sums(maps), c4=self.c4)
+
+    def _window_sums(self, maps):
+        return [local_stats.local_sums(t, self.window_size, self.sigma) for t in maps]
 
     def sums(self, y_true, y_pred):
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
         logits = base.sigmoid_logits(logits, self.from_logits)
-        num_classes = tf.shape(logits)[-1]
         num_valid = tf.reduce_sum(valid)
-        probs = None
-        if self.ohem or self.reweight:
-            # Computed once for the batch: the BCE gradient reuses it.
-            probs = tf.sigmoid(tf.stop_gradient(logits))
-            weight = self._example_weights(labels, probs, valid)
-        else:
-            weight = valid
-        if self.ohem:
-            # Hard examples have e > beta e_max >= 0, so exactly the non-zero weights. A float32
-            # sum of their signs: half the time of count_nonzero (bool, int64 and sum passes).
-            num_hard = tf.reduce_sum(tf.sign(weight))
-        else:
-            num_hard = num_valid * tf.cast(num_classes, tf.float32)
+        if not (self.ohem or self.reweight):
+            # weight = f = m: the SSL term is the BCE sum over M = N C.
+            (bce_sum,) = cross_entropy.sigmoid_cross_entropy_sums(logits, labels, [valid])
+            return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": bce_sum,
+                    "num_hard": num_valid * tf.cast(tf.shape(logits)[-1], tf.float32)}
+        # Computed once for the batch: the BCE gradient reuses it.
+        probs = tf.sigmoid(tf.stop_gradient(logits))
+        weight, (bce_sum, ssl_sum, num_hard) = self._weights_and_sums(
+            labels, tf.stop_gradient(logits), probs, valid)
+        if not self.ohem:
+            num_hard = num_valid * tf.cast(tf.shape(logits)[-1], tf.float32)
         bce_sum, ssl_sum = cross_entropy.sigmoid_cross_entropy_sums(
-            logits, labels, [valid, weight], probs)
+            logits, labels, [valid, weight], probs, forward_sums=[bce_sum, ssl_sum])
         return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": ssl_sum,
                 "num_hard": num_hard}
 
-    def _example_weights(self, labels, probs, valid):
-        """e f (reweight) or f (no reweight), float32 [B, H, W, C], e f = e without OHEM."""
-        threshold = self.beta * self.e_max
+    def _weights_and_sums(self, labels, logits, probs, valid):
+        """The example weights and the forward sums of the loss, one image at a time.
+
+        Args:
+          labels: int32 [B, H, W], -1 at invalid pixels.
+          logits, probs: float32 [B, H, W, C], x and sigmoid(x), no gradient.
+          valid: float32 [B, H, W, 1].
+
+        Returns:
+          weight: float32 [B, H, W, C] (e f, f or e, see the class docstring).
+          [sum(m BCE), sum(weight BCE), M] float32 scalars over the batch (M = 0 without OHEM).
+        """
+        threshold = self.beta * self.e_max if self.ohem else None
         num_classes = probs.shape[-1]  # static: the depthwise window is tiled over it
 
-        def image_weights(index):
+        def image_weights_and_sums(index):
             image = slice(index, index + 1)
-            error = self.structural_error(tf.one_hot(labels[image], num_classes),
-                                          probs[image], valid[image])[0]
-            if not self.ohem:
-                return error
-            # A product with the 0/1 mask: measured faster than tf.where.
-            is_hard = tf.cast(error > threshold, tf.float32)
-            return error * is_hard if self.reweight else is_hard
+            maps = _xla_window_maps(labels[image], probs[image], valid[image], num_classes)
+            weight, bce = _xla_weights_and_cross_entropy(
+                labels[image], logits[image], probs[image], maps[0], maps[1], valid[image],
+                *self._window_sums(maps), c4=self.c4, threshold=threshold,
+                reweight=self.reweight)
+            # Hard examples have e > beta e_max >= 0, so exactly the non-zero weights. A float32
+            # sum of their signs: half the time of count_nonzero (bool, int64 and sum passes).
+            num_hard = tf.reduce_sum(tf.sign(weight)) if self.ohem else 0.0
+            sums = tf.stack([cross_entropy.weighted_sum(bce, valid[image]),
+                             cross_entropy.weighted_sum(bce, weight),
+                             num_hard])
+            return weight[0], sums
         # One image at a time: the statistics' temporaries then take 1 / B of the memory.
         # Mapping over indices, not over the tensors, spares map_fn copies of its inputs.
-        return tf.map_fn(image_weights, tf.range(tf.shape(probs)[0]),
-                         fn_output_signature=tf.float32, parallel_iterations=1)
+        weight, sums = tf.map_fn(
+            image_weights_and_sums, tf.range(tf.shape(probs)[0]), parallel_iterations=1,
+            fn_output_signature=(tf.float32, tf.TensorSpec([3], tf.float32)))
+        return weight, tf.unstack(tf.reduce_sum(sums, axis=0))
 
     def loss_from_sums(self, sums):
         bce = tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"])
