@@ -24,6 +24,7 @@ import tensorflow as tf
 from absl import logging
 
 from deeplab_ssl import losses
+from deeplab_ssl.losses import ssl
 
 STRATEGIES = ("mirrored", "multi_worker", "one_device")
 LEARNING_POLICIES = ("poly", "step")
@@ -319,6 +320,7 @@ class Trainer:
         if hasattr(loss, "step") and loss.step is None:
             loss.step = self.optimizer.iterations  # deeplab's hard_example_mining_step.
         self._distributed_step = tf.function(self._distributed_step_fn)
+        self._sum_names = set()  # The loss's sums, as train_step last returned them.
 
     @property
     def step(self):
@@ -327,8 +329,14 @@ class Trainer:
 
     # --- one step -----------------------------------------------------------------------------
 
-    def _replica_step(self, images, labels):
-        """One replica's share of a step; returns global float32 scalars (same on all replicas)."""
+    def _replica_step(self, images, labels, statistics):
+        """One replica's share of a step; returns global values (the same on all replicas).
+
+        Returns {"sums": the loss's global sums, "loss", "regularization_loss", "total_loss",
+        "non_finite_gradients" (without loss scaling): float32 scalars}, and with `statistics`
+        (a Python bool) the loss's error_statistics of the global batch ("error_maxima",
+        "error_sums").
+        """
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
         loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -344,8 +352,14 @@ class Trainer:
         variables = self.model.trainable_variables
         gradients = tape.gradient(objective, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        metrics = dict(sums, loss=loss, regularization_loss=regularization,
+        metrics = dict(sums=sums, loss=loss, regularization_loss=regularization,
                        total_loss=loss + regularization)
+        if statistics:
+            maxima, statistic_sums = self.loss.error_statistics(labels, logits)
+            metrics["error_maxima"] = tf.reduce_max(
+                context.all_gather(maxima[None], axis=0), axis=0)
+            metrics["error_sums"] = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                       statistic_sums)
         if not loss_scaling:  # The loss-scale optimizer skips non-finite updates itself.
             # A finite loss can still give NaN gradients (e.g. NaN pixels zeroed by a ReLU).
             num_non_finite = tf.add_n([
@@ -355,25 +369,39 @@ class Trainer:
                 tf.distribute.ReduceOp.SUM, num_non_finite)
         return metrics
 
-    def _distributed_step_fn(self, batch):
+    def _distributed_step_fn(self, batch, statistics):
         images, labels = batch
-        return self.strategy.run(self._replica_step, args=(images, labels))
+        return self.strategy.run(self._replica_step, args=(images, labels),
+                                 kwargs=dict(statistics=statistics))
 
-    def train_step(self, batch):
+    def train_step(self, batch, statistics=False):
         """Runs one step on a distributed batch; returns {name: float} of the global batch.
 
         The names: the loss's sums, `loss`, `regularization_loss` (weight decay), `total_loss`,
-        `non_finite_gradients` (without loss scaling) and, for the SSL,
-        `hard_example_fraction` (paper Fig. 4).
+        `non_finite_gradients` (without loss scaling), the loss's terms (`loss.terms`) and, for
+        the SSL, `hard_example_fraction` (paper Fig. 4) and, with `statistics`, the figures of
+        the paper's Fig. 3 (`deeplab_ssl.losses.ssl.ERROR_STATISTICS`).
         """
-        metrics = self._distributed_step(batch)
-        local = tf.nest.map_structure(
-            lambda value: self.strategy.experimental_local_results(value)[0], metrics)
-        metrics = {name: float(value.numpy()) for name, value in local.items()}
+        statistics = statistics and hasattr(self.loss, "error_statistics")
+        outputs = tf.nest.map_structure(
+            lambda value: self.strategy.experimental_local_results(value)[0].numpy(),
+            self._distributed_step(batch, statistics))
+        sums = {name: float(value) for name, value in outputs.pop("sums").items()}
+        self._sum_names = set(sums)
+        error_parts = [outputs.pop(name, None) for name in ("error_maxima", "error_sums")]
+        metrics = dict(sums, **{name: float(value) for name, value in outputs.items()})
+        metrics.update((name, float(value)) for name, value in self.loss.terms(sums).items())
         if hasattr(self.loss, "hard_example_fraction"):
             metrics["hard_example_fraction"] = float(self.loss.hard_example_fraction(
-                metrics, self.model.output_shape[-1]))
+                sums, self.model.output_shape[-1]))
+        if statistics:
+            metrics.update(self.loss.summarize_error_statistics(*error_parts))
         return metrics
+
+    def log_values(self, metrics):
+        """What the logs show of train_step's metrics: all but the loss's raw sums."""
+        return {name: value for name, value in metrics.items()
+                if name not in self._sum_names and name != "non_finite_gradients"}
 
     # --- input ---------------------------------------------------------------------------------
 
@@ -512,7 +540,9 @@ class Trainer:
             except StopIteration:
                 raise ValueError(f"the training dataset ended at step {step}; it must repeat "
                                  f"for --training_number_of_steps={total}") from None
-            metrics = self.train_step(batch)
+            next_step = step + 1
+            is_log_step = next_step % options.log_steps == 0 or next_step == total
+            metrics = self.train_step(batch, statistics=is_log_step)
             if (not all(math.isfinite(value) for value in metrics.values())
                     or metrics.get("non_finite_gradients")):
                 raise NonFiniteLossError(
@@ -521,16 +551,18 @@ class Trainer:
                     f"saving; the last good checkpoint is "
                     f"{tf.train.latest_checkpoint(options.train_logdir)}.")
             step = self.step
-            if step % options.log_steps == 0 or step == total:
+            if is_log_step:
                 now = time.perf_counter()
                 seconds_per_step = (now - interval_start) / max(step - interval_step, 1)
                 interval_start, interval_step = now, step
                 record = dict(step=step, learning_rate=float(schedule(step - 1)),
-                              **loss_terms(metrics),
+                              **self.log_values(metrics),
                               images_per_second=options.train_batch_size / seconds_per_step)
-                logging.info("step %d/%d: %s, %s left", step, total,
-                             _format({k: v for k, v in record.items() if k != "step"}),
-                             _duration((total - step) * seconds_per_step))
+                # The terminal line leaves Fig. 3's statistics to the logs and TensorBoard.
+                logging.info("step %d/%d: %s, %s left", step, total, _format({
+                    k: v for k, v in record.items()
+                    if k != "step" and k not in ssl.ERROR_STATISTICS}),
+                    _duration((total - step) * seconds_per_step))
                 if train_log:
                     train_log.append(record)
                 with writer.as_default(step=step):
@@ -546,29 +578,6 @@ class Trainer:
                             self._write_images(batch, step)
                 writer.flush()
         return step
-
-
-# The terms logged for the losses whose sums hold them, (term, sum, count), as each loss's
-# loss_from_sums divides them: SSL (Eq. 17), SSIM, softmax CE / top-k CE, affinity field.
-_LOSS_TERMS = (("bce", "bce_sum", "num_valid"), ("ssl", "ssl_sum", "num_hard"),
-               ("ssim", "ssim_sum", "num_valid"), ("ce", "ce_sum", "num_present"),
-               ("ce", "ce_sum", "num_valid"), ("affinity_edge", "edge_sum", "num_edge"),
-               ("affinity_not_edge", "not_edge_sum", "num_not_edge"))
-
-
-def loss_terms(metrics):
-    """What a log line shows of a step's metrics (from Trainer.train_step): {name: float}.
-
-    The loss, weight decay and total, each loss term of the loss (e.g. the BCE and SSL terms of
-    SSLoss, Eq. 17) and the proportion of hard examples (paper Fig. 4) when the loss has one.
-    """
-    terms = {name: metrics[name] for name in ("loss", "regularization_loss", "total_loss")}
-    for term, total, count in _LOSS_TERMS:
-        if total in metrics and count in metrics:
-            terms[term] = metrics[total] / metrics[count] if metrics[count] else 0.0
-    if "hard_example_fraction" in metrics:
-        terms["hard_example_fraction"] = metrics["hard_example_fraction"]
-    return terms
 
 
 class TrainLog:

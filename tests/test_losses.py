@@ -37,8 +37,9 @@ def np_window_sum(x, window):
 
 
 def np_ssl_reference(labels, logits, window_size=3, sigma=1.5, beta=0.1, c4=0.01,
-                     ce_weight=0.5, ohem=True, reweight=True):
-    """Returns (loss, d loss / d logits, e, threshold, sums) in float64."""
+                     ce_weight=0.5, ohem=True, reweight=True, return_normalized=False):
+    """Returns (loss, d loss / d logits, e, threshold, sums) in float64, then y_nor and p_nor
+    if return_normalized."""
     labels = np.asarray(labels)
     logits = np.asarray(logits, np.float64)
     batch, height, width, num_classes = logits.shape
@@ -49,6 +50,7 @@ def np_ssl_reference(labels, logits, window_size=3, sigma=1.5, beta=0.1, c4=0.01
     probs = 1.0 / (1.0 + np.exp(-logits))
     error = np.zeros_like(logits)
     targets = np.zeros_like(logits)
+    y_nor, p_nor = np.zeros_like(logits), np.zeros_like(logits)
     for b in range(batch):
         m = valid[b]
         weight_sum = np_window_sum(m, window)
@@ -63,6 +65,7 @@ def np_ssl_reference(labels, logits, window_size=3, sigma=1.5, beta=0.1, c4=0.01
                     var = np_window_sum(m * x * x, window) / weight_sum - mu ** 2
                 normalized.append((x - mu + c4) / (np.sqrt(np.maximum(var, 0.0)) + c4))
             error[b, ..., c] = np.abs(normalized[0] - normalized[1])
+            y_nor[b, ..., c], p_nor[b, ..., c] = normalized
     error = np.where(valid[..., None] > 0, error, 0.0)
     bce = np.logaddexp(0.0, logits) - logits * targets
     threshold = beta * e_max
@@ -77,6 +80,8 @@ def np_ssl_reference(labels, logits, window_size=3, sigma=1.5, beta=0.1, c4=0.01
     gradient = coefficient * (probs - targets)
     sums = {"bce_sum": (bce * valid[..., None]).sum(), "num_valid": num_valid,
             "ssl_sum": (weight * bce).sum(), "num_hard": num_hard}
+    if return_normalized:
+        return loss, gradient, error, threshold, sums, y_nor, p_nor
     return loss, gradient, error, threshold, sums
 
 
@@ -187,6 +192,30 @@ def test_figure_2_worked_example():
     assert sums["bce_sum"].numpy() == pytest.approx(2 * bce.sum(), rel=1e-5)
     # Class 1 is the figure; class 0 (1 - y, 1 - p) adds its own mirror-image term.
     assert sums["ssl_sum"].numpy() > reweighted.sum()
+
+
+def test_error_statistics_match_reference():
+    """Fig. 3's statistics: extremes of y_nor, p_nor and e, mean and median of e."""
+    labels, logits = random_batch(3)
+    *_, error, _, _, y_nor, p_nor = np_ssl_reference(labels, logits, return_normalized=True)
+    valid = np.asarray(labels) != IGNORE
+    loss = losses.SSLoss()
+    # Two pieces of the batch, combined as replicas would be.
+    parts = [loss.error_statistics(labels[i:i + 1], logits[i:i + 1]) for i in range(2)]
+    maxima = np.maximum(parts[0][0], parts[1][0])
+    sums = (parts[0][1] + parts[1][1]).numpy()
+    figures = loss.summarize_error_statistics(maxima, sums)
+    expected = {"y_nor_max": y_nor[valid].max(), "y_nor_min": y_nor[valid].min(),
+                "p_nor_max": p_nor[valid].max(), "p_nor_min": p_nor[valid].min(),
+                "error_max": error[valid].max(), "error_mean": error[valid].mean()}
+    for name, value in expected.items():
+        assert figures[name] == pytest.approx(value, abs=1e-4), name
+    bin_width = loss.e_max / losses.ssl.ERROR_HISTOGRAM_BINS
+    assert abs(figures["error_median"] - np.median(error[valid])) <= bin_width
+    assert sums[1] == valid.sum() * logits.shape[-1]
+    assert sums[2:].sum() == sums[1]
+    # y_nor spans at most Eq. 16's range.
+    assert figures["y_nor_max"] - figures["y_nor_min"] <= loss.e_max + 1e-4
 
 
 def test_gradient_is_e_weighted_bce_gradient():

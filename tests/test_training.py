@@ -181,7 +181,9 @@ def test_two_replicas_give_the_same_loss_and_update_as_one(tmp_path):
         trainer = training.Trainer(seeded_model_fn(), losses.SSLoss(),
                                    options(tmp_path / name), strategy=strategy)
         iterator = trainer.make_iterator(dataset_fn_of(images, labels, 4))
-        metrics = [trainer.train_step(trainer.next_batch(iterator)) for _ in range(3)]
+        # The last step with Fig. 3's statistics, reduced over the replicas.
+        metrics = [trainer.train_step(trainer.next_batch(iterator), statistics=index == 2)
+                   for index in range(3)]
         runs.append((metrics, weights_of(trainer)))
     (metrics_one, weights_one), (metrics_two, weights_two) = runs
     for one, two in zip(metrics_one, metrics_two):
@@ -189,6 +191,7 @@ def test_two_replicas_give_the_same_loss_and_update_as_one(tmp_path):
         for key in one:
             assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-7), key
     assert metrics_one[0]["num_hard"] > 0  # The SSL term takes part.
+    assert set(losses.ssl.ERROR_STATISTICS) <= metrics_one[2].keys()
     for one, two in zip(weights_one, weights_two):
         np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-7)
 
@@ -205,8 +208,12 @@ def test_training_reduces_the_loss(tmp_path):
     assert [record["step"] for record in log] == list(range(1, 31))
     assert np.mean([r["loss"] for r in log[-5:]]) < 0.7 * np.mean([r["loss"] for r in log[:5]])
     for key in ("learning_rate", "bce", "ssl", "hard_example_fraction", "regularization_loss",
-                "images_per_second"):
+                "images_per_second") + losses.ssl.ERROR_STATISTICS:
         assert key in log[0]
+    assert "bce_sum" not in log[0]  # Raw sums stay out of the logs.
+    e_max = losses.SSLoss().e_max  # Fig. 3: y_nor spans at most e_max; median <= max.
+    assert all(r["y_nor_max"] - r["y_nor_min"] <= e_max + 1e-4 for r in log)
+    assert all(0 <= r["error_median"] <= r["error_max"] + e_max / 1000 for r in log)
     assert log[0]["learning_rate"] == pytest.approx(0.01)  # Slow start.
     # The rate of the update of step n (logged at n + 1) is deeplab's rate at step n.
     assert log[2]["learning_rate"] == pytest.approx(0.05)
@@ -224,8 +231,8 @@ def test_killed_run_resumes_at_the_same_step_with_the_same_result(tmp_path):
                               strategy=one_cpu())
     train_step = killed.train_step
 
-    def train_step_then_die(batch):
-        metrics = train_step(batch)
+    def train_step_then_die(batch, **kwargs):
+        metrics = train_step(batch, **kwargs)
         if killed.step == 5:  # Step 5 is done but the last checkpoint is step 4.
             raise KeyboardInterrupt
         return metrics

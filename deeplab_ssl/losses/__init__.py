@@ -1,7 +1,8 @@
 """The loss family: SSL and the baselines the paper compares against.
 
-Every loss is a keras.losses.Loss with `sums(y_true, y_pred)` and `loss_from_sums(sums)`; see
-base.py and `cross_replica_loss` for the exact loss of a global batch across replicas.
+Every loss is a keras.losses.Loss with `sums(y_true, y_pred)`, `loss_from_sums(sums)` and
+`terms(sums)`; see base.py and `cross_replica_loss` for the exact loss of a global batch across
+replicas.
 """
 from deeplab_ssl.losses.affinity import AffinityFieldLoss
 from deeplab_ssl.losses.base import SumsLoss

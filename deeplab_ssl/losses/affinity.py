@@ -90,17 +90,23 @@ class AffinityFieldLoss(base.SumsLoss):
             sums["num_not_edge"] += 2.0 * tf.reduce_sum(not_edge)
         return sums
 
+    def terms(self, sums):
+        return {"ce": tf.math.divide_no_nan(sums["ce_sum"], sums["num_valid"]),
+                "affinity_edge": tf.math.divide_no_nan(sums["edge_sum"], sums["num_edge"]),
+                "affinity_not_edge": tf.math.divide_no_nan(sums["not_edge_sum"],
+                                                           sums["num_not_edge"])}
+
     def loss_from_sums(self, sums):
+        terms = self.terms(sums)
         decay = 1.0
         if self.decay_steps:
             if self.step is None:
                 raise ValueError("AffinityFieldLoss with decay_steps > 0 needs the training "
                                  "step: set loss.step = optimizer.iterations")
             decay = tf.pow(10.0, -tf.cast(self.step, tf.float32) / float(self.decay_steps))
-        affinity = (self.kld_lambda_1 * tf.math.divide_no_nan(sums["edge_sum"], sums["num_edge"])
-                    + self.kld_lambda_2 * tf.math.divide_no_nan(sums["not_edge_sum"],
-                                                                sums["num_not_edge"]))
-        return tf.math.divide_no_nan(sums["ce_sum"], sums["num_valid"]) + decay * affinity
+        affinity = (self.kld_lambda_1 * terms["affinity_edge"]
+                    + self.kld_lambda_2 * terms["affinity_not_edge"])
+        return terms["ce"] + decay * affinity
 
     def get_config(self):
         config = super().get_config()

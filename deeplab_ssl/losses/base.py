@@ -6,6 +6,7 @@ loss of the global batch; adding the sums first is. So every loss here exposes
 
     sums(y_true, y_pred) -> dict[str, float32 scalar]   additive over pieces of a batch
     loss_from_sums(sums) -> float32 scalar
+    terms(sums) -> dict[str, float32 scalar]            the loss's named terms, for logs
 
 and `cross_replica_loss` all-reduces the sums inside a replica context.
 """
@@ -73,7 +74,7 @@ def sigmoid_logits(y_pred, from_logits):
 class SumsLoss(keras.losses.Loss):
     """Base class: a keras Loss computed from additive sums over the batch.
 
-    Subclasses implement `sums` and `loss_from_sums`. `loss(y_true, y_pred)` returns the float32
+    Subclasses implement `sums`, `terms` and `loss_from_sums`. `loss(y_true, y_pred)` returns the float32
     scalar `loss_from_sums(sums(y_true, y_pred))`. Inside `model.fit` under a tf.distribute
     strategy it is scaled by 1 / num_replicas_in_sync like every Keras loss, so the SUM of the
     replicas' gradients is the mean of the per-replica losses' gradients (standard Keras
@@ -86,6 +87,13 @@ class SumsLoss(keras.losses.Loss):
 
     def loss_from_sums(self, sums):
         """Returns the float32 scalar loss from (local or all-reduced) `sums`."""
+        raise NotImplementedError
+
+    def terms(self, sums):
+        """The terms of the loss by name, dict[str, float32 scalar], from `sums`.
+
+        What training logs beside the loss, e.g. SSLoss's `bce` and `ssl` terms of Eq. 17.
+        """
         raise NotImplementedError
 
     def call(self, y_true, y_pred):

@@ -105,8 +105,11 @@ class SigmoidCrossEntropy(base.SumsLoss):
         (bce_sum,) = sigmoid_cross_entropy_sums(logits, labels, [valid])
         return {"bce_sum": bce_sum, "num_valid": tf.reduce_sum(valid)}
 
+    def terms(self, sums):
+        return {"bce": tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"])}
+
     def loss_from_sums(self, sums):
-        return tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"])
+        return self.terms(sums)["bce"]
 
     def get_config(self):
         config = super().get_config()
@@ -175,8 +178,11 @@ class SoftmaxCrossEntropy(base.SumsLoss):
         num_present = tf.reduce_sum(tf.cast(tf.not_equal(top_k_losses, 0.0), tf.float32))
         return {"ce_sum": tf.reduce_sum(top_k_losses), "num_present": num_present}
 
+    def terms(self, sums):
+        return {"ce": tf.math.divide_no_nan(sums["ce_sum"], sums["num_present"])}
+
     def loss_from_sums(self, sums):
-        return tf.math.divide_no_nan(sums["ce_sum"], sums["num_present"])
+        return self.terms(sums)["ce"]
 
     def get_config(self):
         config = super().get_config()

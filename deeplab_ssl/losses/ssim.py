@@ -74,10 +74,13 @@ class SSIMLoss(base.SumsLoss):
             "ssim_sum": tf.reduce_sum((1.0 - ssim) * valid),
         }
 
+    def terms(self, sums):
+        return {"bce": tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"]),
+                "ssim": tf.math.divide_no_nan(sums["ssim_sum"], sums["num_valid"])}
+
     def loss_from_sums(self, sums):
-        bce = tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"])
-        ssim = tf.math.divide_no_nan(sums["ssim_sum"], sums["num_valid"])
-        return self.ce_weight * bce + (1.0 - self.ce_weight) * ssim
+        terms = self.terms(sums)
+        return self.ce_weight * terms["bce"] + (1.0 - self.ce_weight) * terms["ssim"]
 
     def get_config(self):
         config = super().get_config()

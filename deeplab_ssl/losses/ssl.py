@@ -2,6 +2,7 @@
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from deeplab_ssl.losses import base
@@ -20,8 +21,8 @@ def max_structural_error(window_size, sigma, c4):
     return 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + c4)
 
 
-def _structural_error(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4):
-    """e = |y_nor - p_nor| (SSLoss docstring) from the Gaussian window sums of y, m p, m p^2.
+def _normalized_maps(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4):
+    """y_nor and p_nor (SSLoss docstring) from the Gaussian window sums of y, m p and m p^2.
 
     Args:
       one_hot, masked_probs: float32 [B, H, W, C], y and m p.
@@ -30,7 +31,7 @@ def _structural_error(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4):
       c4: Python float.
 
     Returns:
-      float32 [B, H, W, C], 0 at invalid pixels.
+      float32 [B, H, W, C] each, 1 at invalid pixels.
     """
     # The one-hot y sum to m over the classes, so the sum of their window sums is sum(w m):
     # no convolution of m. In a window holding one class c, the other classes' sums are
@@ -45,6 +46,12 @@ def _structural_error(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4):
     sigma_p = tf.sqrt(tf.maximum(sum_p2 * inverse_weight - tf.square(mu_p), 0.0))
     y_nor = (one_hot - mu_y + c4) / (sigma_y + c4)
     p_nor = (masked_probs - mu_p + c4) / (sigma_p + c4)
+    return y_nor, p_nor
+
+
+def _structural_error(*maps_and_sums, c4):
+    """e = |y_nor - p_nor|, float32 [B, H, W, C], 0 at invalid pixels; args of _normalized_maps."""
+    y_nor, p_nor = _normalized_maps(*maps_and_sums, c4=c4)
     return tf.abs(y_nor - p_nor)
 
 
@@ -68,7 +75,7 @@ def _xla_weights_and_cross_entropy(labels, logits, probs, one_hot, masked_probs,
     Args:
       labels: int32 [B, H, W], -1 at invalid pixels.
       logits, probs: float32 [B, H, W, C], x and sigmoid(x) (no gradient flows here).
-      one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4: as _structural_error.
+      one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4: as _normalized_maps.
       threshold: Python float beta e_max (f = e > threshold), or None for no OHEM (f = m).
       reweight: Python bool, weight = e f (else f).
 
@@ -76,7 +83,7 @@ def _xla_weights_and_cross_entropy(labels, logits, probs, one_hot, masked_probs,
       weight: float32 [B, H, W, C], 0 at invalid pixels.
       bce: float32 [B, H, W, C].
     """
-    error = _structural_error(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4)
+    error = _structural_error(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4=c4)
     if threshold is None:
         weight = error
     else:
@@ -84,6 +91,12 @@ def _xla_weights_and_cross_entropy(labels, logits, probs, one_hot, masked_probs,
         is_hard = tf.cast(error > threshold, tf.float32)
         weight = error * is_hard if reweight else is_hard
     return weight, cross_entropy.sigmoid_cross_entropy(logits, labels, one_hot.shape[-1], probs)
+
+
+# The figures of the paper's Fig. 3, from SSLoss.summarize_error_statistics.
+ERROR_STATISTICS = ("y_nor_max", "y_nor_min", "p_nor_max", "p_nor_min", "error_max",
+                    "error_mean", "error_median")
+ERROR_HISTOGRAM_BINS = 1000
 
 
 @keras.saving.register_keras_serializable(package="deeplab_ssl")
@@ -163,6 +176,67 @@ class SSLoss(base.SumsLoss):
         maps = _window_maps(labels, probs, valid, probs.shape[-1])
         return _structural_error(maps[0], maps[1], valid, *self._window_sums(maps), c4=self.c4)
 
+    def error_statistics(self, y_true, y_pred, num_bins=ERROR_HISTOGRAM_BINS):
+        """The statistics of the paper's Fig. 3 for a batch, in two parts that combine.
+
+        Over the valid examples (pixel, class) of the batch; no gradient. Computed one image at
+        a time, like the loss. Pieces of a batch (replicas) combine by element-wise max of
+        `maxima` and sum of `sums`; `summarize_error_statistics` then gives the figures.
+
+        Args:
+          y_true, y_pred: as for the loss.
+          num_bins: int, bins of the histogram of e over [0, e_max].
+
+        Returns:
+          maxima: float32 [5], the maxima of y_nor, -y_nor, p_nor, -p_nor and e.
+          sums: float32 [2 + num_bins], the sum of e, the number of valid examples, and the
+            histogram of e (counts; values above e_max fall in the last bin).
+        """
+        labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
+        probs = tf.stop_gradient(tf.sigmoid(base.sigmoid_logits(logits, self.from_logits)))
+        num_classes = probs.shape[-1]
+        bin_width = self.e_max / num_bins if self.e_max > 0 else 1.0
+
+        def image_statistics(index):
+            image = slice(index, index + 1)
+            maps = _window_maps(labels[image], probs[image], valid[image], num_classes)
+            y_nor, p_nor = _normalized_maps(maps[0], maps[1], valid[image],
+                                            *self._window_sums(maps), c4=self.c4)
+            is_valid = tf.broadcast_to(valid[image] > 0, tf.shape(y_nor))
+            y_nor, p_nor = tf.boolean_mask(y_nor, is_valid), tf.boolean_mask(p_nor, is_valid)
+            error = tf.abs(y_nor - p_nor)
+            # reduce_max of an empty tensor is -inf: harmless under max.
+            maxima = tf.stack([tf.reduce_max(y_nor), tf.reduce_max(-y_nor),
+                               tf.reduce_max(p_nor), tf.reduce_max(-p_nor),
+                               tf.reduce_max(error)])
+            # Clipped below too: NaN logits (a diverged run, stopped by training) cast to < 0.
+            bins = tf.clip_by_value(tf.cast(error / bin_width, tf.int32), 0, num_bins - 1)
+            histogram = tf.math.bincount(bins, minlength=num_bins, maxlength=num_bins,
+                                         dtype=tf.float32)
+            counts = tf.stack([tf.reduce_sum(error), tf.cast(tf.size(error), tf.float32)])
+            return maxima, tf.concat([counts, histogram], 0)
+        maxima, sums = tf.map_fn(
+            image_statistics, tf.range(tf.shape(probs)[0]), parallel_iterations=1,
+            fn_output_signature=(tf.TensorSpec([5], tf.float32),
+                                 tf.TensorSpec([2 + num_bins], tf.float32)))
+        return tf.reduce_max(maxima, axis=0), tf.reduce_sum(sums, axis=0)
+
+    def summarize_error_statistics(self, maxima, sums):
+        """Fig. 3's figures, {name in ERROR_STATISTICS: float}, from error_statistics' parts.
+
+        error_median is read from the histogram: exact to one bin (e_max / num_bins). All are 0
+        for a batch without valid pixels.
+        """
+        maxima, sums = np.asarray(maxima, np.float64), np.asarray(sums, np.float64)
+        total_error, count, histogram = sums[0], sums[1], sums[2:]
+        if not count:
+            return dict.fromkeys(ERROR_STATISTICS, 0.0)
+        bin_width = self.e_max / len(histogram) if self.e_max > 0 else 1.0
+        median_bin = int(np.searchsorted(np.cumsum(histogram), count / 2.0))
+        values = [maxima[0], -maxima[1], maxima[2], -maxima[3], maxima[4],
+                  total_error / count, (median_bin + 0.5) * bin_width]
+        return dict(zip(ERROR_STATISTICS, (float(v) for v in values)))
+
     def _window_sums(self, maps):
         return [local_stats.local_sums(t, self.window_size, self.sigma) for t in maps]
 
@@ -222,10 +296,13 @@ class SSLoss(base.SumsLoss):
             fn_output_signature=(tf.float32, tf.TensorSpec([3], tf.float32)))
         return weight, tf.unstack(tf.reduce_sum(sums, axis=0))
 
+    def terms(self, sums):
+        return {"bce": tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"]),
+                "ssl": tf.math.divide_no_nan(sums["ssl_sum"], sums["num_hard"])}
+
     def loss_from_sums(self, sums):
-        bce = tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"])
-        ssl = tf.math.divide_no_nan(sums["ssl_sum"], sums["num_hard"])
-        return self.ce_weight * bce + (1.0 - self.ce_weight) * ssl
+        terms = self.terms(sums)
+        return self.ce_weight * terms["bce"] + (1.0 - self.ce_weight) * terms["ssl"]
 
     @staticmethod
     def hard_example_fraction(sums, num_classes):
