@@ -76,6 +76,10 @@ flags.DEFINE_string("tf_initial_checkpoint", None,
 flags.DEFINE_boolean("initialize_last_layer", True, "Initialize the last layers.")
 flags.DEFINE_boolean("last_layers_contain_logits_only", False,
                      "Only consider logits as last layers or not.")
+flags.DEFINE_float("last_layer_gradient_multiplier", 1.0,
+                   "The gradient multiplier for last layers, which is used to boost the "
+                   "gradient of last layers if the value > 1 (biases always get 2x, as in "
+                   "deeplab).")
 
 # The loss.
 flags.DEFINE_enum("loss", "ssl", losses.LOSS_NAMES,

@@ -24,6 +24,8 @@ import tensorflow as tf
 from absl import logging
 
 from deeplab_ssl import losses
+from deeplab_ssl import model as model_lib
+from deeplab_ssl.core import utils
 from deeplab_ssl.losses import ssl
 
 STRATEGIES = ("mirrored", "multi_worker", "one_device")
@@ -187,6 +189,7 @@ class TrainOptions:
     tf_initial_checkpoint: str = None
     initialize_last_layer: bool = True
     last_layers_contain_logits_only: bool = False
+    last_layer_gradient_multiplier: float = 1.0
 
     def __post_init__(self):
         def check(ok, flag, requirement):
@@ -201,6 +204,8 @@ class TrainOptions:
         check(self.learning_power > 0, "learning_power", "must be > 0")
         check(self.learning_rate_decay_factor > 0, "learning_rate_decay_factor", "must be > 0")
         check(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        check(self.last_layer_gradient_multiplier >= 0, "last_layer_gradient_multiplier",
+              "must be >= 0")
         check(self.log_steps >= 1, "log_steps", "must be >= 1")
         check(self.save_interval_steps >= 1, "save_interval_steps", "must be >= 1")
         check(self.mixed_precision in MIXED_PRECISION_POLICIES, "mixed_precision",
@@ -281,6 +286,30 @@ def initialize_from_checkpoint(model, tf_initial_checkpoint, initialize_last_lay
         logging.info("Initialized the model from %s", report)
 
 
+def gradient_multipliers(variables, last_layer_gradient_multiplier=1.0,
+                         last_layers_contain_logits_only=False):
+    """deeplab's model_gradient_multipliers: one float per variable, in order.
+
+    As deeplab's train_utils: biases get twice the gradient, variables of the last layers
+    (model.get_extra_layer_scopes, matched anywhere in the slim name) get
+    last_layer_gradient_multiplier times it, and biases of the last layers twice that.
+
+    Args:
+        variables: list of Keras variables of a model from build_deeplab (others: any names).
+        last_layer_gradient_multiplier: float, deeplab's flag of that name.
+        last_layers_contain_logits_only: bool, only the logits are last layers.
+    """
+    last_layers = model_lib.get_extra_layer_scopes(last_layers_contain_logits_only)
+    multipliers = []
+    for variable in variables:
+        name = utils.slim_scope(variable.path)
+        multiplier = 2.0 if name.endswith("/bias") else 1.0
+        if any(scope in name for scope in last_layers):
+            multiplier *= last_layer_gradient_multiplier
+        multipliers.append(multiplier)
+    return multipliers
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradients became NaN or Inf; training stopped without saving."""
 
@@ -317,6 +346,9 @@ class Trainer:
             self.model = model_fn()
             self.optimizer = make_optimizer(options)
             self.optimizer.build(self.model.trainable_variables)
+        self._gradient_multipliers = gradient_multipliers(
+            self.model.trainable_variables, options.last_layer_gradient_multiplier,
+            options.last_layers_contain_logits_only)
         if hasattr(loss, "step") and loss.step is None:
             loss.step = self.optimizer.iterations  # deeplab's hard_example_mining_step.
         self._distributed_step = tf.function(self._distributed_step_fn)
@@ -350,7 +382,10 @@ class Trainer:
             if loss_scaling:
                 objective = self.optimizer.scale_loss(objective)
         variables = self.model.trainable_variables
-        gradients = tape.gradient(objective, variables)
+        gradients = [
+            gradient if multiplier == 1.0 or gradient is None else gradient * multiplier
+            for gradient, multiplier in zip(tape.gradient(objective, variables),
+                                            self._gradient_multipliers)]
         self.optimizer.apply_gradients(zip(gradients, variables))
         metrics = dict(sums=sums, loss=loss, regularization_loss=regularization,
                        total_loss=loss + regularization)

@@ -4,11 +4,14 @@
 
 Reads results/camvid/METHOD/seedN/{eval_val.json, train_log.jsonl} (benchmarks/reproduce_camvid.sh)
 and prints the markdown tables of docs/results.md: mean and standard deviation of val mIoU per
-method (the layout of the paper's Table 2) and per-class IoU (Table 4). Writes
-docs/camvid_curves.png (each method's training loss), docs/camvid_hard_fraction.png (proportion of
-hard examples of the SSL runs over training, the paper's Fig. 4) and, where the checkpoints of
-seed 0 are still in --runs, docs/camvid_predictions.png (val images with ground truth, softmax CE
-and SSL predictions). Needs matplotlib (`pip install -e '.[plot]'`).
+method (the layout of the paper's Table 2) and per-class IoU (Table 4). Writes in --docs:
+- camvid_curves.png: each method's training loss;
+- camvid_hard_fraction.png: proportion of hard examples of the SSL runs (the paper's Fig. 4);
+- camvid_error_statistics.png: y_nor, p_nor and e over training (Fig. 3), once an SSL (3) run
+  logged them;
+- camvid_predictions.png: val images with ground truth, softmax CE and SSL predictions, where
+  the checkpoints of seed 0 are still in --runs.
+Needs matplotlib (`pip install -e '.[plot]'`).
 """
 import argparse
 import glob
@@ -107,6 +110,30 @@ def plot_hard_fraction(runs, path):
     plt.close(fig)
 
 
+def plot_error_statistics(runs, path, method="ssl3", smoothing=5):
+    """The paper's Fig. 3 for the first run of `method` that logged it: extremes of y_nor and
+    p_nor, and the max, mean and median of e over training (moving average of `smoothing`
+    log lines, as the paper smooths); nothing when no run has logged them."""
+    logged = [log for _, _, log in runs.get(method, []) if "error_mean" in log[0]]
+    if not logged:
+        return
+    log = logged[0]
+    window = np.ones(smoothing) / smoothing
+    steps = [r["step"] for r in log][smoothing - 1:]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, style in (("y_nor_max", "C2-"), ("y_nor_min", "C2--"), ("p_nor_max", "k-"),
+                        ("p_nor_min", "k--"), ("error_max", "C3-"), ("error_mean", "C0-"),
+                        ("error_median", "C1-")):
+        values = np.convolve([r[name] for r in log], window, mode="valid")
+        ax.plot(steps, values, style, lw=1, label=name)
+    ax.set(xlabel="step", ylabel="value",
+           title=f"{METHODS[method]}: normalized values and e over training (paper's Fig. 3)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_predictions(runs_dir, path, methods=("ce", "ssl3"), num_images=4):
     """Val images rich in thin classes: image, ground truth, one column per method."""
     from deeplab_ssl import evaluation, visualization
@@ -158,6 +185,7 @@ def main():
     print(per_class_table(runs))
     plot_curves(runs, os.path.join(args.docs, "camvid_curves.png"))
     plot_hard_fraction(runs, os.path.join(args.docs, "camvid_hard_fraction.png"))
+    plot_error_statistics(runs, os.path.join(args.docs, "camvid_error_statistics.png"))
     if all(os.path.isdir(os.path.join(args.runs, f"{m}_seed0")) for m in ("ce", "ssl3")):
         plot_predictions(args.runs, os.path.join(args.docs, "camvid_predictions.png"))
 

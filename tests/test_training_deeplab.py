@@ -126,3 +126,31 @@ def test_stage2_starts_from_stage1_with_frozen_batch_norm(demo_dir, tmp_path):
     for layer in batch_norms:  # Initialized from stage 1, then frozen.
         for weight in layer.weights:
             np.testing.assert_array_equal(weight.numpy(), stage1_weights[weight.path])
+
+
+def test_gradient_multipliers_are_deeplabs():
+    model = model_fn()()
+    multipliers = dict(zip((v.path for v in model.trainable_variables),
+                           training.gradient_multipliers(model.trainable_variables, 10.0)))
+    assert multipliers["logits.semantic/bias"] == 20.0  # Biases 2x, last layers 10x.
+    assert multipliers["logits.semantic/kernel"] == 10.0
+    assert multipliers["aspp0/kernel"] == 10.0
+    backbone = [m for path, m in multipliers.items()
+                if not path.startswith(("logits", "aspp", "image_pooling", "concat"))]
+    assert backbone and set(backbone) == {1.0}
+    logits_only = training.gradient_multipliers(model.trainable_variables, 10.0, True)
+    assert dict(zip(multipliers, logits_only))["aspp0/kernel"] == 1.0
+
+
+def test_last_layer_gradient_multiplier_zero_freezes_the_last_layers(demo_dir, tmp_path):
+    trainer = training.Trainer(
+        model_fn(), losses.SSLoss(ignore_label=DEMO.ignore_label),
+        options(tmp_path, last_layer_gradient_multiplier=0.0), strategy=one_cpu())
+    before = {v.path: v.numpy() for v in trainer.model.trainable_variables}
+    iterator = trainer.make_iterator(dataset_fn_of(demo_dir, 4))
+    for _ in range(2):
+        trainer.train_step(trainer.next_batch(iterator))
+    changed = {v.path for v in trainer.model.trainable_variables
+               if not np.array_equal(v.numpy(), before[v.path])}
+    assert "logits.semantic/kernel" not in changed and "aspp0/kernel" not in changed
+    assert any(path.startswith("MobilenetV2") for path in changed)
