@@ -34,6 +34,9 @@ MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
 CHECKPOINT_NAME = "model.ckpt"
 TRAIN_LOG_NAME = "train_log.jsonl"
 MAX_CHECKPOINTS_TO_KEEP = 5
+# With several workers, each worker's input iterator: train_logdir/ITERATORS_DIR/worker_INDEX.
+ITERATORS_DIR = "iterators"
+ITERATOR_CHECKPOINT_NAME = "iterator.ckpt"
 NUM_SUMMARY_IMAGES = 3
 
 
@@ -353,6 +356,7 @@ class Trainer:
             loss.step = self.optimizer.iterations  # deeplab's hard_example_mining_step.
         self._distributed_step = tf.function(self._distributed_step_fn)
         self._sum_names = set()  # The loss's sums, as train_step last returned them.
+        self._iterator_manager = None  # Per-worker iterators, with several workers.
 
     @property
     def step(self):
@@ -483,13 +487,20 @@ class Trainer:
         """CheckpointManager over model, optimizer and (with one worker) the input iterator.
 
         With several workers every worker saves (saving may need collectives) but only the
-        chief into train_logdir; the iterators differ per worker and are not saved.
+        chief into train_logdir. Their iterators differ, so each worker also saves its own in
+        train_logdir/iterators/worker_INDEX (`self._iterator_manager`), at the same steps.
         """
         objects = dict(model=self.model, optimizer=self.optimizer)
         index, count = _worker_index_and_count(self.strategy)
+        directory = self.options.train_logdir
+        self._iterator_manager = None
         if count == 1:
             objects["iterator"] = iterator
-        directory = self.options.train_logdir
+        else:
+            self._iterator_manager = tf.train.CheckpointManager(
+                tf.train.Checkpoint(iterator=iterator),
+                os.path.join(directory, ITERATORS_DIR, f"worker_{index}"),
+                max_to_keep=MAX_CHECKPOINTS_TO_KEEP, checkpoint_name=ITERATOR_CHECKPOINT_NAME)
         if not self.is_chief:
             directory = os.path.join(directory, f"worker_{index}_temp")
         return tf.train.CheckpointManager(
@@ -497,15 +508,30 @@ class Trainer:
             checkpoint_name=CHECKPOINT_NAME)
 
     def _restore(self, manager, path):
-        """Restores model, optimizer (hence step) and, if saved, the iterator from `path`."""
+        """Restores model, optimizer (hence step) and the saved iterator(s) from `path`."""
         checkpoint = manager.checkpoint
         saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
         if "iterator" not in saved:
             checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
         checkpoint.restore(path).assert_existing_objects_matched()
+        if self._iterator_manager:
+            self._restore_worker_iterator(self._iterator_manager)
+
+    def _restore_worker_iterator(self, manager):
+        """Restores this worker's iterator saved at the current step, if there is one."""
+        step = self.step
+        paths = [p for p in manager.checkpoints if p.endswith(f"-{step}")]
+        if paths:
+            manager.checkpoint.restore(paths[-1]).assert_consumed()
+            logging.info("Restored the input iterator of this worker from %s.", paths[-1])
+        else:
+            logging.warning("No input iterator of step %d in %s: this worker's input starts "
+                            "over.", step, manager.directory)
 
     def _save(self, manager, step):
         path = manager.save(checkpoint_number=step)
+        if self._iterator_manager:
+            self._iterator_manager.save(checkpoint_number=step)
         if not self.is_chief:
             shutil.rmtree(manager.directory, ignore_errors=True)
         return path

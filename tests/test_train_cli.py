@@ -89,10 +89,10 @@ def _free_ports(count):
     return ports
 
 
-def test_two_worker_processes_train_together(demo_dir, tmp_path):
-    logdir = str(tmp_path / "train")
+def run_two_workers(demo_dir, logdir, steps):
+    """train.py as two MultiWorkerMirroredStrategy workers on 127.0.0.1; their stderr."""
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    command = train_command(demo_dir, logdir, "--training_number_of_steps=3",
+    command = train_command(demo_dir, logdir, f"--training_number_of_steps={steps}",
                             "--slow_start_step=1", "--save_interval_steps=2")
     processes = [
         subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -108,6 +108,22 @@ def test_two_worker_processes_train_together(demo_dir, tmp_path):
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output
         assert "MultiWorkerMirroredStrategy" in output
-    assert training.tf.train.latest_checkpoint(logdir).endswith("model.ckpt-3")
-    assert [record["step"] for record in read_log(logdir)] == [1, 2, 3]
+    return outputs
+
+
+def test_two_worker_processes_train_together_and_resume(demo_dir, tmp_path):
+    logdir = str(tmp_path / "train")
+    run_two_workers(demo_dir, logdir, 2)
     assert not os.path.exists(os.path.join(logdir, "worker_1_temp"))
+    iterators = [os.path.join(logdir, training.ITERATORS_DIR, f"worker_{index}")
+                 for index in range(2)]
+    # Each worker saved its own input iterator beside the chief's checkpoint.
+    assert all(training.tf.train.latest_checkpoint(i).endswith("-2") for i in iterators)
+
+    outputs = run_two_workers(demo_dir, logdir, 4)
+    for directory, output in zip(iterators, outputs):
+        assert "resuming at step 2." in output
+        assert (f"Restored the input iterator of this worker from {directory}/"
+                f"{training.ITERATOR_CHECKPOINT_NAME}-2") in output
+    assert training.tf.train.latest_checkpoint(logdir).endswith("model.ckpt-4")
+    assert [record["step"] for record in read_log(logdir)] == [1, 2, 3, 4]
