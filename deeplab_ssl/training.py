@@ -355,7 +355,6 @@ class Trainer:
         if hasattr(loss, "step") and loss.step is None:
             loss.step = self.optimizer.iterations  # deeplab's hard_example_mining_step.
         self._distributed_step = tf.function(self._distributed_step_fn)
-        self._sum_names = set()  # The loss's sums, as train_step last returned them.
         self._iterator_manager = None  # Per-worker iterators, with several workers.
 
     @property
@@ -426,7 +425,6 @@ class Trainer:
             lambda value: self.strategy.experimental_local_results(value)[0].numpy(),
             self._distributed_step(batch, statistics))
         sums = {name: float(value) for name, value in outputs.pop("sums").items()}
-        self._sum_names = set(sums)
         error_parts = [outputs.pop(name, None) for name in ("error_maxima", "error_sums")]
         metrics = dict(sums, **{name: float(value) for name, value in outputs.items()})
         metrics.update((name, float(value)) for name, value in self.loss.terms(sums).items())
@@ -438,9 +436,11 @@ class Trainer:
         return metrics
 
     def log_values(self, metrics):
-        """What the logs show of train_step's metrics: all but the loss's raw sums."""
-        return {name: value for name, value in metrics.items()
-                if name not in self._sum_names and name != "non_finite_gradients"}
+        """What the logs show of train_step's metrics: the loss, weight decay and total, the
+        loss's terms and, for the SSL, the hard-example fraction and Fig. 3's statistics."""
+        names = ("loss", "regularization_loss", "total_loss", *self.loss.terms(metrics),
+                 "hard_example_fraction", *ssl.ERROR_STATISTICS)
+        return {name: metrics[name] for name in names if name in metrics}
 
     # --- input ---------------------------------------------------------------------------------
 

@@ -93,6 +93,16 @@ def _xla_weights_and_cross_entropy(labels, logits, probs, one_hot, masked_probs,
     return weight, cross_entropy.sigmoid_cross_entropy(logits, labels, one_hot.shape[-1], probs)
 
 
+def _map_images(image_fn, batch, output_signature):
+    """tf.map_fn of image_fn(index) over the images of `batch` [B, ...], one after the other.
+
+    One image at a time: the statistics' temporaries then take 1 / B of the memory. Mapping
+    over indices, not over the tensors, spares map_fn copies of its inputs.
+    """
+    return tf.map_fn(image_fn, tf.range(tf.shape(batch)[0]), parallel_iterations=1,
+                     fn_output_signature=output_signature)
+
+
 # The figures of the paper's Fig. 3, from SSLoss.summarize_error_statistics.
 ERROR_STATISTICS = ("y_nor_max", "y_nor_min", "p_nor_max", "p_nor_min", "error_max",
                     "error_mean", "error_median")
@@ -215,10 +225,8 @@ class SSLoss(base.SumsLoss):
                                          dtype=tf.float32)
             counts = tf.stack([tf.reduce_sum(error), tf.cast(tf.size(error), tf.float32)])
             return maxima, tf.concat([counts, histogram], 0)
-        maxima, sums = tf.map_fn(
-            image_statistics, tf.range(tf.shape(probs)[0]), parallel_iterations=1,
-            fn_output_signature=(tf.TensorSpec([5], tf.float32),
-                                 tf.TensorSpec([2 + num_bins], tf.float32)))
+        maxima, sums = _map_images(image_statistics, probs, (
+            tf.TensorSpec([5], tf.float32), tf.TensorSpec([2 + num_bins], tf.float32)))
         return tf.reduce_max(maxima, axis=0), tf.reduce_sum(sums, axis=0)
 
     def summarize_error_statistics(self, maxima, sums):
@@ -289,11 +297,8 @@ class SSLoss(base.SumsLoss):
                              cross_entropy.weighted_sum(bce, weight),
                              num_hard])
             return weight[0], sums
-        # One image at a time: the statistics' temporaries then take 1 / B of the memory.
-        # Mapping over indices, not over the tensors, spares map_fn copies of its inputs.
-        weight, sums = tf.map_fn(
-            image_weights_and_sums, tf.range(tf.shape(probs)[0]), parallel_iterations=1,
-            fn_output_signature=(tf.float32, tf.TensorSpec([3], tf.float32)))
+        weight, sums = _map_images(image_weights_and_sums, probs,
+                                   (tf.float32, tf.TensorSpec([3], tf.float32)))
         return weight, tf.unstack(tf.reduce_sum(sums, axis=0))
 
     def terms(self, sums):
