@@ -120,7 +120,7 @@ def plot_error_statistics(runs, path, method="ssl3", smoothing=5):
     log = logged[0]
     window = np.ones(smoothing) / smoothing
     steps = [r["step"] for r in log][smoothing - 1:]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, style in (("y_nor_max", "C2-"), ("y_nor_min", "C2--"), ("p_nor_max", "k-"),
                         ("p_nor_min", "k--"), ("error_max", "C3-"), ("error_mean", "C0-"),
                         ("error_median", "C1-")):
@@ -128,7 +128,7 @@ def plot_error_statistics(runs, path, method="ssl3", smoothing=5):
         ax.plot(steps, values, style, lw=1, label=name)
     ax.set(xlabel="step", ylabel="value",
            title=f"{METHODS[method]}: normalized values and e over training (paper's Fig. 3)")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
