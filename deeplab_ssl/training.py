@@ -607,9 +607,8 @@ class Trainer:
             if (not all(math.isfinite(value) for value in metrics.values())
                     or metrics.get("non_finite_gradients")):
                 raise NonFiniteLossError(
-                    f"non-finite loss or gradients at step {step + 1}: {_format(metrics)}. "
-                    f"Stopped without "
-                    f"saving; the last good checkpoint is "
+                    f"non-finite loss or gradients at step {next_step}: {_format(metrics)}. "
+                    f"Stopped without saving; the last good checkpoint is "
                     f"{tf.train.latest_checkpoint(options.train_logdir)}.")
             step = self.step
             if is_log_step:
