@@ -111,6 +111,21 @@ def loss_and_gradient(loss, labels, logits):
     return value.numpy(), tape.gradient(value, logits).numpy()
 
 
+@pytest.mark.parametrize("in_xla", [False, True])
+@pytest.mark.parametrize("window_size", [1, 3, 7, 11])
+def test_local_sums_match_numpy_window_sums(window_size, in_xla):
+    """Both ways of local_stats.local_sums: depthwise convolutions and shifted adds in XLA."""
+    from deeplab_ssl.losses import local_stats
+    x = np.random.default_rng(window_size).random((2, 9, 14, 3)).astype(np.float32)
+    sums = tf.function(lambda x: local_stats.local_sums(x, window_size, 1.5, in_xla=in_xla),
+                       jit_compile=in_xla)(tf.constant(x)).numpy()
+    window = np_gaussian_window(window_size, 1.5)
+    for b in range(2):
+        for c in range(3):
+            np.testing.assert_allclose(sums[b, ..., c], np_window_sum(x[b, ..., c], window),
+                                       rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("window_size", [1, 3, 5, 7, 11])
 def test_ssl_matches_numpy_reference(window_size):
     labels, logits = random_batch(window_size)

@@ -10,6 +10,10 @@ import tensorflow as tf
 # Measured on 2 CPU cores (benchmarks/loss_bench.py --conv): a k x k depthwise convolution is
 # faster than a k x 1 then 1 x k pair for k <= 5, slower from 7 on (2.7x at 11).
 _LARGEST_FULL_WINDOW = 5
+# Measured in the SSL (benchmarks/loss_bench.py): inside XLA, the shifted adds of local_sums
+# make the loss ~12% faster for k = 3, as fast for k = 5, but ~20% slower for k = 7 and ~3x
+# slower for k = 11 than depthwise convolutions outside XLA.
+LARGEST_WINDOW_IN_XLA = 5
 
 
 def _check_window(window_size, sigma):
@@ -41,16 +45,25 @@ def gaussian_window(window_size, sigma):
     return np.outer(weights, weights).astype(np.float32)
 
 
-def local_sums(x, window_size, sigma):
+def local_sums(x, window_size, sigma, in_xla=False):
     """Gaussian-weighted sums over the window around each pixel, zero outside the image.
 
     Args:
       x: float32 [B, H, W, n].
       window_size, sigma: see gaussian_window.
+      in_xla: bool, the caller is an XLA-compiled function (tf.function(jit_compile=True)).
+        The sums are then written as shifted, weighted adds of x, a k x 1 then a 1 x k pass,
+        which XLA fuses with the element-wise work around them (for k up to
+        LARGEST_WINDOW_IN_XLA); XLA's depthwise convolution is ~10x slower than TF's on CPU.
+        Outside XLA, TF's depthwise convolution is faster than such adds (one pass over
+        memory per add). Both are exact to float32 rounding.
 
     Returns:
       float32 [B, H, W, n]: sum_i w_i x_i over the window centred on each pixel.
     """
+    weights = _gaussian_1d(window_size, sigma).astype(np.float32)
+    if in_xla:
+        return _shifted_sums(x, weights)
     channels = x.shape[-1]
     if channels is None:
         raise ValueError(f"local_sums needs a static channel count; got shape {x.shape}")
@@ -60,11 +73,20 @@ def local_sums(x, window_size, sigma):
         window = tf.tile(tf.constant(window), [1, 1, channels, 1])
         return tf.nn.depthwise_conv2d(x, window, strides, "SAME")
     # The 2-D Gaussian is separable: a k x 1 then a 1 x k pass.
-    weights = _gaussian_1d(window_size, sigma).astype(np.float32)
     column = tf.tile(tf.constant(weights[:, None, None, None]), [1, 1, channels, 1])
     row = tf.tile(tf.constant(weights[None, :, None, None]), [1, 1, channels, 1])
     x = tf.nn.depthwise_conv2d(x, column, strides, "SAME")
     return tf.nn.depthwise_conv2d(x, row, strides, "SAME")
+
+
+def _shifted_sums(x, weights):
+    """The separable window sums as shifted adds: a k x 1 then a 1 x k pass, zero outside x."""
+    radius = len(weights) // 2
+    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    # One pad of the input: padding the first pass's output instead was measured ~20% slower.
+    padded = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]])
+    columns = sum(float(w) * padded[:, i:i + height] for i, w in enumerate(weights))
+    return sum(float(w) * columns[:, :, j:j + width] for j, w in enumerate(weights))
 
 
 def masked_local_means(tensors, valid, window_size, sigma):

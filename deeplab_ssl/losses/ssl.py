@@ -21,20 +21,37 @@ def max_structural_error(window_size, sigma, c4):
     return 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + c4)
 
 
-def _normalized_maps(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4):
-    """y_nor and p_nor (SSLoss docstring) from the Gaussian window sums of y, m p and m p^2.
+def _window_maps(labels, probs, valid):
+    """y, m p and m p^2, float32 [B, H, W, C]: the maps whose window sums the SSL needs.
 
     Args:
-      one_hot, masked_probs: float32 [B, H, W, C], y and m p.
+      labels: int32 [B, H, W], -1 at invalid pixels.
+      probs: float32 [B, H, W, C], sigmoid probabilities (C static).
       valid: float32 [B, H, W, 1], m.
-      sum_y, sum_p, sum_p2: float32 [B, H, W, C], window sums of y, m p and m p^2.
-      c4: Python float.
+    """
+    masked_probs = probs * valid
+    return tf.one_hot(labels, probs.shape[-1]), masked_probs, masked_probs * probs
+
+
+def _normalized_maps(labels, probs, valid, window_size, sigma, c4, window_sums=None):
+    """y (one-hot), y_nor and p_nor of the SSLoss docstring, in an XLA-compiled function.
+
+    Args:
+      labels, probs, valid: as _window_maps.
+      window_size, sigma, c4: Python floats.
+      window_sums: None, or the window sums of _window_maps' maps (for windows larger than
+        local_stats.LARGEST_WINDOW_IN_XLA, computed outside XLA); None sums them here.
 
     Returns:
-      float32 [B, H, W, C] each, 1 at invalid pixels.
+      float32 [B, H, W, C] each; y_nor and p_nor are 1 at invalid pixels.
     """
+    one_hot, masked_probs, masked_probs2 = _window_maps(labels, probs, valid)
+    if window_sums is None:
+        window_sums = [local_stats.local_sums(t, window_size, sigma, in_xla=True)
+                       for t in (one_hot, masked_probs, masked_probs2)]
+    sum_y, sum_p, sum_p2 = window_sums
     # The one-hot y sum to m over the classes, so the sum of their window sums is sum(w m):
-    # no convolution of m. In a window holding one class c, the other classes' sums are
+    # no window sum of m. In a window holding one class c, the other classes' sums are
     # exact zeros, so sum(w m) - sum(w m y) is exactly 0 there and var_y = mu_y mu_(1-y)
     # is exactly 0 (mu_y (1 - mu_y) would round to ~6e-8: sqrt(var_y) = 2% of c4).
     sum_m = tf.reduce_sum(sum_y, axis=-1, keepdims=True)
@@ -46,36 +63,34 @@ def _normalized_maps(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4):
     sigma_p = tf.sqrt(tf.maximum(sum_p2 * inverse_weight - tf.square(mu_p), 0.0))
     y_nor = (one_hot - mu_y + c4) / (sigma_y + c4)
     p_nor = (masked_probs - mu_p + c4) / (sigma_p + c4)
-    return y_nor, p_nor
+    return one_hot, y_nor, p_nor
 
 
-def _structural_error(*maps_and_sums, c4):
-    """e = |y_nor - p_nor|, float32 [B, H, W, C], 0 at invalid pixels; args of _normalized_maps."""
-    y_nor, p_nor = _normalized_maps(*maps_and_sums, c4=c4)
-    return tf.abs(y_nor - p_nor)
+def _window_sums_outside_xla(labels, probs, valid, window_size, sigma):
+    """None for windows summed inside XLA, else the window sums of the _window_maps."""
+    if window_size <= local_stats.LARGEST_WINDOW_IN_XLA:
+        return None
+    maps = _xla_window_maps(labels, probs, valid)
+    return [local_stats.local_sums(t, window_size, sigma) for t in maps]
 
 
-def _window_maps(labels, probs, valid, num_classes):
-    """y, m p and m p^2, float32 [B, H, W, C]: the maps whose window sums the SSL needs."""
-    masked_probs = probs * valid
-    return tf.one_hot(labels, num_classes), masked_probs, masked_probs * probs
-
-
-# XLA fuses the ~30 element-wise passes of the SSL's weights into a few loops: measured ~2x
-# faster on CPU (benchmarks/loss_bench.py). The depthwise convolutions of the window sums and
-# the reductions stay outside XLA, which runs them several times slower on CPU.
+# XLA fuses the window sums (shifted adds, small windows) and the ~30 element-wise passes of
+# the SSL's weights into a few loops: measured ~2x faster on CPU than TF ops with depthwise
+# convolutions (benchmarks/loss_bench.py). The reductions stay outside XLA, which runs them
+# slower on CPU.
 _xla_window_maps = tf.function(_window_maps, jit_compile=True)
+_xla_normalized_maps = tf.function(_normalized_maps, jit_compile=True)
 
 
 @tf.function(jit_compile=True)
-def _xla_weights_and_cross_entropy(labels, logits, probs, one_hot, masked_probs, valid,
-                                   sum_y, sum_p, sum_p2, c4, threshold, reweight):
+def _xla_weights_and_cross_entropy(labels, logits, probs, valid, window_size, sigma, c4,
+                                   window_sums, threshold, reweight):
     """The SSL's example weights and the element-wise BCE, for one piece of the batch.
 
     Args:
       labels: int32 [B, H, W], -1 at invalid pixels.
       logits, probs: float32 [B, H, W, C], x and sigmoid(x) (no gradient flows here).
-      one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4: as _normalized_maps.
+      valid, window_size, sigma, c4, window_sums: as _normalized_maps.
       threshold: Python float beta e_max (f = e > threshold), or None for no OHEM (f = m).
       reweight: Python bool, weight = e f (else f).
 
@@ -83,7 +98,9 @@ def _xla_weights_and_cross_entropy(labels, logits, probs, one_hot, masked_probs,
       weight: float32 [B, H, W, C], 0 at invalid pixels.
       bce: float32 [B, H, W, C].
     """
-    error = _structural_error(one_hot, masked_probs, valid, sum_y, sum_p, sum_p2, c4=c4)
+    one_hot, y_nor, p_nor = _normalized_maps(labels, probs, valid, window_size, sigma, c4,
+                                             window_sums)
+    error = tf.abs(y_nor - p_nor)
     if threshold is None:
         weight = error
     else:
@@ -183,8 +200,8 @@ class SSLoss(base.SumsLoss):
           probs: float32 [B, H, W, C], sigmoid probabilities.
           valid: float32 [B, H, W, 1].
         """
-        maps = _window_maps(labels, probs, valid, probs.shape[-1])
-        return _structural_error(maps[0], maps[1], valid, *self._window_sums(maps), c4=self.c4)
+        _, y_nor, p_nor = self._normalized_maps(labels, probs, valid)
+        return tf.abs(y_nor - p_nor)
 
     def error_statistics(self, y_true, y_pred, num_bins=ERROR_HISTOGRAM_BINS):
         """The statistics of the paper's Fig. 3 for a batch, in two parts that combine.
@@ -204,14 +221,11 @@ class SSLoss(base.SumsLoss):
         """
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
         probs = tf.stop_gradient(tf.sigmoid(base.sigmoid_logits(logits, self.from_logits)))
-        num_classes = probs.shape[-1]
         bin_width = self.e_max / num_bins if self.e_max > 0 else 1.0
 
         def image_statistics(index):
             image = slice(index, index + 1)
-            maps = _window_maps(labels[image], probs[image], valid[image], num_classes)
-            y_nor, p_nor = _normalized_maps(maps[0], maps[1], valid[image],
-                                            *self._window_sums(maps), c4=self.c4)
+            _, y_nor, p_nor = self._normalized_maps(labels[image], probs[image], valid[image])
             is_valid = tf.broadcast_to(valid[image] > 0, tf.shape(y_nor))
             y_nor, p_nor = tf.boolean_mask(y_nor, is_valid), tf.boolean_mask(p_nor, is_valid)
             error = tf.abs(y_nor - p_nor)
@@ -245,8 +259,12 @@ class SSLoss(base.SumsLoss):
                   total_error / count, (median_bin + 0.5) * bin_width]
         return dict(zip(ERROR_STATISTICS, (float(v) for v in values)))
 
-    def _window_sums(self, maps):
-        return [local_stats.local_sums(t, self.window_size, self.sigma) for t in maps]
+    def _normalized_maps(self, labels, probs, valid):
+        """y, y_nor and p_nor, float32 [B, H, W, C]; arguments as structural_error."""
+        window_sums = _window_sums_outside_xla(labels, probs, valid, self.window_size,
+                                               self.sigma)
+        return _xla_normalized_maps(labels, probs, valid, self.window_size, self.sigma,
+                                    self.c4, window_sums)
 
     def sums(self, y_true, y_pred):
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
@@ -281,15 +299,14 @@ class SSLoss(base.SumsLoss):
           [sum(m BCE), sum(weight BCE), M] float32 scalars over the batch (M = 0 without OHEM).
         """
         threshold = self.beta * self.e_max if self.ohem else None
-        num_classes = probs.shape[-1]  # static: the depthwise window is tiled over it
 
         def image_weights_and_sums(index):
             image = slice(index, index + 1)
-            maps = _xla_window_maps(labels[image], probs[image], valid[image], num_classes)
+            window_sums = _window_sums_outside_xla(labels[image], probs[image], valid[image],
+                                                   self.window_size, self.sigma)
             weight, bce = _xla_weights_and_cross_entropy(
-                labels[image], logits[image], probs[image], maps[0], maps[1], valid[image],
-                *self._window_sums(maps), c4=self.c4, threshold=threshold,
-                reweight=self.reweight)
+                labels[image], logits[image], probs[image], valid[image], self.window_size,
+                self.sigma, self.c4, window_sums, threshold=threshold, reweight=self.reweight)
             # Hard examples have e > beta e_max >= 0, so exactly the non-zero weights. A float32
             # sum of their signs: half the time of count_nonzero (bool, int64 and sum passes).
             num_hard = tf.reduce_sum(tf.sign(weight)) if self.ohem else 0.0
