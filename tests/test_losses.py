@@ -186,11 +186,10 @@ def test_figure_2_worked_example():
     assert bce.sum() == pytest.approx(2.805, abs=1e-3)
     assert bce[1, 1] / bce.sum() == pytest.approx(0.57, abs=0.005)
 
-    loss = losses.SSLoss(window_size=5, sigma=1e6)
+    loss = losses.SSLoss(window_size=5, sigma=1e6, from_logits=False)
     # Two classes: class 0 (1 - y, 1 - p), class 1 (y, p).
-    error = loss.structural_error(tf.constant(y.astype(np.int32)[None]),
-                                  tf.constant(np.stack([1 - p, p], -1)[None]),
-                                  tf.ones([1, 3, 3, 1])).numpy()[0, ..., 1]
+    error = loss.structural_error(y.astype(np.int32)[None],
+                                  np.stack([1 - p, p], -1)[None]).numpy()[0, ..., 1]
     # e = |(c) - (d)| of the figure, whose maps are rounded (-1.076 printed -1.1, -1.338 -1.4).
     figure_y_nor = np.array([[-1.1, -1.1, -1.1], [.89, -1.1, .89], [.89, .89, .89]])
     figure_p_nor = np.array([[-1.4, -1.4, -1.4], [.61, .61, .89], [.61, .89, .61]])

@@ -66,30 +66,40 @@ def _normalized_maps(labels, probs, valid, window_size, sigma, c4, window_sums=N
     return one_hot, y_nor, p_nor
 
 
-def _window_sums_outside_xla(labels, probs, valid, window_size, sigma):
-    """None for windows summed inside XLA, else the window sums of the _window_maps."""
+def _window_sums_outside_xla(labels, logits, valid, window_size, sigma):
+    """None for windows summed inside XLA, else the window sums of the _window_maps.
+
+    Args: labels and valid as _window_maps, logits float32 [B, H, W, C], no gradient.
+    """
     if window_size <= local_stats.LARGEST_WINDOW_IN_XLA:
         return None
-    maps = _xla_window_maps(labels, probs, valid)
+    maps = _xla_window_maps(labels, logits, valid)
     return [local_stats.local_sums(t, window_size, sigma) for t in maps]
 
 
-# XLA fuses the window sums (shifted adds, small windows) and the ~30 element-wise passes of
-# the SSL's weights into a few loops: measured ~2x faster on CPU than TF ops with depthwise
-# convolutions (benchmarks/loss_bench.py). The reductions stay outside XLA, which runs them
-# slower on CPU.
-_xla_window_maps = tf.function(_window_maps, jit_compile=True)
-_xla_normalized_maps = tf.function(_normalized_maps, jit_compile=True)
+# XLA fuses the sigmoid, the window sums (shifted adds, small windows) and the ~30
+# element-wise passes of the SSL's weights into a few loops: measured ~2x faster on CPU than
+# TF ops with depthwise convolutions (benchmarks/loss_bench.py). The reductions stay outside
+# XLA, which runs them slower on CPU. These take logits: no batch-sized sigmoid is kept.
+@tf.function(jit_compile=True)
+def _xla_window_maps(labels, logits, valid):
+    return _window_maps(labels, tf.sigmoid(logits), valid)
 
 
 @tf.function(jit_compile=True)
-def _xla_weights_and_cross_entropy(labels, logits, probs, valid, window_size, sigma, c4,
-                                   window_sums, threshold, reweight):
+def _xla_normalized_maps(labels, logits, valid, window_size, sigma, c4, window_sums):
+    return _normalized_maps(labels, tf.sigmoid(logits), valid, window_size, sigma, c4,
+                            window_sums)
+
+
+@tf.function(jit_compile=True)
+def _xla_weights_and_cross_entropy(labels, logits, valid, window_size, sigma, c4, window_sums,
+                                   threshold, reweight):
     """The SSL's example weights and the element-wise BCE, for one piece of the batch.
 
     Args:
       labels: int32 [B, H, W], -1 at invalid pixels.
-      logits, probs: float32 [B, H, W, C], x and sigmoid(x) (no gradient flows here).
+      logits: float32 [B, H, W, C] (no gradient flows here).
       valid, window_size, sigma, c4, window_sums: as _normalized_maps.
       threshold: Python float beta e_max (f = e > threshold), or None for no OHEM (f = m).
       reweight: Python bool, weight = e f (else f).
@@ -98,6 +108,7 @@ def _xla_weights_and_cross_entropy(labels, logits, probs, valid, window_size, si
       weight: float32 [B, H, W, C], 0 at invalid pixels.
       bce: float32 [B, H, W, C].
     """
+    probs = tf.sigmoid(logits)
     one_hot, y_nor, p_nor = _normalized_maps(labels, probs, valid, window_size, sigma, c4,
                                              window_sums)
     error = tf.abs(y_nor - p_nor)
@@ -192,15 +203,14 @@ class SSLoss(base.SumsLoss):
         self.reweight = reweight
         self.e_max = max_structural_error(window_size, sigma, c4)
 
-    def structural_error(self, labels, probs, valid):
-        """e of Eq. 10, float32 [B, H, W, C], 0 at invalid pixels; inputs carry no gradient.
+    def structural_error(self, y_true, y_pred):
+        """e of Eq. 10, float32 [B, H, W, C], 0 at invalid pixels; no gradient.
 
         Args:
-          labels: int32 [B, H, W], -1 at invalid pixels.
-          probs: float32 [B, H, W, C], sigmoid probabilities.
-          valid: float32 [B, H, W, 1].
+          y_true, y_pred: as for the loss.
         """
-        _, y_nor, p_nor = self._normalized_maps(labels, probs, valid)
+        labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
+        _, y_nor, p_nor = self._normalized_maps(labels, logits, valid)
         return tf.abs(y_nor - p_nor)
 
     def error_statistics(self, y_true, y_pred, num_bins=ERROR_HISTOGRAM_BINS):
@@ -219,13 +229,13 @@ class SSLoss(base.SumsLoss):
           sums: float32 [2 + num_bins], the sum of e, the number of valid examples, and the
             histogram of e (counts; values above e_max fall in the last bin).
         """
-        labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
-        probs = tf.stop_gradient(tf.sigmoid(base.sigmoid_logits(logits, self.from_logits)))
+        labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
+        logits = tf.stop_gradient(logits)
         bin_width = self.e_max / num_bins if self.e_max > 0 else 1.0
 
         def image_statistics(index):
             image = slice(index, index + 1)
-            _, y_nor, p_nor = self._normalized_maps(labels[image], probs[image], valid[image])
+            _, y_nor, p_nor = self._normalized_maps(labels[image], logits[image], valid[image])
             is_valid = tf.broadcast_to(valid[image] > 0, tf.shape(y_nor))
             y_nor, p_nor = tf.boolean_mask(y_nor, is_valid), tf.boolean_mask(p_nor, is_valid)
             error = tf.abs(y_nor - p_nor)
@@ -239,7 +249,7 @@ class SSLoss(base.SumsLoss):
                                          dtype=tf.float32)
             counts = tf.stack([tf.reduce_sum(error), tf.cast(tf.size(error), tf.float32)])
             return maxima, tf.concat([counts, histogram], 0)
-        maxima, sums = _map_images(image_statistics, probs, (
+        maxima, sums = _map_images(image_statistics, logits, (
             tf.TensorSpec([5], tf.float32), tf.TensorSpec([2 + num_bins], tf.float32)))
         return tf.reduce_max(maxima, axis=0), tf.reduce_sum(sums, axis=0)
 
@@ -259,39 +269,41 @@ class SSLoss(base.SumsLoss):
                   total_error / count, (median_bin + 0.5) * bin_width]
         return dict(zip(ERROR_STATISTICS, (float(v) for v in values)))
 
-    def _normalized_maps(self, labels, probs, valid):
-        """y, y_nor and p_nor, float32 [B, H, W, C]; arguments as structural_error."""
-        window_sums = _window_sums_outside_xla(labels, probs, valid, self.window_size,
+    def _labels_logits_and_mask(self, y_true, y_pred):
+        """int32 labels [B, H, W] (-1 invalid), float32 logits [B, H, W, C], valid [B, H, W, 1]."""
+        labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
+        return labels, base.sigmoid_logits(logits, self.from_logits), valid
+
+    def _normalized_maps(self, labels, logits, valid):
+        """y, y_nor and p_nor, float32 [B, H, W, C], from _labels_logits_and_mask's tensors."""
+        window_sums = _window_sums_outside_xla(labels, logits, valid, self.window_size,
                                                self.sigma)
-        return _xla_normalized_maps(labels, probs, valid, self.window_size, self.sigma,
+        return _xla_normalized_maps(labels, logits, valid, self.window_size, self.sigma,
                                     self.c4, window_sums)
 
     def sums(self, y_true, y_pred):
-        labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
-        logits = base.sigmoid_logits(logits, self.from_logits)
+        labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
         num_valid = tf.reduce_sum(valid)
         if not (self.ohem or self.reweight):
             # weight = f = m: the SSL term is the BCE sum over M = N C.
             (bce_sum,) = cross_entropy.sigmoid_cross_entropy_sums(logits, labels, [valid])
             return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": bce_sum,
                     "num_hard": num_valid * tf.cast(tf.shape(logits)[-1], tf.float32)}
-        # Computed once for the batch: the BCE gradient reuses it.
-        probs = tf.sigmoid(tf.stop_gradient(logits))
         weight, (bce_sum, ssl_sum, num_hard) = self._weights_and_sums(
-            labels, tf.stop_gradient(logits), probs, valid)
+            labels, tf.stop_gradient(logits), valid)
         if not self.ohem:
             num_hard = num_valid * tf.cast(tf.shape(logits)[-1], tf.float32)
         bce_sum, ssl_sum = cross_entropy.sigmoid_cross_entropy_sums(
-            logits, labels, [valid, weight], probs, forward_sums=[bce_sum, ssl_sum])
+            logits, labels, [valid, weight], forward_sums=[bce_sum, ssl_sum])
         return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": ssl_sum,
                 "num_hard": num_hard}
 
-    def _weights_and_sums(self, labels, logits, probs, valid):
+    def _weights_and_sums(self, labels, logits, valid):
         """The example weights and the forward sums of the loss, one image at a time.
 
         Args:
           labels: int32 [B, H, W], -1 at invalid pixels.
-          logits, probs: float32 [B, H, W, C], x and sigmoid(x), no gradient.
+          logits: float32 [B, H, W, C], no gradient.
           valid: float32 [B, H, W, 1].
 
         Returns:
@@ -302,11 +314,11 @@ class SSLoss(base.SumsLoss):
 
         def image_weights_and_sums(index):
             image = slice(index, index + 1)
-            window_sums = _window_sums_outside_xla(labels[image], probs[image], valid[image],
+            window_sums = _window_sums_outside_xla(labels[image], logits[image], valid[image],
                                                    self.window_size, self.sigma)
             weight, bce = _xla_weights_and_cross_entropy(
-                labels[image], logits[image], probs[image], valid[image], self.window_size,
-                self.sigma, self.c4, window_sums, threshold=threshold, reweight=self.reweight)
+                labels[image], logits[image], valid[image], self.window_size, self.sigma,
+                self.c4, window_sums, threshold=threshold, reweight=self.reweight)
             # Hard examples have e > beta e_max >= 0, so exactly the non-zero weights. A float32
             # sum of their signs: half the time of count_nonzero (bool, int64 and sum passes).
             num_hard = tf.reduce_sum(tf.sign(weight)) if self.ohem else 0.0
@@ -314,7 +326,7 @@ class SSLoss(base.SumsLoss):
                              cross_entropy.weighted_sum(bce, weight),
                              num_hard])
             return weight[0], sums
-        weight, sums = _map_images(image_weights_and_sums, probs,
+        weight, sums = _map_images(image_weights_and_sums, logits,
                                    (tf.float32, tf.TensorSpec([3], tf.float32)))
         return weight, tf.unstack(tf.reduce_sum(sums, axis=0))
 
