@@ -145,6 +145,30 @@ def test_ssl_matches_numpy_reference(window_size):
         np.testing.assert_allclose(sums[key], expected_value, rtol=1e-5)
 
 
+@pytest.mark.parametrize("window_size", [3, 7])
+def test_one_class_windows_give_y_nor_exactly_one(window_size):
+    """var_y is exactly 0 in a window of one class (window sums inside and outside XLA).
+
+    y_nor = (y - mu_y + c4) / (sigma_y + c4) is then 1 up to mu_y's rounding (~6e-6); the
+    rounding of a var_y computed as mu_y (1 - mu_y) would move it by ~2%.
+    """
+    labels, _ = random_batch(7, shape=(2, 8, 9, 4))
+    labels = np.repeat(np.repeat(labels, 4, 1), 4, 2)  # blocks of 12 x 12 pixels
+    logits = np.random.default_rng(0).normal(size=labels.shape + (4,)).astype(np.float32)
+    loss = losses.SSLoss(window_size=window_size)
+    _, y_nor, _ = loss._normalized_maps(*loss._labels_logits_and_mask(labels, logits))
+    radius = window_size // 2
+    padded = np.pad(labels, [(0, 0), (radius, radius), (radius, radius)],
+                    constant_values=IGNORE)
+    checked = 0
+    for b, i, j in zip(*np.nonzero(labels != IGNORE)):
+        window = padded[b, i:i + window_size, j:j + window_size]
+        if len(set(window[window != IGNORE].tolist())) == 1:
+            np.testing.assert_allclose(y_nor[b, i, j].numpy(), 1.0, atol=2e-5)
+            checked += 1
+    assert checked > 50
+
+
 @pytest.mark.parametrize("ohem,reweight", [(True, False), (False, True), (False, False)])
 def test_table3_switches_match_reference(ohem, reweight):
     labels, logits = random_batch(11)
