@@ -6,6 +6,8 @@
 # under results/camvid/METHOD/seedSEED/. Checkpoints stay in runs/ (not committed). Runs that
 # finished are not trained or evaluated again, so a killed study resumes where it stopped.
 # METHODS and SEEDS (environment) choose a subset, e.g. METHODS="ce ssl3" SEEDS="0".
+# MODEL=deeplabv3plus trains DeepLabv3+ (configs/camvid/deeplabv3plus.flags) instead, into
+# results/camvid_deeplabv3plus/ and runs/camvid_deeplabv3plus/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
@@ -13,6 +15,9 @@ METHODS=${METHODS:-"ce bce ssim7_3 ssl1 ssl3 ssl7 ssl3_ohem_only ssl3_reweight_o
 SEEDS=${SEEDS:-"0 1 2"}
 CAMVID=${CAMVID:-../shared/data/camvid}
 DATA=data/camvid_180x240  # --dataset_dir of configs/camvid/deeplabv3.flags
+MODEL=${MODEL:-deeplabv3}
+STUDY=camvid
+[ "$MODEL" = deeplabv3 ] || STUDY=camvid_$MODEL
 
 if ! ls "$DATA"/val-*.tfrecord >/dev/null 2>&1; then
   "$PY" -m deeplab_ssl.datasets.build_camvid_data --camvid_root="$CAMVID" \
@@ -21,15 +26,15 @@ fi
 
 for seed in $SEEDS; do
   for method in $METHODS; do
-    logdir=runs/camvid/${method}_seed$seed
-    out=results/camvid/$method/seed$seed
+    logdir=runs/$STUDY/${method}_seed$seed
+    out=results/$STUDY/$method/seed$seed
     if [ -f "$out/eval_val.json" ]; then continue; fi
-    echo "== $method seed $seed"
+    echo "== $MODEL $method seed $seed"
     mkdir -p "$out"
-    "$PY" train.py --flagfile="configs/camvid/$method.flags" --seed="$seed" \
-      --train_logdir="$logdir" 2>&1 | tee "$out/train.log" | grep -E "step [0-9]+/|Error" || true
+    "$PY" train.py --flagfile="configs/camvid/$method.flags" \
+      --flagfile="configs/camvid/$MODEL.flags" --seed="$seed" --train_logdir="$logdir" 2>&1 | tee "$out/train.log" | grep -E "step [0-9]+/|Error" || true
     [ -f "$logdir/checkpoint" ] || { echo "training $method seed $seed failed" >&2; exit 1; }
-    "$PY" eval.py --flagfile=configs/camvid/deeplabv3.flags --checkpoint_dir="$logdir" \
+    "$PY" eval.py --flagfile="configs/camvid/$MODEL.flags" --checkpoint_dir="$logdir" \
       --eval_split=val --max_number_of_evaluations=1 > "$out/eval.log" 2>&1
     cp "configs/camvid/$method.flags" "$out/"
     cp "$logdir/train_log.jsonl" "$out/"
