@@ -32,7 +32,8 @@ for seed in $SEEDS; do
     echo "== $MODEL $method seed $seed"
     mkdir -p "$out"
     "$PY" train.py --flagfile="configs/camvid/$method.flags" \
-      --flagfile="configs/camvid/$MODEL.flags" --seed="$seed" --train_logdir="$logdir" 2>&1 | tee "$out/train.log" | grep -E "step [0-9]+/|Error" || true
+      --flagfile="configs/camvid/$MODEL.flags" --seed="$seed" --train_logdir="$logdir" 2>&1 \
+      | tee "$out/train.log" | grep -E "step [0-9]+/|Error" || true
     [ -f "$logdir/checkpoint" ] || { echo "training $method seed $seed failed" >&2; exit 1; }
     "$PY" eval.py --flagfile="configs/camvid/$MODEL.flags" --checkpoint_dir="$logdir" \
       --eval_split=val --max_number_of_evaluations=1 > "$out/eval.log" 2>&1
