@@ -75,10 +75,11 @@ class SumsLoss(keras.losses.Loss):
     """Base class: a keras Loss computed from additive sums over the batch.
 
     Subclasses implement `sums`, `terms` and `loss_from_sums`. `loss(y_true, y_pred)` returns
-    the float32 scalar `loss_from_sums(sums(y_true, y_pred))`. Inside `model.fit` under a tf.distribute
-    strategy it is scaled by 1 / num_replicas_in_sync like every Keras loss, so the SUM of the
-    replicas' gradients is the mean of the per-replica losses' gradients (standard Keras
-    semantics). For the exact loss of the global batch in a custom loop use `cross_replica_loss`.
+    the float32 scalar `loss_from_sums(sums(y_true, y_pred))`. Inside `model.fit` under a
+    tf.distribute strategy it is scaled by 1 / num_replicas_in_sync like every Keras loss, so
+    the SUM of the replicas' gradients is the mean of the per-replica losses' gradients
+    (standard Keras semantics). For the exact loss of the global batch in a custom loop use
+    `cross_replica_loss`.
     """
 
     def sums(self, y_true, y_pred):
