@@ -103,12 +103,20 @@ def random_batch(seed, shape=(2, 12, 13, 4), ignore_fraction=0.15, scale=2.5):
     return labels.astype(np.int32), logits
 
 
-def loss_and_gradient(loss, labels, logits):
-    logits = tf.constant(logits)
-    with tf.GradientTape() as tape:
-        tape.watch(logits)
-        value = loss(labels, logits)
-    return value.numpy(), tape.gradient(value, logits).numpy()
+def loss_and_gradient(loss, labels, logits, static_batch=True):
+    """The loss and its gradient w.r.t. the logits, as NumPy; with static_batch=False, in a
+    tf.function whose batch dimension is unknown (None) when traced."""
+    def run(labels, logits):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = loss(labels, logits)
+        return value, tape.gradient(value, logits)
+    if not static_batch:
+        run = tf.function(run, input_signature=[
+            tf.TensorSpec([None] + list(labels.shape[1:]), tf.int32),
+            tf.TensorSpec([None] + list(logits.shape[1:]), tf.float32)])
+    value, gradient = run(tf.constant(labels), tf.constant(logits))
+    return value.numpy(), gradient.numpy()
 
 
 @pytest.mark.parametrize("in_xla", [False, True])
@@ -126,8 +134,10 @@ def test_local_sums_match_numpy_window_sums(window_size, in_xla):
                                        rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("static_batch", [True, False])
 @pytest.mark.parametrize("window_size", [1, 3, 5, 7, 11])
-def test_ssl_matches_numpy_reference(window_size):
+def test_ssl_matches_numpy_reference(window_size, static_batch):
+    """Static batch sizes take one XLA call per image; unknown ones map over the images."""
     labels, logits = random_batch(window_size)
     expected, expected_gradient, error, threshold, expected_sums = np_ssl_reference(
         labels, logits, window_size=window_size)
@@ -137,7 +147,7 @@ def test_ssl_matches_numpy_reference(window_size):
         assert np.abs(error[valid] - threshold).min() > 1e-4
         assert 0 < expected_sums["num_hard"] < valid.sum()
     loss = losses.SSLoss(window_size=window_size)
-    value, gradient = loss_and_gradient(loss, labels, logits)
+    value, gradient = loss_and_gradient(loss, labels, logits, static_batch)
     np.testing.assert_allclose(value, expected, rtol=1e-5)
     np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-9)
     sums = {k: v.numpy() for k, v in loss.sums(labels, logits).items()}

@@ -47,7 +47,9 @@ def sigmoid_cross_entropy_sums(logits, labels, weights, forward_sums=None):
     Args:
       logits: float32 [B, H, W, C].
       labels: int32 [B, H, W], -1 at ignored pixels (y = 0 there).
-      weights: list of float32 tensors [B, H, W, 1] or [B, H, W, C].
+      weights: list of float32 tensors [B, H, W, 1] or [B, H, W, C]; a weight may also be a
+        list of pieces [B_i, H, W, C] along the batch (B = sum B_i), read in place by the
+        gradient: no concatenated copy is made.
       forward_sums: None, or the list of float32 scalars sum(weights[i] * BCE) that the caller
         computed itself from the same logits (e.g. fused with other work): only the gradient
         is then added to them.
@@ -56,13 +58,13 @@ def sigmoid_cross_entropy_sums(logits, labels, weights, forward_sums=None):
       list of float32 scalars, sum(weights[i] * BCE).
     """
     num_classes = tf.shape(logits)[-1]
-    weights = [tf.stop_gradient(w) for w in weights]
+    weights = tf.nest.map_structure(tf.stop_gradient, weights)
 
     @tf.custom_gradient
     def weighted_sums(logits):
         if forward_sums is None:
             bce = sigmoid_cross_entropy(logits, labels, num_classes)
-            sums = [weighted_sum(bce, w) for w in weights]
+            sums = [weighted_sum(bce, _concat(w)) for w in weights]
         else:
             sums = [tf.identity(tf.stop_gradient(s)) for s in forward_sums]
 
@@ -80,7 +82,13 @@ def sigmoid_cross_entropy_sums(logits, labels, weights, forward_sums=None):
 def _xla_weighted_gradient(upstream, weights, logits, labels):
     """(sum_i upstream[i] weights[i]) (sigmoid(x) - y), float32 [B, H, W, C]."""
     error = tf.sigmoid(logits) - tf.one_hot(labels, tf.shape(logits)[-1])
-    return sum(g * w for g, w in zip(upstream, weights)) * error
+    # XLA fuses the concatenation of a weight's pieces into this loop.
+    return sum(g * _concat(w) for g, w in zip(upstream, weights)) * error
+
+
+def _concat(weight):
+    """A weight of sigmoid_cross_entropy_sums as one tensor: its pieces concatenated."""
+    return tf.concat(weight, 0) if isinstance(weight, (list, tuple)) else weight
 
 
 @keras.saving.register_keras_serializable(package="deeplab_ssl")

@@ -33,12 +33,38 @@ def _window_maps(labels, probs, valid):
     return tf.one_hot(labels, probs.shape[-1]), masked_probs, masked_probs * probs
 
 
-def _normalized_maps(labels, probs, valid, window_size, sigma, c4, window_sums=None):
+def _valid_window_sums(valid, window_size, sigma, window_sums=None):
+    """sum(w m) and m / sum(w m), float32 [B, H, W, 1]: the statistics' per-pixel factors.
+
+    Args:
+      valid: float32 [B, H, W, 1], m.
+      window_size, sigma: Python floats.
+      window_sums: None (sum(w m) as shifted adds, in XLA), or the window sums of
+        _window_maps' maps, computed outside XLA.
+    """
+    if window_sums is None:
+        # In a window holding one class c, y_c and m are the same numbers, summed by the
+        # same shifted adds: sum(w m) - sum(w m y_c) is exactly 0 there and var_y =
+        # mu_y mu_(1-y) is exactly 0 (mu_y (1 - mu_y) would round to ~6e-8: sqrt(var_y) = 2%
+        # of c4).
+        sum_m = local_stats.local_sums(valid, window_size, sigma, in_xla=True)
+    else:
+        # The one-hot y sum to m over the classes, so the sum of their window sums is
+        # sum(w m), exactly sum(w m y_c) in a one-class window (the other sums are exact
+        # zeros): the same exact 0 without a window sum of m of another kind.
+        sum_m = tf.reduce_sum(window_sums[0], axis=-1, keepdims=True)
+    # sum(w m) >= w_c > 0 at valid pixels; m / sum(w m) zeroes the invalid ones.
+    return sum_m, tf.math.divide_no_nan(valid, sum_m)
+
+
+def _normalized_maps(labels, probs, valid, window_size, sigma, c4, valid_sums,
+                     window_sums=None):
     """y (one-hot), y_nor and p_nor of the SSLoss docstring, in an XLA-compiled function.
 
     Args:
       labels, probs, valid: as _window_maps.
       window_size, sigma, c4: Python floats.
+      valid_sums: _valid_window_sums(valid, window_size, sigma, window_sums).
       window_sums: None, or the window sums of _window_maps' maps (for windows larger than
         local_stats.LARGEST_WINDOW_IN_XLA, computed outside XLA); None sums them here.
 
@@ -49,19 +75,8 @@ def _normalized_maps(labels, probs, valid, window_size, sigma, c4, window_sums=N
     if window_sums is None:
         window_sums = [local_stats.local_sums(t, window_size, sigma, in_xla=True)
                        for t in (one_hot, masked_probs, masked_probs2)]
-        # In a window holding one class c, y_c and m are the same numbers, summed here in the
-        # same order: sum(w m) - sum(w m y_c) is exactly 0 there and var_y = mu_y mu_(1-y) is
-        # exactly 0 (mu_y (1 - mu_y) would round to ~6e-8: sqrt(var_y) = 2% of c4).
-        sum_m = local_stats.local_sums(valid, window_size, sigma, in_xla=True)
-    else:
-        # The one-hot y sum to m over the classes, so the sum of their window sums is
-        # sum(w m), exactly sum(w m y_c) in a one-class window (the other sums are exact
-        # zeros): the same exact 0 without a window sum of m of another kind. Inside XLA the
-        # window sum of m is ~9% faster than this sum over the classes.
-        sum_m = tf.reduce_sum(window_sums[0], axis=-1, keepdims=True)
     sum_y, sum_p, sum_p2 = window_sums
-    # sum(w m) >= w_c > 0 at valid pixels; m / sum(w m) zeroes the invalid ones.
-    inverse_weight = tf.math.divide_no_nan(valid, sum_m)
+    sum_m, inverse_weight = valid_sums
     mu_y = sum_y * inverse_weight
     sigma_y = tf.sqrt(mu_y * ((sum_m - sum_y) * inverse_weight))
     mu_p = sum_p * inverse_weight
@@ -82,6 +97,15 @@ def _window_sums_outside_xla(labels, logits, valid, window_size, sigma):
     return [local_stats.local_sums(t, window_size, sigma) for t in maps]
 
 
+def _window_sums(labels, logits, valid, window_size, sigma):
+    """The window sums that _normalized_maps takes: (valid_sums, window_sums).
+
+    Args: as _window_sums_outside_xla.
+    """
+    window_sums = _window_sums_outside_xla(labels, logits, valid, window_size, sigma)
+    return _xla_valid_window_sums(valid, window_size, sigma, window_sums), window_sums
+
+
 # XLA fuses the sigmoid, the window sums (shifted adds, small windows) and the ~30
 # element-wise passes of the SSL's weights into a few loops: measured ~2x faster on CPU than
 # TF ops with depthwise convolutions (benchmarks/loss_bench.py). The reductions stay outside
@@ -91,21 +115,29 @@ def _xla_window_maps(labels, logits, valid):
     return _window_maps(labels, tf.sigmoid(logits), valid)
 
 
+# Apart from the per-class work: fused into it, the per-pixel sums would be computed again
+# for every class (measured 5% of the SSL's fused part).
 @tf.function(jit_compile=True)
-def _xla_normalized_maps(labels, logits, valid, window_size, sigma, c4, window_sums):
+def _xla_valid_window_sums(valid, window_size, sigma, window_sums):
+    return _valid_window_sums(valid, window_size, sigma, window_sums)
+
+
+@tf.function(jit_compile=True)
+def _xla_normalized_maps(labels, logits, valid, window_size, sigma, c4, valid_sums,
+                         window_sums):
     return _normalized_maps(labels, tf.sigmoid(logits), valid, window_size, sigma, c4,
-                            window_sums)
+                            valid_sums, window_sums)
 
 
 @tf.function(jit_compile=True)
-def _xla_weights_and_cross_entropy(labels, logits, valid, window_size, sigma, c4, window_sums,
-                                   threshold, reweight):
+def _xla_weights_and_cross_entropy(labels, logits, valid, window_size, sigma, c4, valid_sums,
+                                   window_sums, threshold, reweight):
     """The SSL's example weights and the element-wise BCE, for one piece of the batch.
 
     Args:
       labels: int32 [B, H, W], -1 at invalid pixels.
       logits: float32 [B, H, W, C] (no gradient flows here).
-      valid, window_size, sigma, c4, window_sums: as _normalized_maps.
+      valid, window_size, sigma, c4, valid_sums, window_sums: as _normalized_maps.
       threshold: Python float beta e_max (f = e > threshold), or None for no OHEM (f = m).
       reweight: Python bool, weight = e f (else f).
 
@@ -115,7 +147,7 @@ def _xla_weights_and_cross_entropy(labels, logits, valid, window_size, sigma, c4
     """
     probs = tf.sigmoid(logits)
     one_hot, y_nor, p_nor = _normalized_maps(labels, probs, valid, window_size, sigma, c4,
-                                             window_sums)
+                                             valid_sums, window_sums)
     error = tf.abs(y_nor - p_nor)
     if threshold is None:
         weight = error
@@ -281,10 +313,10 @@ class SSLoss(base.SumsLoss):
 
     def _normalized_maps(self, labels, logits, valid):
         """y, y_nor and p_nor, float32 [B, H, W, C], from _labels_logits_and_mask's tensors."""
-        window_sums = _window_sums_outside_xla(labels, logits, valid, self.window_size,
+        valid_sums, window_sums = _window_sums(labels, logits, valid, self.window_size,
                                                self.sigma)
         return _xla_normalized_maps(labels, logits, valid, self.window_size, self.sigma,
-                                    self.c4, window_sums)
+                                    self.c4, valid_sums, window_sums)
 
     def sums(self, y_true, y_pred):
         labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
@@ -312,28 +344,42 @@ class SSLoss(base.SumsLoss):
           valid: float32 [B, H, W, 1].
 
         Returns:
-          weight: float32 [B, H, W, C] (e f, f or e, see the class docstring).
+          weight: float32 [B, H, W, C] (e f, f or e, see the class docstring); when B is
+            static, a list of B pieces [1, H, W, C] (a weight that
+            cross_entropy.sigmoid_cross_entropy_sums takes as it is).
           [sum(m BCE), sum(weight BCE), M] float32 scalars over the batch (M = 0 without OHEM).
         """
         threshold = self.beta * self.e_max if self.ohem else None
 
         def image_weights_and_sums(index):
             image = slice(index, index + 1)
-            window_sums = _window_sums_outside_xla(labels[image], logits[image], valid[image],
+            valid_sums, window_sums = _window_sums(labels[image], logits[image], valid[image],
                                                    self.window_size, self.sigma)
             weight, bce = _xla_weights_and_cross_entropy(
                 labels[image], logits[image], valid[image], self.window_size, self.sigma,
-                self.c4, window_sums, threshold=threshold, reweight=self.reweight)
+                self.c4, valid_sums, window_sums, threshold=threshold, reweight=self.reweight)
             # Hard examples have e > beta e_max >= 0, so exactly the non-zero weights. A float32
             # sum of their signs: half the time of count_nonzero (bool, int64 and sum passes).
             num_hard = tf.reduce_sum(tf.sign(weight)) if self.ohem else 0.0
             sums = tf.stack([cross_entropy.weighted_sum(bce, valid[image]),
                              cross_entropy.weighted_sum(bce, weight),
                              num_hard])
-            return weight[0], sums
-        weight, sums = _map_images(image_weights_and_sums, logits,
-                                   (tf.float32, tf.TensorSpec([3], tf.float32)))
-        return weight, tf.unstack(tf.reduce_sum(sums, axis=0))
+            return weight, sums
+        batch_size = logits.shape[0]
+        if batch_size is None:
+            weight, sums = _map_images(image_weights_and_sums, logits,
+                                       (tf.float32, tf.TensorSpec([3], tf.float32)))
+            return tf.squeeze(weight, axis=1), tf.unstack(tf.reduce_sum(sums, axis=0))
+        # A static batch: the weights stay B pieces, which the gradient reads in place, without
+        # map_fn's stacked copy of them.
+        weights, sums = [], []
+        for index in range(batch_size):
+            # One image after the other, as map_fn: the temporaries of one image only.
+            with tf.control_dependencies(sums[-1:]):
+                weight, image_sums = image_weights_and_sums(index)
+            weights.append(weight)
+            sums.append(image_sums)
+        return weights, tf.unstack(tf.add_n(sums))
 
     def terms(self, sums):
         return {"bce": tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"]),
