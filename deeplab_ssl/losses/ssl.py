@@ -86,33 +86,31 @@ def _normalized_maps(labels, probs, valid, window_size, sigma, c4, valid_sums,
     return one_hot, y_nor, p_nor
 
 
-def _window_sums_outside_xla(labels, logits, valid, window_size, sigma):
+def _window_sums_outside_xla(labels, probs, valid, window_size, sigma):
     """None for windows summed inside XLA, else the window sums of the _window_maps.
 
-    Args: labels and valid as _window_maps, logits float32 [B, H, W, C], no gradient.
+    Args: as _window_maps.
     """
     if window_size <= local_stats.LARGEST_WINDOW_IN_XLA:
         return None
-    maps = _xla_window_maps(labels, logits, valid)
+    maps = _xla_window_maps(labels, probs, valid)
     return [local_stats.local_sums(t, window_size, sigma) for t in maps]
 
 
-def _window_sums(labels, logits, valid, window_size, sigma):
+def _window_sums(labels, probs, valid, window_size, sigma):
     """The window sums that _normalized_maps takes: (valid_sums, window_sums).
 
-    Args: as _window_sums_outside_xla.
+    Args: as _window_maps.
     """
-    window_sums = _window_sums_outside_xla(labels, logits, valid, window_size, sigma)
+    window_sums = _window_sums_outside_xla(labels, probs, valid, window_size, sigma)
     return _xla_valid_window_sums(valid, window_size, sigma, window_sums), window_sums
 
 
-# XLA fuses the sigmoid, the window sums (shifted adds, small windows) and the ~30
-# element-wise passes of the SSL's weights into a few loops: measured ~2x faster on CPU than
-# TF ops with depthwise convolutions (benchmarks/loss_bench.py). The reductions stay outside
-# XLA, which runs them slower on CPU. These take logits: no batch-sized sigmoid is kept.
-@tf.function(jit_compile=True)
-def _xla_window_maps(labels, logits, valid):
-    return _window_maps(labels, tf.sigmoid(logits), valid)
+# XLA fuses the window sums (shifted adds, small windows) and the ~30 element-wise passes of
+# the SSL's weights into a few loops: measured ~2x faster on CPU than TF ops with depthwise
+# convolutions (benchmarks/loss_bench.py). The reductions stay outside XLA, which runs them
+# slower on CPU, and so does the sigmoid: TF's took ~10% off the fused part.
+_xla_window_maps = tf.function(_window_maps, jit_compile=True)
 
 
 # Apart from the per-class work: fused into it, the per-pixel sums would be computed again
@@ -122,21 +120,18 @@ def _xla_valid_window_sums(valid, window_size, sigma, window_sums):
     return _valid_window_sums(valid, window_size, sigma, window_sums)
 
 
-@tf.function(jit_compile=True)
-def _xla_normalized_maps(labels, logits, valid, window_size, sigma, c4, valid_sums,
-                         window_sums):
-    return _normalized_maps(labels, tf.sigmoid(logits), valid, window_size, sigma, c4,
-                            valid_sums, window_sums)
+_xla_normalized_maps = tf.function(_normalized_maps, jit_compile=True)
 
 
 @tf.function(jit_compile=True)
-def _xla_weights_and_cross_entropy(labels, logits, valid, window_size, sigma, c4, valid_sums,
-                                   window_sums, threshold, reweight):
+def _xla_weights_and_cross_entropy(labels, logits, probs, valid, window_size, sigma, c4,
+                                   valid_sums, window_sums, threshold, reweight):
     """The SSL's example weights and the element-wise BCE, for one piece of the batch.
 
     Args:
       labels: int32 [B, H, W], -1 at invalid pixels.
       logits: float32 [B, H, W, C] (no gradient flows here).
+      probs: float32 [B, H, W, C], sigmoid(logits).
       valid, window_size, sigma, c4, valid_sums, window_sums: as _normalized_maps.
       threshold: Python float beta e_max (f = e > threshold), or None for no OHEM (f = m).
       reweight: Python bool, weight = e f (else f).
@@ -145,7 +140,6 @@ def _xla_weights_and_cross_entropy(labels, logits, valid, window_size, sigma, c4
       weight: float32 [B, H, W, C], 0 at invalid pixels.
       bce: float32 [B, H, W, C].
     """
-    probs = tf.sigmoid(logits)
     one_hot, y_nor, p_nor = _normalized_maps(labels, probs, valid, window_size, sigma, c4,
                                              valid_sums, window_sums)
     error = tf.abs(y_nor - p_nor)
@@ -313,9 +307,10 @@ class SSLoss(base.SumsLoss):
 
     def _normalized_maps(self, labels, logits, valid):
         """y, y_nor and p_nor, float32 [B, H, W, C], from _labels_logits_and_mask's tensors."""
-        valid_sums, window_sums = _window_sums(labels, logits, valid, self.window_size,
+        probs = tf.sigmoid(logits)
+        valid_sums, window_sums = _window_sums(labels, probs, valid, self.window_size,
                                                self.sigma)
-        return _xla_normalized_maps(labels, logits, valid, self.window_size, self.sigma,
+        return _xla_normalized_maps(labels, probs, valid, self.window_size, self.sigma,
                                     self.c4, valid_sums, window_sums)
 
     def sums(self, y_true, y_pred):
@@ -353,11 +348,13 @@ class SSLoss(base.SumsLoss):
 
         def image_weights_and_sums(index):
             image = slice(index, index + 1)
-            valid_sums, window_sums = _window_sums(labels[image], logits[image], valid[image],
+            probs = tf.sigmoid(logits[image])
+            valid_sums, window_sums = _window_sums(labels[image], probs, valid[image],
                                                    self.window_size, self.sigma)
             weight, bce = _xla_weights_and_cross_entropy(
-                labels[image], logits[image], valid[image], self.window_size, self.sigma,
-                self.c4, valid_sums, window_sums, threshold=threshold, reweight=self.reweight)
+                labels[image], logits[image], probs, valid[image], self.window_size,
+                self.sigma, self.c4, valid_sums, window_sums, threshold=threshold,
+                reweight=self.reweight)
             # Hard examples have e > beta e_max >= 0, so exactly the non-zero weights. A float32
             # sum of their signs: half the time of count_nonzero (bool, int64 and sum passes).
             num_hard = tf.reduce_sum(tf.sign(weight)) if self.ohem else 0.0
