@@ -48,8 +48,8 @@ def sigmoid_cross_entropy_sums(logits, labels, weights, forward_sums=None):
       logits: float32 [B, H, W, C].
       labels: int32 [B, H, W], -1 at ignored pixels (y = 0 there).
       weights: list of float32 tensors [B, H, W, 1] or [B, H, W, C]; a weight may also be a
-        list of pieces [B_i, H, W, C] along the batch (B = sum B_i), read in place by the
-        gradient: no concatenated copy is made.
+        list of pieces [B_i, H, W, C] along the batch (B = sum B_i), which the XLA gradient
+        reads in place (without forward_sums, the forward concatenates them: a copy).
       forward_sums: None, or the list of float32 scalars sum(weights[i] * BCE) that the caller
         computed itself from the same logits (e.g. fused with other work): only the gradient
         is then added to them.
