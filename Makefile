@@ -7,10 +7,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install demo test clean
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py deeplab_ssl/losses/ssl_kernel.cc
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,crf]'
+	# The SSL's CPU kernel (needs g++); without it SSLoss takes its XLA path.
+	$(PY) -m deeplab_ssl.losses.build_kernel || echo "SSL kernel not built: SSLoss uses XLA"
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,4 +25,4 @@ test: install
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) *.egg-info deeplab_ssl/losses/_ssl_kernel_*.so

@@ -11,6 +11,8 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["deeplab_ssl", "deeplab_ssl.*"]),
+    # The SSL kernel's source, compiled after installation (deeplab_ssl/losses/ssl_kernel.py).
+    package_data={"deeplab_ssl.losses": ["ssl_kernel.cc"]},
     python_requires=">=3.11",
     install_requires=[
         "tensorflow>=2.16",

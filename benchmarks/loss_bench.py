@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from deeplab_ssl import losses  # noqa: E402
 
-LOSSES = ("bce", "ssl", "softmax_ce", "ssim7", "affinity", "bce_autodiff")
+LOSSES = ("bce", "ssl", "ssl_xla", "softmax_ce", "ssim7", "affinity", "bce_autodiff")
 TINY_SHAPE = (1, 33, 33)  # + C: logits small enough that a loss's peak is its fixed cost
 # The affinity loss needs ~32x BCE's memory: ~1.6 GB at [4, 257, 257, 21], over 12 GB at
 # [8, 513, 513, 21]; it is left out of larger logits.
@@ -58,9 +58,19 @@ def plain_sigmoid_cross_entropy(labels, logits):
     return tf.reduce_sum(bce * valid) / tf.reduce_sum(valid)
 
 
+def make_loss(name):
+    """A loss of LOSSES: get_loss's, "ssl_xla" (the SSL without its CPU kernel), or
+    "bce_autodiff"."""
+    if name == "bce_autodiff":
+        return plain_sigmoid_cross_entropy
+    if name == "ssl_xla":
+        return losses.SSLoss(implementation="xla")
+    return losses.get_loss(name)
+
+
 def loss_and_gradient_fn(name):
     """tf.function (labels, logits) -> (loss, gradient w.r.t. logits)."""
-    loss = plain_sigmoid_cross_entropy if name == "bce_autodiff" else losses.get_loss(name)
+    loss = make_loss(name)
 
     @tf.function
     def run(labels, logits):
@@ -184,7 +194,8 @@ def main():
                         help="logits shapes B,H,W,C")
     parser.add_argument("--losses", default=",".join(LOSSES),
                         help="comma-separated get_loss names (bce is always included), "
-                        "or bce_autodiff: TF's sigmoid CE op with autodiff, for reference")
+                        "ssl_xla (the SSL without its CPU kernel), or bce_autodiff: TF's "
+                        "sigmoid CE op with autodiff, for reference")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per loss")
     parser.add_argument("--conv", action="store_true",
                         help="only compare full and separable Gaussian windows")

@@ -1,4 +1,4 @@
-"""Test setup: quiet TensorFlow, and two logical CPU devices for the replica tests.
+"""Test setup: quiet TensorFlow, two logical CPU devices for the replica tests, the SSL kernel.
 
 Logical devices must be configured before TensorFlow initializes its runtime, so it happens
 here, once, for the whole session. Code that does not ask for them still sees /CPU:0 first.
@@ -23,3 +23,14 @@ def demo_dir(tmp_path_factory):
     build_demo_data.build_demo(str(path), num_train=16, num_val=2, height=64, width=80,
                                progress=False)
     return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ssl_kernel_built():
+    """The SSL's CPU kernel, built if `make install` did not (a failed build fails the tests):
+    SSLoss's default, "auto", then uses it, as it does for users who built it."""
+    from deeplab_ssl.losses import ssl_kernel
+    if ssl_kernel.load() is None:
+        ssl_kernel.build()
+        ssl_kernel.load.cache_clear()
+    assert ssl_kernel.available()

@@ -134,10 +134,14 @@ def test_local_sums_match_numpy_window_sums(window_size, in_xla):
                                        rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("static_batch", [True, False])
+# SSLoss's implementations: the kernel, and the XLA path with a static batch size (one XLA
+# call per image) or an unknown one (a map over the images).
+IMPLEMENTATIONS = [("kernel", True), ("kernel", False), ("xla", True), ("xla", False)]
+
+
+@pytest.mark.parametrize("implementation,static_batch", IMPLEMENTATIONS)
 @pytest.mark.parametrize("window_size", [1, 3, 5, 7, 11])
-def test_ssl_matches_numpy_reference(window_size, static_batch):
-    """Static batch sizes take one XLA call per image; unknown ones map over the images."""
+def test_ssl_matches_numpy_reference(window_size, implementation, static_batch):
     labels, logits = random_batch(window_size)
     expected, expected_gradient, error, threshold, expected_sums = np_ssl_reference(
         labels, logits, window_size=window_size)
@@ -146,7 +150,7 @@ def test_ssl_matches_numpy_reference(window_size, static_batch):
         valid = np.broadcast_to((labels != IGNORE)[..., None], error.shape)
         assert np.abs(error[valid] - threshold).min() > 1e-4
         assert 0 < expected_sums["num_hard"] < valid.sum()
-    loss = losses.SSLoss(window_size=window_size)
+    loss = losses.SSLoss(window_size=window_size, implementation=implementation)
     value, gradient = loss_and_gradient(loss, labels, logits, static_batch)
     np.testing.assert_allclose(value, expected, rtol=1e-5)
     np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-9)
@@ -179,13 +183,14 @@ def test_one_class_windows_give_y_nor_exactly_one(window_size):
     assert checked > 50
 
 
+@pytest.mark.parametrize("implementation", ["kernel", "xla"])
 @pytest.mark.parametrize("ohem,reweight", [(True, False), (False, True), (False, False)])
-def test_table3_switches_match_reference(ohem, reweight):
+def test_table3_switches_match_reference(ohem, reweight, implementation):
     labels, logits = random_batch(11)
     expected, expected_gradient, *_ = np_ssl_reference(labels, logits, ohem=ohem,
                                                        reweight=reweight)
-    value, gradient = loss_and_gradient(losses.SSLoss(ohem=ohem, reweight=reweight),
-                                        labels, logits)
+    loss = losses.SSLoss(ohem=ohem, reweight=reweight, implementation=implementation)
+    value, gradient = loss_and_gradient(loss, labels, logits)
     np.testing.assert_allclose(value, expected, rtol=1e-5)
     np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-9)
 
@@ -436,6 +441,25 @@ def test_compile_fit_and_saved_keras_model(tmp_path):
     restored = keras.models.load_model(path)
     assert isinstance(restored.loss, losses.SSLoss)
     assert restored.loss.get_config() == model.loss.get_config()
+
+
+def test_compile_with_jit_compile():
+    """Keras' jit_compile=True (its default on GPUs) compiles the loss with XLA: the SSL then
+    takes its XLA path, whole batch at once, and gives the same loss."""
+    rng = np.random.default_rng(2)
+    images = rng.random((4, 8, 8, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, (4, 8, 8)).astype(np.int32)
+    model = tiny_model(3)
+    values = []
+    for jit_compile in (False, True):
+        model.compile(optimizer="sgd", loss=losses.SSLoss(), jit_compile=jit_compile)
+        values.append(model.evaluate(images, labels, batch_size=4, verbose=0))
+    np.testing.assert_allclose(values[1], values[0], rtol=1e-5)
+    history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    model.compile(optimizer="sgd", loss=losses.SSLoss(implementation="kernel"), jit_compile=True)
+    with pytest.raises(ValueError, match="cannot run inside an XLA-compiled"):
+        model.evaluate(images, labels, batch_size=4, verbose=0)
 
 
 def test_get_loss_unknown_name_lists_names():

@@ -23,7 +23,8 @@ def _check_window(window_size, sigma):
         raise ValueError(f"sigma must be > 0, got {sigma}")
 
 
-def _gaussian_1d(window_size, sigma):
+def gaussian_1d(window_size, sigma):
+    """The 1-D Gaussian whose outer product is gaussian_window: numpy float64 [k], sum 1."""
     _check_window(window_size, sigma)
     offsets = np.arange(window_size, dtype=np.float64) - (window_size - 1) / 2.0
     weights = np.exp(-0.5 * (offsets / sigma) ** 2)
@@ -41,7 +42,7 @@ def gaussian_window(window_size, sigma):
     Returns:
       numpy float32 [k, k].
     """
-    weights = _gaussian_1d(window_size, sigma)
+    weights = gaussian_1d(window_size, sigma)
     return np.outer(weights, weights).astype(np.float32)
 
 
@@ -61,7 +62,7 @@ def local_sums(x, window_size, sigma, in_xla=False):
     Returns:
       float32 [B, H, W, n]: sum_i w_i x_i over the window centred on each pixel.
     """
-    weights = _gaussian_1d(window_size, sigma).astype(np.float32)
+    weights = gaussian_1d(window_size, sigma).astype(np.float32)
     if in_xla:
         return _shifted_sums(x, weights)
     channels = x.shape[-1]

@@ -4,10 +4,14 @@ import math
 import keras
 import numpy as np
 import tensorflow as tf
+# Private but long-standing (Keras 2's LSTM chose its implementation with it); TF has no public
+# way to ask whether a function is being compiled with XLA.
+from tensorflow.python.ops import control_flow_util
 
 from deeplab_ssl.losses import base
 from deeplab_ssl.losses import cross_entropy
 from deeplab_ssl.losses import local_stats
+from deeplab_ssl.losses import ssl_kernel
 
 
 def max_structural_error(window_size, sigma, c4):
@@ -152,6 +156,11 @@ def _xla_weights_and_cross_entropy(labels, logits, probs, valid, window_size, si
     return weight, cross_entropy.sigmoid_cross_entropy(logits, labels, one_hot.shape[-1], probs)
 
 
+def _in_xla_context():
+    """True while tracing inside a function compiled with XLA (e.g. Keras' jit_compile=True)."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def _map_images(image_fn, batch, output_signature):
     """tf.map_fn of image_fn(index) over the images of `batch` [B, ...], one after the other.
 
@@ -166,6 +175,8 @@ def _map_images(image_fn, batch, output_signature):
 ERROR_STATISTICS = ("y_nor_max", "y_nor_min", "p_nor_max", "p_nor_min", "error_max",
                     "error_mean", "error_median")
 ERROR_HISTOGRAM_BINS = 1000
+# SSLoss's ways to compute its weights.
+IMPLEMENTATIONS = ("auto", "kernel", "xla")
 
 
 @keras.saving.register_keras_serializable(package="deeplab_ssl")
@@ -210,12 +221,16 @@ class SSLoss(base.SumsLoss):
       from_logits: bool, y_pred holds logits (True) or sigmoid probabilities.
       ohem: bool, drop easy examples (f); Table 3's OHEM switch.
       reweight: bool, weight hard examples by e; Table 3's Reweight switch.
+      implementation: how the weights are computed, the same numbers either way (to float32
+        rounding): "kernel", the CPU kernel of ssl_kernel.py (~2x faster on CPU; built by
+        `python -m deeplab_ssl.losses.build_kernel`); "xla", TF and XLA-compiled ops (CPU and
+        GPU); "auto", the kernel when it is built and no GPU is visible, else "xla".
       name, reduction, dtype: as keras.losses.Loss (the loss is always a scalar).
     """
 
     def __init__(self, window_size=3, sigma=1.5, beta=0.1, c4=0.01, ce_weight=0.5,
-                 ignore_label=255, from_logits=True, ohem=True, reweight=True, name="ssl",
-                 **kwargs):
+                 ignore_label=255, from_logits=True, ohem=True, reweight=True,
+                 implementation="auto", name="ssl", **kwargs):
         super().__init__(name=name, **kwargs)
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
@@ -223,6 +238,9 @@ class SSLoss(base.SumsLoss):
             raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
         if not c4 > 0:
             raise ValueError(f"c4 must be > 0, got {c4}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
+                             f"{implementation!r}")
         self.window_size = window_size
         self.sigma = sigma
         self.beta = beta
@@ -232,6 +250,7 @@ class SSLoss(base.SumsLoss):
         self.from_logits = from_logits
         self.ohem = ohem
         self.reweight = reweight
+        self.implementation = implementation
         self.e_max = max_structural_error(window_size, sigma, c4)
 
     def structural_error(self, y_true, y_pred):
@@ -331,7 +350,8 @@ class SSLoss(base.SumsLoss):
                 "num_hard": num_hard}
 
     def _weights_and_sums(self, labels, logits, valid):
-        """The example weights and the forward sums of the loss, one image at a time.
+        """The example weights and the forward sums of the loss: the kernel's, or one image at
+        a time with XLA.
 
         Args:
           labels: int32 [B, H, W], -1 at invalid pixels.
@@ -339,29 +359,43 @@ class SSLoss(base.SumsLoss):
           valid: float32 [B, H, W, 1].
 
         Returns:
-          weight: float32 [B, H, W, C] (e f, f or e, see the class docstring); when B is
-            static, a list of B pieces [1, H, W, C] (a weight that
+          weight: float32 [B, H, W, C] (e f, f or e, see the class docstring); on the XLA path
+            with a static B, a list of B pieces [1, H, W, C] (a weight that
             cross_entropy.sigmoid_cross_entropy_sums takes as it is).
           [sum(m BCE), sum(weight BCE), M] float32 scalars over the batch (M = 0 without OHEM).
         """
         threshold = self.beta * self.e_max if self.ohem else None
+        in_xla = _in_xla_context()
+        if self._uses_kernel(in_xla):
+            weight, sums = ssl_kernel.ssl_weights(
+                logits, labels, valid, local_stats.gaussian_1d(self.window_size, self.sigma),
+                self.c4, self.ohem, threshold or 0.0, self.reweight)
+            return weight, tf.unstack(sums)
 
-        def image_weights_and_sums(index):
-            image = slice(index, index + 1)
-            probs = tf.sigmoid(logits[image])
-            valid_sums, window_sums = _window_sums(labels[image], probs, valid[image],
+        def piece_weights_and_sums(images):
+            """The weights and sums of the images of the batch in the slice `images`."""
+            probs = tf.sigmoid(logits[images])
+            valid_sums, window_sums = _window_sums(labels[images], probs, valid[images],
                                                    self.window_size, self.sigma)
             weight, bce = _xla_weights_and_cross_entropy(
-                labels[image], logits[image], probs, valid[image], self.window_size,
+                labels[images], logits[images], probs, valid[images], self.window_size,
                 self.sigma, self.c4, valid_sums, window_sums, threshold=threshold,
                 reweight=self.reweight)
             # Hard examples have e > beta e_max >= 0, so exactly the non-zero weights. A float32
             # sum of their signs: half the time of count_nonzero (bool, int64 and sum passes).
             num_hard = tf.reduce_sum(tf.sign(weight)) if self.ohem else 0.0
-            sums = tf.stack([cross_entropy.weighted_sum(bce, valid[image]),
+            sums = tf.stack([cross_entropy.weighted_sum(bce, valid[images]),
                              cross_entropy.weighted_sum(bce, weight),
                              num_hard])
             return weight, sums
+
+        def image_weights_and_sums(index):
+            return piece_weights_and_sums(slice(index, index + 1))
+        if in_xla:
+            # Compiled by the caller (Keras' jit_compile=True): the whole batch at once, as
+            # map_fn's loop does not compile there and XLA plans the memory itself.
+            weight, sums = piece_weights_and_sums(slice(None))
+            return weight, tf.unstack(sums)
         batch_size = logits.shape[0]
         if batch_size is None:
             weight, sums = _map_images(image_weights_and_sums, logits,
@@ -377,6 +411,16 @@ class SSLoss(base.SumsLoss):
             weights.append(weight)
             sums.append(image_sums)
         return weights, tf.unstack(tf.add_n(sums))
+
+    def _uses_kernel(self, in_xla):
+        """Whether the weights come from the kernel, which has no XLA version: "auto" takes the
+        XLA path inside a caller's XLA compilation."""
+        if self.implementation == "auto":
+            return ssl_kernel.available() and not in_xla
+        if self.implementation == "kernel" and in_xla:
+            raise ValueError("SSLoss(implementation='kernel') cannot run inside an XLA-compiled "
+                             "function (jit_compile=True): use implementation='auto' or 'xla'")
+        return self.implementation == "kernel"
 
     def terms(self, sums):
         return {"bce": tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"]),
@@ -400,5 +444,6 @@ class SSLoss(base.SumsLoss):
         config = super().get_config()
         config.update(window_size=self.window_size, sigma=self.sigma, beta=self.beta,
                       c4=self.c4, ce_weight=self.ce_weight, ignore_label=self.ignore_label,
-                      from_logits=self.from_logits, ohem=self.ohem, reweight=self.reweight)
+                      from_logits=self.from_logits, ohem=self.ohem, reweight=self.reweight,
+                      implementation=self.implementation)
         return config

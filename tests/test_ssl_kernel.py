@@ -1,0 +1,136 @@
+"""The SSL's CPU kernel: the same weights and sums as the XLA path, its errors, its build.
+
+Its agreement with the NumPy reference is in test_losses.py (both implementations).
+"""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_ssl import losses
+from deeplab_ssl.losses import ssl_kernel
+
+IGNORE = 255
+
+
+def blocky_batch(seed, shape):
+    """Labels in 4x4 blocks, some ignored, and logits [B, H, W, C].
+
+    Blocks keep every valid pixel beside valid ones: in a window of one valid pixel var_p is
+    float32 rounding noise, which moves e by up to ~0.02 (the SSLoss docstring).
+    """
+    rng = np.random.default_rng(seed)
+    batch, height, width, num_classes = shape
+    blocks = rng.integers(0, num_classes, (batch, height // 4 + 1, width // 4 + 1))
+    blocks[rng.random(blocks.shape) < 0.2] = IGNORE
+    labels = np.repeat(np.repeat(blocks, 4, 1), 4, 2)[:, :height, :width].astype(np.int32)
+    return labels, (3.0 * rng.normal(size=shape)).astype(np.float32)
+
+
+def weights_and_sums(loss, labels, logits):
+    """SSLoss's weights [B, H, W, C] and forward sums, as NumPy."""
+    labels, logits, valid = loss._labels_logits_and_mask(labels, logits)
+    weight, sums = loss._weights_and_sums(labels, logits, valid)
+    if isinstance(weight, list):
+        weight = tf.concat(weight, 0)
+    return weight.numpy(), np.array([s.numpy() for s in sums])
+
+
+# 70 rows: the kernel's units of 32 rows, and a last one of 6.
+@pytest.mark.parametrize("window_size", [1, 3, 5, 7, 11])
+@pytest.mark.parametrize("ohem,reweight", [(True, True), (True, False), (False, True)])
+def test_kernel_equals_xla_path(window_size, ohem, reweight):
+    labels, logits = blocky_batch(window_size, (2, 70, 45, 5))
+    options = dict(window_size=window_size, ohem=ohem, reweight=reweight)
+    kernel_weight, kernel_sums = weights_and_sums(
+        losses.SSLoss(implementation="kernel", **options), labels, logits)
+    xla_weight, xla_sums = weights_and_sums(
+        losses.SSLoss(implementation="xla", **options), labels, logits)
+    np.testing.assert_allclose(kernel_weight, xla_weight, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(kernel_sums, xla_sums, rtol=1e-5)
+    if ohem and window_size > 1:
+        assert 0 < kernel_sums[2] < (labels != IGNORE).sum() * 5
+
+
+def test_kernel_results_do_not_depend_on_the_batch_split():
+    """Bit for bit: an image's weights, alone or in a batch (replicas get pieces of the global
+    batch; one image of [37, 29, 5] starts rows at other alignments than the batch does)."""
+    labels, logits = blocky_batch(2, (4, 37, 29, 5))
+    loss = losses.SSLoss(implementation="kernel")
+    batch_weight, batch_sums = weights_and_sums(loss, labels, logits)
+    piece_sums = 0.0
+    for begin, end in ((0, 1), (1, 3), (3, 4)):
+        weight, sums = weights_and_sums(loss, labels[begin:end], logits[begin:end])
+        np.testing.assert_array_equal(weight, batch_weight[begin:end])
+        piece_sums += sums
+    np.testing.assert_allclose(piece_sums, batch_sums, rtol=1e-6)
+
+
+def test_kernel_gives_nan_for_nan_logits():
+    """A diverged run must show a NaN loss (training stops on it), not a finite one."""
+    labels, logits = blocky_batch(0, (1, 9, 8, 3))
+    logits[0, 4, 4, 1] = np.nan
+    loss = losses.SSLoss(implementation="kernel")
+    assert np.isnan(loss(labels, logits).numpy())
+
+
+def test_kernel_checks_shapes():
+    logits = tf.zeros([1, 6, 7, 3])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must be"):
+        ssl_kernel.ssl_weights(logits, tf.zeros([1, 6, 6], tf.int32), tf.ones([1, 6, 7, 1]),
+                               [0.25, 0.5, 0.25], 0.01, True, 0.4, True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="valid must be"):
+        ssl_kernel.ssl_weights(logits, tf.zeros([1, 6, 7], tf.int32), tf.ones([1, 6, 7]),
+                               [0.25, 0.5, 0.25], 0.01, True, 0.4, True)
+
+
+def test_unknown_implementation_raises():
+    with pytest.raises(ValueError, match="implementation"):
+        losses.SSLoss(implementation="cuda")
+
+
+@pytest.fixture
+def without_kernel(monkeypatch, tmp_path):
+    """ssl_kernel as on a machine where the kernel is not built."""
+    monkeypatch.setattr(ssl_kernel, "library_path", lambda: tmp_path / "missing.so")
+    ssl_kernel.load.cache_clear()
+    yield
+    monkeypatch.undo()
+    ssl_kernel.load.cache_clear()
+
+
+def test_without_kernel_auto_is_the_xla_path_and_kernel_says_how_to_build(without_kernel):
+    labels, logits = blocky_batch(1, (1, 12, 10, 3))
+    assert not ssl_kernel.available()
+    expected = losses.SSLoss(implementation="xla")(labels, logits).numpy()
+    assert losses.SSLoss()(labels, logits).numpy() == expected
+    with pytest.raises(RuntimeError, match="python -m deeplab_ssl.losses.build_kernel"):
+        losses.SSLoss(implementation="kernel")(labels, logits)
+
+
+def test_build_writes_a_loadable_library(tmp_path):
+    path = ssl_kernel.build(tmp_path / "kernel.so")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kernel.so"]
+    # In a new process: this one has the op registered from the installed library already.
+    program = f"""
+import tensorflow as tf
+library = tf.load_op_library({str(path)!r})
+_, sums = library.ssl_weights(
+    tf.zeros([1, 4, 4, 2]), tf.zeros([1, 4, 4], tf.int32), tf.ones([1, 4, 4, 1]),
+    window=[0.25, 0.5, 0.25], c4=0.01, ohem=True, threshold=0.4, reweight=True)
+print(float(sums[0]))
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            check=True)
+    # sigmoid(0) = 0.5: the BCE of each of the 32 examples is log 2.
+    assert float(result.stdout.split()[-1]) == pytest.approx(32 * np.log(2.0), rel=1e-6)
+
+
+def test_build_failure_names_the_source_and_leaves_no_file(tmp_path):
+    with pytest.raises(RuntimeError, match="ssl_kernel.cc failed"):
+        ssl_kernel.build(tmp_path / "kernel.so", compiler="false")
+    with pytest.raises(RuntimeError, match="Cannot run the compiler"):
+        ssl_kernel.build(tmp_path / "kernel.so", compiler=str(tmp_path / "no-such-compiler"))
+    assert not list(tmp_path.iterdir())
