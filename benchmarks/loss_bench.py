@@ -58,19 +58,14 @@ def plain_sigmoid_cross_entropy(labels, logits):
     return tf.reduce_sum(bce * valid) / tf.reduce_sum(valid)
 
 
-def make_loss(name):
-    """A loss of LOSSES: get_loss's, "ssl_xla" (the SSL without its CPU kernel), or
-    "bce_autodiff"."""
-    if name == "bce_autodiff":
-        return plain_sigmoid_cross_entropy
-    if name == "ssl_xla":
-        return losses.SSLoss(implementation="xla")
-    return losses.get_loss(name)
-
-
 def loss_and_gradient_fn(name):
     """tf.function (labels, logits) -> (loss, gradient w.r.t. logits)."""
-    loss = make_loss(name)
+    if name == "bce_autodiff":
+        loss = plain_sigmoid_cross_entropy
+    elif name == "ssl_xla":  # The SSL without its CPU kernel.
+        loss = losses.get_loss("ssl", implementation="xla")
+    else:
+        loss = losses.get_loss(name)
 
     @tf.function
     def run(labels, logits):
@@ -209,8 +204,8 @@ def main():
         benchmark_conv(args.rounds)
         return
     names = ["bce"] + [n for n in args.losses.split(",") if n != "bce"]
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, tf.function (the SSL's element-wise "
-          "part XLA-compiled, as in the library)")
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, tf.function (ssl: the SSL's CPU "
+          "kernel; ssl_xla: its XLA path, both as in the library)")
     for shape in shapes:
         shape_names = names
         if "affinity" in names and np.prod(shape) > AFFINITY_MAX_ELEMENTS:

@@ -3,9 +3,10 @@
 Each step is the real `training.Trainer.train_step` (forward, loss sums, cross-replica loss,
 weight decay, backward, SGD momentum update, host fetch of the metrics) of DeepLabv3 at crop
 `--crop` on one device. The losses share one model; each has its own optimizer and compiled
-step. After one warm-up step per loss, the repetitions are interleaved (SSL, BCE, CE, SSL, ...)
-so load changes of a shared machine hit every loss alike; the table gives medians and the
-median of the per-repetition ratios to BCE. Target: SSL at most 1.03x BCE.
+step. After one warm-up step per loss, the repetitions are interleaved (SSL, SSL without its
+CPU kernel, BCE, CE, SSL, ...) so load changes of a shared machine hit every loss alike; the
+table gives medians and the median of the per-repetition ratios to BCE. Target: SSL at most
+1.03x BCE.
 
     python benchmarks/train_bench.py --variants mobilenet_v2 resnet_v1_101_beta --crop 513 \
         --batch 2 --repetitions 5 --markdown train_bench.md  (a table for docs/benchmarks.md)
@@ -27,7 +28,9 @@ from deeplab_ssl import losses, training  # noqa: E402
 from deeplab_ssl.model import build_deeplab  # noqa: E402
 
 NUM_CLASSES = 21
-LOSSES = ("ssl", "bce", "softmax_ce")
+# name -> get_loss's arguments; ssl_xla is the SSL without its CPU kernel.
+LOSSES = {"ssl": ("ssl", {}), "ssl_xla": ("ssl", {"implementation": "xla"}),
+          "bce": ("bce", {}), "softmax_ce": ("softmax_ce", {})}
 
 
 def model_options(variant):
@@ -58,8 +61,9 @@ def bench_variant(variant, crop, batch, repetitions, steps, logdir):
         options = training.TrainOptions(
             train_logdir=os.path.join(logdir, variant, name), train_batch_size=batch,
             base_learning_rate=1e-4, training_number_of_steps=1000)
-        trainers[name] = training.Trainer(lambda: model, losses.get_loss(name), options,
-                                          strategy=strategy)
+        loss_name, loss_kwargs = LOSSES[name]
+        trainers[name] = training.Trainer(lambda: model, losses.get_loss(loss_name, **loss_kwargs),
+                                          options, strategy=strategy)
         iterators[name] = trainers[name].make_iterator(dataset_fn_of(crop, batch))
         trainers[name].train_step(trainers[name].next_batch(iterators[name]))  # Warm-up.
     seconds = {name: [] for name in LOSSES}

@@ -224,7 +224,9 @@ class SSLoss(base.SumsLoss):
       implementation: how the weights are computed, the same numbers either way (to float32
         rounding): "kernel", the CPU kernel of ssl_kernel.py (~2x faster on CPU; built by
         `python -m deeplab_ssl.losses.build_kernel`); "xla", TF and XLA-compiled ops (CPU and
-        GPU); "auto", the kernel when it is built and no GPU is visible, else "xla".
+        GPU); "auto", the kernel when it is built, no GPU is visible and the caller does not
+        compile the loss with XLA, else "xla". structural_error and error_statistics always
+        take the XLA path.
       name, reduction, dtype: as keras.losses.Loss (the loss is always a scalar).
     """
 

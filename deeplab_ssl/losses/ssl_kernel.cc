@@ -51,7 +51,7 @@ logits: [B, H, W, C] float32.
 labels: [B, H, W] int32, -1 at invalid pixels.
 valid: [B, H, W, 1] float32, the valid mask m.
 window: the normalized 1-D Gaussian weights, odd length k.
-weight: [B, H, W, C]: e f (ohem and reweight), f (ohem) or e (reweight).
+weight: [B, H, W, C]: e f (ohem and reweight), f (ohem) or e (no ohem).
 sums: [3]: sum(m BCE), sum(weight BCE), M (the number of hard examples; 0 without ohem).
 )doc");
 
@@ -82,6 +82,7 @@ class RowProcessor {
       : o_(options), height_(height), width_(width), channels_(channels),
         k_(options.window.size()), radius_(k_ / 2), row_size_(width * channels) {
     const int64 ring = static_cast<int64>(k_) * row_size_;
+    taps_.resize(k_);
     probs_.resize(ring);
     one_hot_.resize(ring);
     masked_probs_.resize(ring);
@@ -153,16 +154,8 @@ class RowProcessor {
     for (auto [maps, column_sum] : {std::pair{&one_hot_, &column_y_},
                                     std::pair{&masked_probs_, &column_p_},
                                     std::pair{&masked_probs2_, &column_p2_}}) {
-      float* out = column_sum->data() + pad;
-      const float* first = &(*maps)[Slot(row - radius_) * row_size_];
-#pragma omp simd
-      for (int64 i = 0; i < row_size_; ++i) out[i] = o_.window[0] * first[i];
-      for (int d = 1; d < k_; ++d) {
-        const float w = o_.window[d];
-        const float* in = &(*maps)[Slot(row - radius_ + d) * row_size_];
-#pragma omp simd
-        for (int64 i = 0; i < row_size_; ++i) out[i] += w * in[i];
-      }
+      for (int d = 0; d < k_; ++d) taps_[d] = &(*maps)[Slot(row - radius_ + d) * row_size_];
+      WindowPass(column_sum->data() + pad);
     }
   }
 
@@ -170,16 +163,22 @@ class RowProcessor {
   void RowSums() {
     for (auto [column_sum, sum] : {std::pair{&column_y_, &sum_y_}, std::pair{&column_p_, &sum_p_},
                                    std::pair{&column_p2_, &sum_p2_}}) {
-      float* out = sum->data();
-      const float* in = column_sum->data();
+      for (int d = 0; d < k_; ++d) taps_[d] = column_sum->data() + d * channels_;
+      WindowPass(sum->data());
+    }
+  }
+
+  // out[i] = sum_d window[d] taps_[d][i] over a row: one pass of the separable window.
+  void WindowPass(float* out) const {
+    const float* first = taps_[0];
+    const float w0 = o_.window[0];
 #pragma omp simd
-      for (int64 i = 0; i < row_size_; ++i) out[i] = o_.window[0] * in[i];
-      for (int d = 1; d < k_; ++d) {
-        const float w = o_.window[d];
-        const float* shifted = in + static_cast<int64>(d) * channels_;
+    for (int64 i = 0; i < row_size_; ++i) out[i] = w0 * first[i];
+    for (int d = 1; d < k_; ++d) {
+      const float w = o_.window[d];
+      const float* in = taps_[d];
 #pragma omp simd
-        for (int64 i = 0; i < row_size_; ++i) out[i] += w * shifted[i];
-      }
+      for (int64 i = 0; i < row_size_; ++i) out[i] += w * in[i];
     }
   }
 
@@ -269,6 +268,8 @@ class RowProcessor {
   const Options& o_;
   const int height_, width_, channels_, k_, radius_;
   const int64 row_size_;
+  // The k rows (or shifted rows) that a pass of the window adds.
+  std::vector<const float*> taps_;
   // Ring buffers of k rows.
   Buffer probs_, one_hot_, masked_probs_, masked_probs2_, valid_;
   // One row each; the column sums padded by `radius` pixels of zeros on both sides.
