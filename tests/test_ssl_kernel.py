@@ -54,6 +54,17 @@ def test_kernel_equals_xla_path(window_size, ohem, reweight):
         assert 0 < kernel_sums[2] < (labels != IGNORE).sum() * 5
 
 
+@pytest.mark.parametrize("shape,window_size", [((1, 3, 2, 2), 11), ((2, 1, 1, 3), 3),
+                                               ((1, 5, 40, 1), 7)])
+def test_kernel_on_images_smaller_than_the_window(shape, window_size):
+    rng = np.random.default_rng(window_size)
+    labels = rng.integers(0, shape[-1], shape[:3]).astype(np.int32)
+    logits = rng.normal(size=shape).astype(np.float32)
+    values = [losses.SSLoss(window_size=window_size, implementation=implementation)(
+        labels, logits).numpy() for implementation in ("kernel", "xla")]
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-5)
+
+
 def test_kernel_results_do_not_depend_on_the_batch_split():
     """Bit for bit: an image's weights, alone or in a batch (replicas get pieces of the global
     batch; one image of [37, 29, 5] starts rows at other alignments than the batch does)."""
