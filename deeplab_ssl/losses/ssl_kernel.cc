@@ -11,6 +11,8 @@
 #include <cmath>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -25,7 +27,6 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
-using tensorflow::errors::InvalidArgument;
 using int64 = int64_t;
 
 REGISTER_OP("SslWeights")
@@ -56,6 +57,11 @@ sums: [3]: sum(m BCE), sum(weight BCE), M (the number of hard examples; 0 withou
 )doc");
 
 namespace {
+
+template <typename... Args>
+absl::Status InvalidArgument(const Args&... parts) {
+  return absl::InvalidArgumentError(absl::StrCat(parts...));
+}
 
 using Row = Eigen::Map<Eigen::ArrayXf>;
 using ConstRow = Eigen::Map<const Eigen::ArrayXf>;
@@ -203,7 +209,7 @@ class RowProcessor {
     // BCE = max(z, 0) - log(max(p, 1 - p)), z = (1 - 2 y) x: as cross_entropy.py.
     Row(log_max_p_.data(), row_size_) =
         ConstRow(probs, row_size_).max(1.f - ConstRow(probs, row_size_)).log();
-    const float* maps[] = {logits, probs, one_hot, masked_probs, sum_y_.data(), sum_p_.data(),
+    const float* maps[] = {logits, one_hot, masked_probs, sum_y_.data(), sum_p_.data(),
                            sum_p2_.data(), sum_m_.data(), inverse_weight_.data(),
                            log_max_p_.data()};
     // The weights and BCE go to aligned buffers first: the sums then add them in an order that
@@ -236,18 +242,17 @@ class RowProcessor {
   // The element-wise part of Weights, one loop over the row with the options as constants
   // (with run-time options the compiler kept the loop scalar).
   template <bool kOhem, bool kReweight>
-  static void RowWeights(const float* const maps[10], float c4, float threshold, int64 size,
+  static void RowWeights(const float* const maps[9], float c4, float threshold, int64 size,
                          float* __restrict__ weight, float* __restrict__ bce) {
     const float* __restrict__ logits = maps[0];
-    const float* __restrict__ probs = maps[1];
-    const float* __restrict__ one_hot = maps[2];
-    const float* __restrict__ masked_probs = maps[3];
-    const float* __restrict__ sum_y = maps[4];
-    const float* __restrict__ sum_p = maps[5];
-    const float* __restrict__ sum_p2 = maps[6];
-    const float* __restrict__ sum_m = maps[7];
-    const float* __restrict__ inverse_weight = maps[8];
-    const float* __restrict__ log_max_p = maps[9];
+    const float* __restrict__ one_hot = maps[1];
+    const float* __restrict__ masked_probs = maps[2];
+    const float* __restrict__ sum_y = maps[3];
+    const float* __restrict__ sum_p = maps[4];
+    const float* __restrict__ sum_p2 = maps[5];
+    const float* __restrict__ sum_m = maps[6];
+    const float* __restrict__ inverse_weight = maps[7];
+    const float* __restrict__ log_max_p = maps[8];
 #pragma omp simd
     for (int64 i = 0; i < size; ++i) {
       const float mu_y = sum_y[i] * inverse_weight[i];
