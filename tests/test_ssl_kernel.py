@@ -11,22 +11,7 @@ import tensorflow as tf
 
 from deeplab_ssl import losses
 from deeplab_ssl.losses import ssl_kernel
-
-IGNORE = 255
-
-
-def blocky_batch(seed, shape):
-    """Labels in 4x4 blocks, some ignored, and logits [B, H, W, C].
-
-    Blocks keep every valid pixel beside valid ones: in a window of one valid pixel var_p is
-    float32 rounding noise, which moves e by up to ~0.02 (the SSLoss docstring).
-    """
-    rng = np.random.default_rng(seed)
-    batch, height, width, num_classes = shape
-    blocks = rng.integers(0, num_classes, (batch, height // 4 + 1, width // 4 + 1))
-    blocks[rng.random(blocks.shape) < 0.2] = IGNORE
-    labels = np.repeat(np.repeat(blocks, 4, 1), 4, 2)[:, :height, :width].astype(np.int32)
-    return labels, (3.0 * rng.normal(size=shape)).astype(np.float32)
+from test_losses import IGNORE, random_batch
 
 
 def weights_and_sums(loss, labels, logits):
@@ -42,7 +27,7 @@ def weights_and_sums(loss, labels, logits):
 @pytest.mark.parametrize("window_size", [1, 3, 5, 7, 11])
 @pytest.mark.parametrize("ohem,reweight", [(True, True), (True, False), (False, True)])
 def test_kernel_equals_xla_path(window_size, ohem, reweight):
-    labels, logits = blocky_batch(window_size, (2, 70, 45, 5))
+    labels, logits = random_batch(window_size, (2, 70, 45, 5))
     options = dict(window_size=window_size, ohem=ohem, reweight=reweight)
     kernel_weight, kernel_sums = weights_and_sums(
         losses.SSLoss(implementation="kernel", **options), labels, logits)
@@ -68,7 +53,7 @@ def test_kernel_on_images_smaller_than_the_window(shape, window_size):
 def test_kernel_results_do_not_depend_on_the_batch_split():
     """Bit for bit: an image's weights, alone or in a batch (replicas get pieces of the global
     batch; one image of [37, 29, 5] starts rows at other alignments than the batch does)."""
-    labels, logits = blocky_batch(2, (4, 37, 29, 5))
+    labels, logits = random_batch(2, (4, 37, 29, 5))
     loss = losses.SSLoss(implementation="kernel")
     batch_weight, batch_sums = weights_and_sums(loss, labels, logits)
     piece_sums = 0.0
@@ -81,7 +66,7 @@ def test_kernel_results_do_not_depend_on_the_batch_split():
 
 def test_kernel_gives_nan_for_nan_logits():
     """A diverged run must show a NaN loss (training stops on it), not a finite one."""
-    labels, logits = blocky_batch(0, (1, 9, 8, 3))
+    labels, logits = random_batch(0, (1, 9, 8, 3))
     logits[0, 4, 4, 1] = np.nan
     loss = losses.SSLoss(implementation="kernel")
     assert np.isnan(loss(labels, logits).numpy())
@@ -113,7 +98,7 @@ def without_kernel(monkeypatch, tmp_path):
 
 
 def test_without_kernel_auto_is_the_xla_path_and_kernel_says_how_to_build(without_kernel):
-    labels, logits = blocky_batch(1, (1, 12, 10, 3))
+    labels, logits = random_batch(1, (1, 12, 10, 3))
     assert not ssl_kernel.available()
     expected = losses.SSLoss(implementation="xla")(labels, logits).numpy()
     assert losses.SSLoss()(labels, logits).numpy() == expected
