@@ -26,6 +26,17 @@ _COMPILE_FLAGS = ["-shared", "-fPIC", "-O3", "-march=native", "-fopenmp-simd",
                   "-fno-math-errno", "-ffp-contract=off", "-w"]
 
 
+def _native_flags(compiler):
+    """-march=native, less AVX512-FP16 where the CPU has it: the Eigen headers of TensorFlow
+    2.21 do not compile with it under g++ 12 (`predux_half_dowto4`), and the kernel is float32."""
+    try:
+        macros = subprocess.run([compiler, "-march=native", "-dM", "-E", "-"], input="",
+                                capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return []  # build() reports the missing compiler.
+    return ["-mno-avx512fp16"] if "__AVX512FP16__" in macros else []
+
+
 def library_path():
     """The kernel library for the installed TensorFlow: ssl_kernel.cc's folder, a pathlib.Path."""
     return SOURCE.with_name(f"_ssl_kernel_tf{tf.__version__}.so")
@@ -43,7 +54,7 @@ def build(path=None, compiler=None):
     path = pathlib.Path(path or library_path())
     compiler = compiler or os.environ.get("CXX", "g++")
     temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    command = [compiler, *_COMPILE_FLAGS, str(SOURCE), "-o", str(temporary),
+    command = [compiler, *_COMPILE_FLAGS, *_native_flags(compiler), str(SOURCE), "-o", str(temporary),
                *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
