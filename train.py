@@ -58,7 +58,8 @@ common.define_crop_size_flag(
     "train_crop_size", "513,513",
     "Image crop size [height, width] during training, e.g. 513,513 (or 513).")
 flags.DEFINE_boolean("fine_tune_batch_norm", True,
-                     "Fine tune the batch norm parameters (False freezes them: stage 2).")
+                     "Fine tune the batch norms (False freezes their moving statistics, as "
+                     "deeplab does: gamma and beta still train; stage 2, or batches below 12).")
 flags.DEFINE_float("batch_norm_decay", None,
                    "Moving-average decay of every batch norm; unset: deeplab's (0.9997 in the "
                    "head, the backbone's own). Lower it (e.g. 0.99) for runs of a few hundred "

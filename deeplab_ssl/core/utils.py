@@ -97,6 +97,22 @@ def stack_blocks_dense(builder, net, blocks, output_stride, scope):
 _DEFAULT = object()
 
 
+@keras.saving.register_keras_serializable(package="deeplab_ssl")
+class FrozenStatisticsBatchNorm(keras.layers.BatchNormalization):
+    """A batch norm that always normalizes with its moving statistics; gamma and beta train.
+
+    deeplab's `fine_tune_batch_norm=False`: TF-slim's batch_norm with is_training=False keeps the
+    moving mean and variance fixed but still creates gamma and beta as trainable variables.
+    A Keras layer with trainable=False would freeze gamma and beta too, leaving the new ASPP and
+    decoder convolutions without any learned bias. Same variables and names as
+    keras.layers.BatchNormalization, so checkpoints do not tell the two apart.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        del training  # The statistics are frozen: always inference mode.
+        return super().call(inputs, training=False, mask=mask)
+
+
 class LayerBuilder:
     """Adds conv -> batch norm -> activation layers with shared settings, as a TF-slim arg_scope.
 
@@ -104,8 +120,9 @@ class LayerBuilder:
     depthwise kernels, biases or batch norm). TF-slim's `l2_regularizer(wd)` adds
     wd * sum(w ** 2) / 2, hence `keras.regularizers.L2(wd / 2)` here.
 
-    `fine_tune_batch_norm=False` freezes every batch norm: its layer is not trainable, which in
-    Keras 3 also runs it in inference mode, so moving statistics never change in training.
+    `fine_tune_batch_norm=False` freezes the statistics of every batch norm, as deeplab's
+    `is_training=False` batch norms do: they normalize with their moving statistics, which
+    training never changes, while gamma and beta still train (`FrozenStatisticsBatchNorm`).
 
     The output of every convolution (after its batch norm and activation) is kept in
     `end_points[scope]`, like slim's end point collections, for the decoder's low-level features.
@@ -141,9 +158,10 @@ class LayerBuilder:
 
     def batch_norm(self, net, scope):
         """Batch norm named `scope/BatchNorm` (center and scale, as deeplab)."""
-        return keras.layers.BatchNormalization(
-            momentum=self.batch_norm_decay, epsilon=self.batch_norm_epsilon,
-            trainable=self.fine_tune_batch_norm, name=layer_name(scope + "/BatchNorm"))(net)
+        layer_class = (keras.layers.BatchNormalization if self.fine_tune_batch_norm
+                       else FrozenStatisticsBatchNorm)
+        return layer_class(momentum=self.batch_norm_decay, epsilon=self.batch_norm_epsilon,
+                           name=layer_name(scope + "/BatchNorm"))(net)
 
     def activate(self, net, activation, scope):
         """Applies 'relu', 'relu6' or nothing (None)."""
