@@ -11,6 +11,7 @@ import dataclasses
 import sys
 
 import keras
+import tensorflow as tf
 from absl import app, flags
 
 from deeplab_ssl import common, losses, training
@@ -32,6 +33,10 @@ flags.DEFINE_enum("strategy", "mirrored", training.STRATEGIES,
 flags.DEFINE_enum("mixed_precision", "none", training.MIXED_PRECISION_POLICIES,
                   "Keras mixed precision policy; the loss is computed in float32.")
 flags.DEFINE_integer("seed", 0, "Seed of the initial weights, data order and augmentation.")
+flags.DEFINE_boolean("deterministic", False,
+                     "The same --seed gives the same run: the input pipeline keeps its order "
+                     "and TensorFlow's ops are deterministic (enable_op_determinism; ops that "
+                     "have no deterministic version then raise, mostly on GPUs).")
 
 # The learning rate and optimizer (deeplab's names and defaults).
 flags.DEFINE_enum("learning_policy", "poly", training.LEARNING_POLICIES,
@@ -172,11 +177,14 @@ def dataset_fn(input_context):
         max_scale_factor=FLAGS.max_scale_factor,
         scale_factor_step_size=FLAGS.scale_factor_step_size,
         mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant), seed=FLAGS.seed,
-        skip_bad_records=FLAGS.skip_bad_records, input_context=input_context)
+        skip_bad_records=FLAGS.skip_bad_records, deterministic=FLAGS.deterministic,
+        input_context=input_context)
 
 
 def main(argv):
     del argv
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = training.get_strategy(FLAGS.strategy)  # First: multi-worker needs it so.
     try:
         make_trainer(strategy).train(dataset_fn)

@@ -34,6 +34,27 @@ def read_log(logdir):
         return [json.loads(line) for line in f]
 
 
+def test_deterministic_runs_with_the_same_seed_are_the_same(demo_dir, tmp_path):
+    logs, weights = [], []
+    for run in ("a", "b"):
+        logdir = str(tmp_path / run)
+        command = train_command(demo_dir, logdir, "--training_number_of_steps=6", "--seed=3",
+                                "--deterministic", "--nosave_summaries_images")
+        result = subprocess.run(command, env=environment(), cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        logs.append([{k: v for k, v in record.items() if k != "images_per_second"}
+                     for record in read_log(logdir)])
+        reader = training.tf.train.load_checkpoint(logdir)
+        weights.append({name: reader.get_tensor(name)
+                        for name in reader.get_variable_to_shape_map()
+                        if name.startswith("model/") and "OPTIMIZER" not in name})
+    assert len(logs[0]) == 6 and logs[0] == logs[1]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        assert (value == weights[1][name]).all(), name
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(demo_dir, tmp_path):
     logdir = str(tmp_path / "train")
     command = train_command(demo_dir, logdir, "--training_number_of_steps=16",
