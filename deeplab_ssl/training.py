@@ -369,8 +369,8 @@ class Trainer:
 
         Returns {"sums": the loss's global sums, "loss", "regularization_loss", "total_loss",
         "non_finite_gradients" (without loss scaling): float32 scalars}, and with `statistics`
-        (a Python bool) the loss's error_statistics of the global batch ("error_maxima",
-        "error_sums").
+        (a Python bool) the loss's error_statistics and class_statistics of the global batch
+        ("error_maxima", "error_sums", "class_sums").
         """
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
@@ -398,6 +398,8 @@ class Trainer:
                 context.all_gather(maxima[None], axis=0), axis=0)
             metrics["error_sums"] = context.all_reduce(tf.distribute.ReduceOp.SUM,
                                                        statistic_sums)
+            metrics["class_sums"] = context.all_reduce(
+                tf.distribute.ReduceOp.SUM, self.loss.class_statistics(labels, logits))
         if not loss_scaling:  # The loss-scale optimizer skips non-finite updates itself.
             # A finite loss can still give NaN gradients (e.g. NaN pixels zeroed by a ReLU).
             num_non_finite = tf.add_n([
@@ -418,7 +420,9 @@ class Trainer:
         The names: the loss's sums, `loss`, `regularization_loss` (weight decay), `total_loss`,
         `non_finite_gradients` (without loss scaling), the loss's terms (`loss.terms`) and, for
         the SSL, `hard_example_fraction` (paper Fig. 4) and, with `statistics`, the figures of
-        the paper's Fig. 3 (`deeplab_ssl.losses.ssl.ERROR_STATISTICS`).
+        the paper's Fig. 3 (`deeplab_ssl.losses.ssl.ERROR_STATISTICS`) and, as lists of one
+        float per class, where the hard examples and the gradient of each term are
+        (`deeplab_ssl.losses.ssl.CLASS_STATISTICS`).
         """
         statistics = statistics and hasattr(self.loss, "error_statistics")
         outputs = tf.nest.map_structure(
@@ -426,6 +430,7 @@ class Trainer:
             self._distributed_step(batch, statistics))
         sums = {name: float(value) for name, value in outputs.pop("sums").items()}
         error_parts = [outputs.pop(name, None) for name in ("error_maxima", "error_sums")]
+        class_sums = outputs.pop("class_sums", None)
         metrics = dict(sums, **{name: float(value) for name, value in outputs.items()})
         metrics.update((name, float(value)) for name, value in self.loss.terms(sums).items())
         if hasattr(self.loss, "hard_example_fraction"):
@@ -433,13 +438,15 @@ class Trainer:
                 sums, self.model.output_shape[-1]))
         if statistics:
             metrics.update(self.loss.summarize_error_statistics(*error_parts))
+            metrics.update(self.loss.summarize_class_statistics(class_sums))
         return metrics
 
     def log_values(self, metrics):
         """What the logs show of train_step's metrics: the loss, weight decay and total, the
-        loss's terms and, for the SSL, the hard-example fraction and Fig. 3's statistics."""
+        loss's terms and, for the SSL, the hard-example fraction, Fig. 3's statistics and the
+        per-class ones."""
         names = ("loss", "regularization_loss", "total_loss", *self.loss.terms(metrics),
-                 "hard_example_fraction", *ssl.ERROR_STATISTICS)
+                 "hard_example_fraction", *ssl.ERROR_STATISTICS, *ssl.CLASS_STATISTICS)
         return {name: metrics[name] for name in names if name in metrics}
 
     # --- input ---------------------------------------------------------------------------------
@@ -604,7 +611,9 @@ class Trainer:
             next_step = step + 1
             is_log_step = next_step % options.log_steps == 0 or next_step == total
             metrics = self.train_step(batch, statistics=is_log_step)
-            if (not all(math.isfinite(value) for value in metrics.values())
+            # The per-class lists follow from the same sums; the scalars tell.
+            if (not all(math.isfinite(value) for value in metrics.values()
+                        if isinstance(value, float))
                     or metrics.get("non_finite_gradients")):
                 raise NonFiniteLossError(
                     f"non-finite loss or gradients at step {next_step}: {_format(metrics)}. "
@@ -618,7 +627,8 @@ class Trainer:
                 record = dict(step=step, learning_rate=float(schedule(step - 1)),
                               **self.log_values(metrics),
                               images_per_second=options.train_batch_size / seconds_per_step)
-                # The terminal line leaves Fig. 3's statistics to the logs and TensorBoard.
+                # The terminal line leaves Fig. 3's and the per-class statistics to the logs
+                # and TensorBoard.
                 logging.info("step %d/%d: %s, %s left", step, total, _format({
                     k: v for k, v in record.items()
                     if k != "step" and k not in ssl.ERROR_STATISTICS}),
@@ -627,7 +637,10 @@ class Trainer:
                     train_log.append(record)
                 with writer.as_default(step=step):
                     for name, value in record.items():
-                        if name != "step":
+                        if isinstance(value, list):
+                            for index, class_value in enumerate(value):
+                                tf.summary.scalar(f"{name}/{index}", class_value)
+                        elif name != "step":
                             tf.summary.scalar(name, value)
             if step % options.save_interval_steps == 0 or step == total:
                 path = self._save(manager, step)
@@ -665,7 +678,9 @@ class TrainLog:
 
 
 def _format(values):
-    return ", ".join(f"{name} {value:.4g}" for name, value in values.items())
+    """The scalars of `values` (lists, one value per class, are left out), for the terminal."""
+    return ", ".join(f"{name} {value:.4g}" for name, value in values.items()
+                     if not isinstance(value, list))
 
 
 def _duration(seconds):

@@ -271,6 +271,37 @@ def test_error_statistics_match_reference():
     assert figures["y_nor_max"] - figures["y_nor_min"] <= loss.e_max + 1e-4
 
 
+@pytest.mark.parametrize("ohem,reweight", [(True, True), (True, False), (False, True)])
+def test_class_statistics_split_the_reference_gradient(ohem, reweight):
+    """Per class: the share of hard examples, and the L1 norm of each term's gradient."""
+    labels, logits = random_batch(4)
+    kwargs = dict(ohem=ohem, reweight=reweight)
+    _, gradient, error, threshold, sums = np_ssl_reference(labels, logits, **kwargs)
+    loss = losses.SSLoss(ignore_label=IGNORE, **kwargs)
+    # Two pieces of the batch, added as replicas would be.
+    parts = loss.class_statistics(labels[:1], logits[:1]) + loss.class_statistics(
+        labels[1:], logits[1:])
+    figures = loss.summarize_class_statistics(parts)
+    valid = labels != IGNORE
+    one_hot = np.eye(logits.shape[-1])[np.where(valid, labels, 0)] * valid[..., None]
+    hard = (error > threshold) & valid[..., None] if ohem else np.broadcast_to(
+        valid[..., None], error.shape)
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    bce_gradient = 0.5 * valid[..., None] * np.abs(probs - one_hot) / valid.sum()
+    for name, mask in (("in", one_hot), ("out", valid[..., None] - one_hot)):
+        np.testing.assert_allclose(
+            figures[f"class_hard_fraction_{name}"],
+            (hard * mask).sum((0, 1, 2)) / mask.sum((0, 1, 2)), atol=1e-6)
+        np.testing.assert_allclose(figures[f"class_bce_gradient_{name}"],
+                                   (bce_gradient * mask).sum((0, 1, 2)), rtol=1e-5)
+        # Both terms push the logit the same way (p - y): their norms add up to the gradient's.
+        np.testing.assert_allclose(
+            np.add(figures[f"class_bce_gradient_{name}"], figures[f"class_ssl_gradient_{name}"]),
+            (np.abs(gradient) * mask).sum((0, 1, 2)), rtol=1e-4)
+    if ohem:
+        assert parts[2:4].numpy().sum() == sums["num_hard"]
+
+
 def test_gradient_is_e_weighted_bce_gradient():
     """d loss / d logits equals that of the BCE reweighted by a CONSTANT e f (hand-built)."""
     labels, logits = random_batch(5)

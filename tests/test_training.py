@@ -191,7 +191,7 @@ def test_two_replicas_give_the_same_loss_and_update_as_one(tmp_path):
         for key in one:
             assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-7), key
     assert metrics_one[0]["num_hard"] > 0  # The SSL term takes part.
-    assert set(losses.ssl.ERROR_STATISTICS) <= metrics_one[2].keys()
+    assert set(losses.ssl.ERROR_STATISTICS + losses.ssl.CLASS_STATISTICS) <= metrics_one[2].keys()
     for one, two in zip(weights_one, weights_two):
         np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-7)
 
@@ -210,6 +210,9 @@ def test_training_reduces_the_loss(tmp_path):
     for key in ("learning_rate", "bce", "ssl", "hard_example_fraction", "regularization_loss",
                 "images_per_second") + losses.ssl.ERROR_STATISTICS:
         assert key in log[0]
+    num_classes = trainer.model.output_shape[-1]
+    for key in losses.ssl.CLASS_STATISTICS:  # One value per class.
+        assert len(log[0][key]) == num_classes
     assert "bce_sum" not in log[0]  # Raw sums stay out of the logs.
     e_max = losses.SSLoss().e_max  # Fig. 3: y_nor spans at most e_max; median <= max.
     assert all(r["y_nor_max"] - r["y_nor_min"] <= e_max + 1e-4 for r in log)

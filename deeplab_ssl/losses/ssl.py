@@ -175,6 +175,10 @@ def _map_images(image_fn, batch, output_signature):
 ERROR_STATISTICS = ("y_nor_max", "y_nor_min", "p_nor_max", "p_nor_min", "error_max",
                     "error_mean", "error_median")
 ERROR_HISTOGRAM_BINS = 1000
+# Per class c, from SSLoss.summarize_class_statistics: lists of C floats. "in": the examples
+# (pixel, c) of pixels labelled c; "out": those of the other valid pixels.
+CLASS_STATISTICS = ("class_hard_fraction_in", "class_hard_fraction_out", "class_bce_gradient_in",
+                    "class_bce_gradient_out", "class_ssl_gradient_in", "class_ssl_gradient_out")
 # SSLoss's ways to compute its weights.
 IMPLEMENTATIONS = ("auto", "kernel", "xla")
 
@@ -320,6 +324,74 @@ class SSLoss(base.SumsLoss):
         values = [maxima[0], -maxima[1], maxima[2], -maxima[3], maxima[4],
                   total_error / count, (median_bin + 0.5) * bin_width]
         return dict(zip(ERROR_STATISTICS, (float(v) for v in values)))
+
+    def class_statistics(self, y_true, y_pred):
+        """Per class, where the hard examples and the gradient of each term are: additive sums.
+
+        For the logits' channel c, over the valid pixels labelled c (y_c = 1, "in") and the
+        other valid pixels (y_c = 0, "out"). The gradient of the loss w.r.t. a logit is
+        (ce_weight m / N + (1 - ce_weight) weight / M) (p - y): its first part is the BCE
+        term's, its second the SSL term's. Computed one image at a time on the XLA path, with
+        no gradient; `summarize_class_statistics` turns the sums into the figures.
+
+        Args:
+          y_true, y_pred: as for the loss.
+
+        Returns:
+          float32 [8, C], additive over pieces of a batch, rows: the number of examples in
+          and out; the hard examples (f) in and out; the sum of m |p - y| in and out; the sum
+          of weight |p - y| in and out.
+        """
+        labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
+        logits = tf.stop_gradient(logits)
+        threshold = self.beta * self.e_max if self.ohem else None
+
+        def image_sums(index):
+            image = slice(index, index + 1)
+            probs = tf.sigmoid(logits[image])
+            if self.ohem or self.reweight:
+                valid_sums, window_sums = _window_sums(labels[image], probs, valid[image],
+                                                       self.window_size, self.sigma)
+                weight, _ = _xla_weights_and_cross_entropy(
+                    labels[image], logits[image], probs, valid[image], self.window_size,
+                    self.sigma, self.c4, valid_sums, window_sums, threshold=threshold,
+                    reweight=self.reweight)
+            else:
+                weight = tf.broadcast_to(valid[image], tf.shape(probs))
+            one_hot = tf.one_hot(labels[image], probs.shape[-1])
+            in_class, out_class = one_hot, valid[image] - one_hot
+            is_hard = tf.sign(weight) if self.ohem else in_class + out_class
+            error = tf.abs(probs - one_hot)
+            rows = [(in_class, out_class), (in_class * is_hard, out_class * is_hard),
+                    (in_class * error, out_class * error),
+                    (in_class * weight * error, out_class * weight * error)]
+            return tf.stack([tf.reduce_sum(t, axis=[0, 1, 2]) for pair in rows for t in pair])
+        sums = _map_images(image_sums, logits, tf.TensorSpec([8, logits.shape[-1]], tf.float32))
+        return tf.reduce_sum(sums, axis=0)
+
+    def summarize_class_statistics(self, sums):
+        """{name in CLASS_STATISTICS: list of C floats} from class_statistics' sums.
+
+        class_hard_fraction_*: the share of the examples that are hard (f = 1; 1 without OHEM);
+        class_bce_gradient_*: ce_weight sum(m |p - y|) / N, the L1 norm of the BCE term's
+        gradient w.r.t. the logits of channel c there; class_ssl_gradient_*: (1 - ce_weight)
+        sum(weight |p - y|) / M, the SSL term's. N and M are those of the whole batch: N, the
+        valid pixels; M, the hard examples (N C without OHEM). Each 0 where it has no example.
+        """
+        sums = np.asarray(sums, np.float64)
+        num_valid = sums[0].sum()  # Each valid pixel is "in" exactly one class.
+        num_hard = sums[2:4].sum() if self.ohem else num_valid * sums.shape[1]
+
+        def ratio(numerator, denominator):
+            return np.divide(numerator, denominator, out=np.zeros_like(numerator),
+                             where=denominator > 0)
+        figures = [ratio(sums[2], sums[0]), ratio(sums[3], sums[1]),
+                   self.ce_weight * ratio(sums[4], num_valid),
+                   self.ce_weight * ratio(sums[5], num_valid),
+                   (1.0 - self.ce_weight) * ratio(sums[6], num_hard),
+                   (1.0 - self.ce_weight) * ratio(sums[7], num_hard)]
+        return {name: [float(v) for v in values]
+                for name, values in zip(CLASS_STATISTICS, figures)}
 
     def _labels_logits_and_mask(self, y_true, y_pred):
         """int32 labels [B, H, W] (-1 invalid), float32 logits [B, H, W, C], valid [B, H, W, 1]."""
