@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Reruns the pretrained CamVid study of docs/results.md (its first section) with one command:
+#   bash benchmarks/reproduce_camvid_pretrained.sh [PYTHON]
+# DeepLabv3+ mobilenet_v2 from deeplab's ImageNet checkpoint (configs/camvid/pretrained/), at full
+# size (360x480). Builds the records, then trains and evaluates each run of STAGES in order:
+#   calibration  softmax CE, seed 0, in each setting tried for the schedule (below); the
+#                schedule of configs/camvid/pretrained/train.flags was chosen from these on val
+#   study        every method of the frozen schedule, seeds 0-2 (0-4 for CE and SSL (3))
+#   sensitivity  SSL (3) at half and double the learning rate, seed 0 (CE's are calibration runs)
+# Every run keeps its flags, training log, evaluation JSON and wall time under
+# results/camvid_pretrained/STAGE/NAME/seedSEED/; checkpoints stay in runs/ (not committed).
+# Runs whose evaluation exists are skipped, and a killed training resumes from its checkpoint,
+# so the command also resumes a stopped study. The runs are deterministic (--deterministic):
+# the same seed gives the same numbers on the same machine and TensorFlow.
+# STAGES, METHODS and SEEDS (environment) choose a subset, e.g. STAGES=study METHODS=ce SEEDS=0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-.venv/bin/python}
+STAGES=${STAGES:-"calibration study sensitivity"}
+METHODS=${METHODS:-"ce ssl3 bce topk_ce ssl3_ohem_only"}
+SEEDS=${SEEDS:-"0 1 2 3 4"}
+CAMVID=${CAMVID:-../shared/data/camvid}
+CONFIGS=configs/camvid/pretrained
+MODEL=$CONFIGS/deeplabv3plus.flags
+DATA=data/camvid  # --dataset_dir of $MODEL
+OUT=results/camvid_pretrained
+
+# The settings tried for the schedule, softmax CE, seed 0: NAME and the flags that differ from
+# train.flags. Each takes about 17 minutes of training here (the regimes trade steps for cost).
+CALIBRATION=(
+  "frozen_bn_b8_lr0.005 --train_batch_size=8 --training_number_of_steps=800 --nofine_tune_batch_norm --base_learning_rate=0.005"
+  "frozen_bn_b8_lr0.01 --train_batch_size=8 --training_number_of_steps=800 --nofine_tune_batch_norm --base_learning_rate=0.01"
+  "frozen_bn_b8_lr0.02 --train_batch_size=8 --training_number_of_steps=800 --nofine_tune_batch_norm --base_learning_rate=0.02"
+  "trained_bn_b8_lr0.01 --train_batch_size=8 --training_number_of_steps=500 --fine_tune_batch_norm --batch_norm_decay=0.99 --base_learning_rate=0.01"
+  "frozen_bn_b4_lr0.01 --train_batch_size=4 --training_number_of_steps=1400 --nofine_tune_batch_norm --base_learning_rate=0.01"
+)
+
+# A split is complete when all its shards exist and hold the split's examples (records are
+# counted, so a killed build is rebuilt).
+complete() {
+  "$PY" - "$DATA" "$1" "$2" <<'EOF'
+import glob, os, sys
+import tensorflow as tf
+data, split, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+shards = sorted(glob.glob(os.path.join(data, f"{split}-*-of-*.tfrecord")))
+count = sum(1 for shard in shards for _ in tf.data.TFRecordDataset(shard))
+expected = int(shards[0].rsplit("-of-", 1)[1].split(".")[0]) if shards else -1
+sys.exit(0 if len(shards) == expected and count == size else 1)
+EOF
+}
+if ! complete train 367 2>/dev/null || ! complete val 101 2>/dev/null; then
+  "$PY" -m deeplab_ssl.datasets.build_camvid_data --camvid_root="$CAMVID" --output_dir="$DATA" \
+    --splits=train,val
+fi
+
+# run STAGE NAME SEED FLAGFILE [FLAG...]: trains, evaluates on val, keeps the results.
+run() {
+  local stage=$1 name=$2 seed=$3 flagfile=$4
+  shift 4
+  local logdir=runs/camvid_pretrained/$stage/${name}_seed$seed
+  local out=$OUT/$stage/$name/seed$seed
+  if [ -f "$out/eval_val.json" ]; then return; fi
+  echo "== $stage $name seed $seed"
+  mkdir -p "$out"
+  local start=$SECONDS
+  "$PY" train.py --flagfile="$flagfile" "$@" --seed="$seed" --train_logdir="$logdir" 2>&1 \
+    | tee "$out/train.log" | grep -E "step [0-9]+/|Error" || true
+  [ -f "$logdir/checkpoint" ] || { echo "training $stage $name seed $seed failed" >&2; exit 1; }
+  local trained=$((SECONDS - start))
+  "$PY" eval.py --flagfile="$MODEL" --checkpoint_dir="$logdir" --eval_split=val \
+    --max_number_of_evaluations=1 > "$out/eval.log" 2>&1
+  { cat "$flagfile"; printf '%s\n' "$@" "--seed=$seed"; } > "$out/flags"
+  cp "$logdir/train_log.jsonl" "$out/"
+  echo "$trained" > "$out/train_seconds"
+  local json
+  json=$(ls -t "$logdir"/model.ckpt-*.eval_val_ms1.json | head -1)
+  cp "$json" "$out/eval_val.json.tmp" && mv "$out/eval_val.json.tmp" "$out/eval_val.json"
+}
+
+for stage in $STAGES; do
+  case $stage in
+    calibration)
+      for setting in "${CALIBRATION[@]}"; do
+        read -r -a words <<< "$setting"
+        run calibration "${words[0]}" 0 "$CONFIGS/ce.flags" "${words[@]:1}"
+      done ;;
+    study)
+      for seed in $SEEDS; do
+        for method in $METHODS; do
+          # Seeds 3 and 4 for softmax CE and SSL (3) only.
+          if [ "$seed" -ge 3 ] && [ "$method" != ce ] && [ "$method" != ssl3 ]; then continue; fi
+          run study "$method" "$seed" "$CONFIGS/$method.flags"
+        done
+      done ;;
+    sensitivity)
+      base=$(grep -oP '^--base_learning_rate=\K.*' "$CONFIGS/train.flags")
+      for rate in $(awk "BEGIN {print $base / 2, $base * 2}"); do
+        run sensitivity "ssl3_lr$rate" 0 "$CONFIGS/ssl3.flags" --base_learning_rate="$rate"
+      done ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
