@@ -145,3 +145,29 @@ def test_keras_weights_file(tmp_path):
         checkpoints.load_weights(_model(num_classes=7), path)
     with pytest.raises(FileNotFoundError, match="absent.weights.h5"):
         checkpoints.load_weights(other, str(tmp_path / "absent.weights.h5"))
+
+
+IMAGENET_MOBILENET_V2 = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "weights",
+    "mobilenet_v2_1.0_224", "mobilenet_v2_1.0_224.ckpt")
+
+
+@pytest.mark.skipif(not os.path.exists(IMAGENET_MOBILENET_V2 + ".index"),
+                    reason="deeplab's ImageNet mobilenet_v2 checkpoint is not at ../shared/weights "
+                           "(a clone outside this workplace does not have it)")
+@pytest.mark.parametrize("decoder_output_stride", [None, 4])
+def test_imagenet_mobilenet_v2_checkpoint_loads_completely(decoder_output_stride):
+    """The model zoo's initial checkpoint of `mobilenet_v2`: every backbone variable loads."""
+    model = build_deeplab("mobilenet_v2", 11, decoder_output_stride=decoder_output_stride)
+    report = checkpoints.load_slim_checkpoint(model, IMAGENET_MOBILENET_V2,
+                                              initialize_last_layer=False)
+    assert not report.missing and not report.wrong_shape
+    assert len(report.loaded) == 255
+    backbone = {name for name in checkpoints.slim_variables(model)
+                if name.startswith("MobilenetV2/")}
+    assert set(report.loaded) == backbone
+    reader = tf.train.load_checkpoint(IMAGENET_MOBILENET_V2)
+    name = "MobilenetV2/Conv/weights"
+    np.testing.assert_array_equal(checkpoints.slim_variables(model)[name].numpy(),
+                                  reader.get_tensor(name))
+    keras.backend.clear_session()
