@@ -37,7 +37,7 @@ def main(argv):
     descriptor = descriptors.get_descriptor(FLAGS.dataset)
     options = common.model_options(descriptor.num_classes)
     model = model_lib.build_deeplab(**options)
-    checkpoint_path = evaluation.restore_model(model, common.checkpoint_to_restore(), options)
+    checkpoint_path = checkpoints.restore_model(model, common.checkpoint_to_restore(), options)
     serving.export_model(
         model, FLAGS.export_path, crop_size=FLAGS.crop_size,
         pad_value=feature_extractor.mean_pixel(FLAGS.model_variant),

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import app, flags
 
-from deeplab_ssl import common, losses, training
+from deeplab_ssl import common, distribute, losses, train_utils, training
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import descriptors, input_pipeline
@@ -26,7 +26,7 @@ flags.DEFINE_integer("save_interval_steps", 1000,
                      "Save a checkpoint every N steps (and at the end).")
 flags.DEFINE_boolean("save_summaries_images", True,
                      "Write images, labels and predictions to TensorBoard at each checkpoint.")
-flags.DEFINE_enum("strategy", "mirrored", training.STRATEGIES,
+flags.DEFINE_enum("strategy", "mirrored", distribute.STRATEGIES,
                   "mirrored: all local GPUs (or the CPU), multi-worker when TF_CONFIG names "
                   "several workers; multi_worker: MultiWorkerMirroredStrategy; one_device: "
                   "one device, for debugging.")
@@ -39,7 +39,7 @@ flags.DEFINE_boolean("deterministic", False,
                      "have no deterministic version then raise, mostly on GPUs).")
 
 # The learning rate and optimizer (deeplab's names and defaults).
-flags.DEFINE_enum("learning_policy", "poly", training.LEARNING_POLICIES,
+flags.DEFINE_enum("learning_policy", "poly", train_utils.LEARNING_POLICIES,
                   "Learning rate policy for training.")
 flags.DEFINE_float("base_learning_rate", 0.0001, "The base learning rate for model training.")
 flags.DEFINE_float("learning_rate_decay_factor", 0.1,
@@ -162,7 +162,7 @@ def make_trainer(strategy):
             **common.model_options(descriptor.num_classes), weight_decay=FLAGS.weight_decay,
             fine_tune_batch_norm=FLAGS.fine_tune_batch_norm)
         if FLAGS.batch_norm_decay is not None:
-            training.set_batch_norm_decay(model, FLAGS.batch_norm_decay)
+            train_utils.set_batch_norm_decay(model, FLAGS.batch_norm_decay)
         return model
 
     return training.Trainer(model_fn, make_loss(descriptor.ignore_label), options,
@@ -185,7 +185,7 @@ def main(argv):
     del argv
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = training.get_strategy(FLAGS.strategy)  # First: multi-worker needs it so.
+    strategy = distribute.get_strategy(FLAGS.strategy)  # First: multi-worker needs it so.
     try:
         make_trainer(strategy).train(dataset_fn)
     except training.NonFiniteLossError as error:

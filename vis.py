@@ -38,7 +38,7 @@ def main(argv):
     descriptor.split_size(FLAGS.vis_split)
     options = common.model_options(descriptor.num_classes)
     model = model_lib.build_deeplab(**options)
-    checkpoint_path = evaluation.restore_model(model, common.checkpoint_to_restore(), options)
+    checkpoint_path = checkpoints.restore_model(model, common.checkpoint_to_restore(), options)
     dataset = input_pipeline.get_dataset(
         FLAGS.dataset, FLAGS.dataset_dir, FLAGS.vis_split, FLAGS.vis_batch_size,
         crop_size=common.crop_size("vis_crop_size"), is_training=False,

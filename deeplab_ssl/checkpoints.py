@@ -15,6 +15,7 @@ import os
 
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import utils
@@ -92,17 +93,88 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _resolve_checkpoint(checkpoint_path):
-    """A checkpoint prefix from a prefix or a directory (its latest checkpoint)."""
+def resolve_checkpoint(checkpoint_path):
+    """A checkpoint prefix: `checkpoint_path` itself, or the latest checkpoint of a folder.
+
+    Raises:
+        FileNotFoundError naming the path if no checkpoint is there.
+    """
     if tf.io.gfile.isdir(checkpoint_path):
         latest = tf.train.latest_checkpoint(checkpoint_path)
         if latest is None:
-            raise FileNotFoundError("No checkpoint in directory %s." % checkpoint_path)
+            raise FileNotFoundError(f"no checkpoint in folder {checkpoint_path!r}")
         return latest
     if not tf.io.gfile.exists(checkpoint_path + ".index"):
-        raise FileNotFoundError("Checkpoint %s not found (no %s.index)." % (checkpoint_path,
-                                                                            checkpoint_path))
+        raise FileNotFoundError(f"no checkpoint {checkpoint_path!r} (missing "
+                                f"{checkpoint_path + '.index'})")
     return checkpoint_path
+
+
+def is_object_based(checkpoint_path):
+    """Whether a checkpoint prefix was written by tf.train.Checkpoint (train.py), not TF-slim."""
+    return tf.train.load_checkpoint(checkpoint_path).has_tensor(_OBJECT_GRAPH_KEY)
+
+
+def checkpoint_step(checkpoint_path):
+    """The training step in a checkpoint name `.../model.ckpt-STEP`, or 0 if it has none."""
+    suffix = checkpoint_path.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def restore_model(model, checkpoint_path, model_options=None):
+    """Restores `model`'s variables from a train.py checkpoint (`tf.train.Checkpoint(model=...)`).
+
+    The optimizer and other training state in the checkpoint are skipped. The model and the
+    checkpoint's `model` must hold the same variables with the same shapes.
+
+    Args:
+        model: the built keras.Model.
+        checkpoint_path: checkpoint prefix or a folder (the latest checkpoint in it is used).
+        model_options: optional dict of the build_deeplab arguments (flags) the model was built
+            with, named in the error.
+
+    Returns:
+        the checkpoint prefix that was restored.
+
+    Raises:
+        FileNotFoundError naming the path if there is no checkpoint.
+        ValueError naming the checkpoint and the model options if they do not match.
+    """
+    checkpoint_path = resolve_checkpoint(checkpoint_path)
+    try:
+        in_checkpoint = _checkpoint_model_variable_count(checkpoint_path)
+        in_model = sum(isinstance(trackable, (keras.Variable, tf.Variable))
+                       for trackable in tf.train.TrackableView(model).descendants())
+        if in_checkpoint != in_model:
+            raise AssertionError(f"the checkpoint's model has {in_checkpoint} variables, "
+                                 f"the model {in_model}")
+        status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+        options = ", ".join(f"{name}={value}" for name, value in (model_options or {}).items())
+        raise ValueError(
+            f"checkpoint {checkpoint_path!r} does not match the model built from the flags "
+            f"({options or 'not given'}); check model_variant, decoder_output_stride, "
+            f"atrous_rates and the dataset's num_classes: {error}") from error
+    return checkpoint_path
+
+
+def _checkpoint_model_variable_count(checkpoint_path):
+    """Number of variables under the `model` object of a tf.train.Checkpoint file."""
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(checkpoint_path).get_tensor(_OBJECT_GRAPH_KEY))
+    pending = [child.node_id for child in graph.nodes[0].children if child.local_name == "model"]
+    if not pending:
+        raise AssertionError("the checkpoint has no `model` object")
+    seen = set(pending)
+    while pending:
+        for child in graph.nodes[pending.pop()].children:
+            if child.node_id not in seen:
+                seen.add(child.node_id)
+                pending.append(child.node_id)
+    return sum(any(attribute.name == "VARIABLE_VALUE" for attribute in graph.nodes[node].attributes)
+               for node in seen)
 
 
 def load_slim_checkpoint(model, checkpoint_path, initialize_last_layer=True,
@@ -129,7 +201,7 @@ def load_slim_checkpoint(model, checkpoint_path, initialize_last_layer=True,
             all matched (wrong model_variant?), or on missing variables without
             ignore_missing_vars.
     """
-    path = _resolve_checkpoint(checkpoint_path)
+    path = resolve_checkpoint(checkpoint_path)
     reader = tf.train.load_checkpoint(path)
     shapes = reader.get_variable_to_shape_map()
     last_layers = ([] if initialize_last_layer else

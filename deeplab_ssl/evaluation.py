@@ -1,15 +1,7 @@
-"""Inference (single scale, multi-scale, flipped), streaming confusion matrix and mIoU.
+"""Evaluation: streaming confusion matrix, mIoU, dense CRF, and the reports eval.py writes.
 
-One inference path, `predict_probabilities`, serves eval.py, vis.py and the exported SavedModel.
-It follows deeplab's `model.predict_labels_multi_scale`: for each scale in `eval_scales` the
-image is resized to `(size - 1) * scale + 1`, the model runs (and again on the left-right flipped
-image if `add_flipped_images`), the logits are resized back to the image size (and flipped
-back), softmax probabilities are taken, and the probabilities of all runs are averaged.
-
-Models trained with the sigmoid losses (SSL, BCE) are one-vs-rest classifiers: for a single run
-the argmax of the softmax equals the argmax of the sigmoid (both equal the argmax of the logits).
-For several runs we average softmax probabilities, as deeplab does for every model; averaging
-sigmoids instead can pick another class where runs disagree.
+Predictions come from `deeplab_ssl.inference` (single scale, multi-scale, flipped), the same
+path that vis.py and the exported SavedModel use.
 
 mIoU convention (that of deeplab's `tf.metrics.mean_iou`): pixels whose ground truth is the
 ignore label are left out; IoU_c = TP / (TP + FP + FN); a class with no ground-truth and no
@@ -23,51 +15,10 @@ import json
 import math
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-
-def scale_dimension(dim, scale):
-    """deeplab's `utils.scale_dimension`: int32 `(dim - 1) * scale + 1`, for tensors or ints."""
-    return tf.cast((tf.cast(dim, tf.float32) - 1.0) * scale + 1.0, tf.int32)
-
-
-def predict_probabilities(model, images, eval_scales=(1.0,), add_flipped_images=False):
-    """Class probabilities averaged over scales (and flips), as deeplab's multi-scale inference.
-
-    Args:
-        model: a keras.Model mapping float32 images [B, h, w, 3] in [0, 255] to float32 logits
-            [B, h, w, C] at its input size (`deeplab_ssl.model.build_deeplab`).
-        images: float32 [B, H, W, 3], raw pixel values in [0, 255].
-        eval_scales: sequence of floats, the image scales to run (1.0 = as is).
-        add_flipped_images: bool, also run each scale on the left-right flipped images.
-
-    Returns:
-        float32 [B, H, W, C], mean softmax probabilities.
-    """
-    size = tf.shape(images)[1:3]
-    probabilities = []
-    for scale in eval_scales:
-        scaled = images
-        if scale != 1.0:
-            scaled = tf.image.resize(images, scale_dimension(size, scale), method="bilinear")
-        for flip in (False, True) if add_flipped_images else (False,):
-            logits = model(tf.reverse(scaled, [2]) if flip else scaled, training=False)
-            logits = tf.cast(logits, tf.float32)
-            if flip:
-                logits = tf.reverse(logits, [2])
-            if scale != 1.0:
-                logits = tf.image.resize(logits, size, method="bilinear")
-            probabilities.append(tf.nn.softmax(logits))
-    return tf.add_n(probabilities) / float(len(probabilities))
-
-
-def predict_labels(model, images, eval_scales=(1.0,), add_flipped_images=False):
-    """int32 [B, H, W]: argmax of `predict_probabilities` (same arguments)."""
-    probabilities = predict_probabilities(model, images, eval_scales, add_flipped_images)
-    return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+from deeplab_ssl import checkpoints, inference
 
 
 def confusion_matrix(labels, predictions, num_classes, ignore_label):
@@ -95,13 +46,14 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
     """Accumulates the confusion matrix of `model` over a whole dataset.
 
     Args:
-        model: keras.Model as for `predict_probabilities`, built under `strategy`'s scope.
+        model: keras.Model as for `inference.predict_probabilities`, built under the scope of
+            `strategy`.
         dataset: tf.data.Dataset of evaluation batches (`input_pipeline.get_dataset` with
             is_training=False): dicts with "image" float32 [B, H, W, 3] in [0, 255] and "label"
             int [B, H, W, 1] (other keys are not used); padded label pixels must carry
             `ignore_label`.
         num_classes, ignore_label: ints of the dataset descriptor.
-        eval_scales, add_flipped_images: as `predict_probabilities`.
+        eval_scales, add_flipped_images: as `inference.predict_probabilities`.
         strategy: optional tf.distribute.Strategy; batches are split over its replicas and the
             replicas' matrices summed. Defaults to the current strategy.
         crf_iterations: int; > 0 refines each image's probabilities with a dense CRF
@@ -115,7 +67,8 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
 
     if crf_iterations > 0:
         predict = tf.function(
-            lambda images: predict_probabilities(model, images, eval_scales, add_flipped_images),
+            lambda images: inference.predict_probabilities(model, images, eval_scales,
+                                                         add_flipped_images),
             reduce_retracing=True)
         for batch in dataset:
             probabilities = predict(batch["image"]).numpy()
@@ -128,7 +81,8 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
 
     def replica_confusion(images, labels):
         def batch_confusion():
-            predictions = predict_labels(model, images, eval_scales, add_flipped_images)
+            predictions = inference.predict_labels(model, images, eval_scales,
+                                                   add_flipped_images)
             return confusion_matrix(labels, predictions, num_classes, ignore_label)
 
         # The last batch can leave a replica without images; TF's CPU convolutions fail on
@@ -291,85 +245,6 @@ def write_summaries(writer, metrics, step):
     writer.flush()
 
 
-def resolve_checkpoint(checkpoint_path):
-    """A checkpoint prefix: `checkpoint_path` itself, or the latest one if it is a folder.
-
-    Raises:
-        ValueError naming the path if no checkpoint is there.
-    """
-    if os.path.isdir(checkpoint_path):
-        latest = tf.train.latest_checkpoint(checkpoint_path)
-        if latest is None:
-            raise ValueError(f"no checkpoint in folder {checkpoint_path!r}")
-        return latest
-    if not tf.io.gfile.exists(checkpoint_path + ".index"):
-        raise ValueError(f"no checkpoint {checkpoint_path!r} (missing "
-                         f"{checkpoint_path + '.index'})")
-    return checkpoint_path
-
-
-def restore_model(model, checkpoint_path, model_options=None):
-    """Restores `model`'s variables from a train.py checkpoint (`tf.train.Checkpoint(model=...)`).
-
-    The optimizer and other training state in the checkpoint are skipped. The model and the
-    checkpoint's `model` must hold the same variables with the same shapes.
-
-    Args:
-        model: the built keras.Model.
-        checkpoint_path: checkpoint prefix or a folder (the latest checkpoint in it is used).
-        model_options: optional dict of the build_deeplab arguments (flags) the model was built
-            with, named in the error.
-
-    Returns:
-        the checkpoint prefix that was restored.
-
-    Raises:
-        ValueError naming the checkpoint and the model options if they do not match.
-    """
-    checkpoint_path = resolve_checkpoint(checkpoint_path)
-    try:
-        in_checkpoint = _checkpoint_model_variable_count(checkpoint_path)
-        in_model = sum(isinstance(trackable, (keras.Variable, tf.Variable))
-                       for trackable in tf.train.TrackableView(model).descendants())
-        if in_checkpoint != in_model:
-            raise AssertionError(f"the checkpoint's model has {in_checkpoint} variables, "
-                                 f"the model {in_model}")
-        status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
-        status.expect_partial()
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
-        options = ", ".join(f"{name}={value}" for name, value in (model_options or {}).items())
-        raise ValueError(
-            f"checkpoint {checkpoint_path!r} does not match the model built from the flags "
-            f"({options or 'not given'}); check model_variant, decoder_output_stride, "
-            f"atrous_rates and the dataset's num_classes: {error}") from error
-    return checkpoint_path
-
-
-def _checkpoint_model_variable_count(checkpoint_path):
-    """Number of variables under the `model` object of a tf.train.Checkpoint file."""
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(
-        tf.train.load_checkpoint(checkpoint_path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-    pending = [child.node_id for child in graph.nodes[0].children if child.local_name == "model"]
-    if not pending:
-        raise AssertionError("the checkpoint has no `model` object")
-    seen = set(pending)
-    while pending:
-        for child in graph.nodes[pending.pop()].children:
-            if child.node_id not in seen:
-                seen.add(child.node_id)
-                pending.append(child.node_id)
-    return sum(any(attribute.name == "VARIABLE_VALUE" for attribute in graph.nodes[node].attributes)
-               for node in seen)
-
-
-def checkpoint_step(checkpoint_path):
-    """The training step in a checkpoint name `.../model.ckpt-STEP`, or 0 if it has none."""
-    suffix = checkpoint_path.rsplit("-", 1)[-1]
-    return int(suffix) if suffix.isdigit() else 0
-
-
 def checkpoints_to_evaluate(checkpoint_path=None, checkpoint_dir=None, eval_interval_secs=300,
                             max_number_of_evaluations=0, timeout=None):
     """Checkpoint prefixes to evaluate: one checkpoint, or each new one in a training folder.
@@ -386,7 +261,7 @@ def checkpoints_to_evaluate(checkpoint_path=None, checkpoint_dir=None, eval_inte
         str checkpoint prefixes.
     """
     if checkpoint_path:
-        yield resolve_checkpoint(checkpoint_path)
+        yield checkpoints.resolve_checkpoint(checkpoint_path)
         return
     if not checkpoint_dir:
         raise ValueError("give --checkpoint_path (one checkpoint) or --checkpoint_dir "
@@ -420,7 +295,7 @@ def evaluate_checkpoint(model, checkpoint_path, dataset, descriptor, split, eval
     Returns:
         the metrics dict of `segmentation_metrics`.
     """
-    restore_model(model, checkpoint_path, model_options)
+    checkpoints.restore_model(model, checkpoint_path, model_options)
     confusion = evaluate(model, dataset, descriptor.num_classes, descriptor.ignore_label,
                          eval_scales, add_flipped_images, strategy, crf_iterations)
     metrics = segmentation_metrics(confusion, descriptor.class_names, descriptor.ignore_label)
@@ -433,5 +308,5 @@ def evaluate_checkpoint(model, checkpoint_path, dataset, descriptor, split, eval
         "eval_scales": " ".join(f"{scale:g}" for scale in eval_scales),
         "add_flipped_images": add_flipped_images, "crf_iterations": crf_iterations})
     if summary_writer is not None:
-        write_summaries(summary_writer, metrics, checkpoint_step(checkpoint_path))
+        write_summaries(summary_writer, metrics, checkpoints.checkpoint_step(checkpoint_path))
     return metrics

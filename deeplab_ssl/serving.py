@@ -12,12 +12,12 @@ Preprocessing happens inside: the uint8 pixels go to the model as float32 [0, 25
 normalizes them for its backbone). With a `crop_size`, images larger than it are resized down to
 fit (keeping the aspect ratio), padded with `pad_value` up to the crop size, and the probabilities
 of the valid region are resized back to the input size; without one, the model runs at the
-input's own size. Inference is `evaluation.predict_probabilities`, the one eval.py uses.
+input's own size. Inference is `inference.predict_probabilities`, the one eval.py uses.
 """
 import keras
 import tensorflow as tf
 
-from deeplab_ssl import evaluation
+from deeplab_ssl import inference
 
 PREDICTIONS_KEY = "SemanticPredictions"
 PROBABILITIES_KEY = "SemanticProbabilities"
@@ -48,7 +48,7 @@ def make_predict_fn(model, crop_size=None, pad_value=(127.5, 127.5, 127.5), eval
             None runs at the input size.
         pad_value: 3 floats, the pixel padded images are filled with (the backbone's mean
             pixel, which its preprocessing maps to 0, as deeplab pads).
-        eval_scales, add_flipped_images: as `evaluation.predict_probabilities`.
+        eval_scales, add_flipped_images: as `inference.predict_probabilities`.
         include_probabilities: bool, also return `SemanticProbabilities`.
 
     Returns:
@@ -60,7 +60,7 @@ def make_predict_fn(model, crop_size=None, pad_value=(127.5, 127.5, 127.5), eval
         images = _checked_images(images)
         size = tf.shape(images)[1:3]
         if crop_size is None:
-            probabilities = evaluation.predict_probabilities(
+            probabilities = inference.predict_probabilities(
                 model, images, eval_scales, add_flipped_images)
         else:
             crop = tf.constant(crop_size, tf.int32)
@@ -72,7 +72,7 @@ def make_predict_fn(model, crop_size=None, pad_value=(127.5, 127.5, 127.5), eval
             offset = tf.constant(pad_value, tf.float32)
             padded = tf.image.pad_to_bounding_box(
                 fitted - offset, 0, 0, crop_size[0], crop_size[1]) + offset
-            probabilities = evaluation.predict_probabilities(
+            probabilities = inference.predict_probabilities(
                 model, padded, eval_scales, add_flipped_images)
             probabilities = tf.image.resize(
                 probabilities[:, :fitted_size[0], :fitted_size[1]], size, method="bilinear")

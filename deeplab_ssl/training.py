@@ -1,10 +1,11 @@
-"""Training: strategy, deeplab's learning rate, the distributed train step, checkpoints, logs.
+"""The training loop: options, the distributed train step, checkpoints, logs.
 
 The loop is deeplab's `train.py` on `tf.distribute`: the global batch of `train_batch_size`
-images is split over the replicas, each replica computes its part of the loss sums, and
-`losses.cross_replica_loss` all-reduces them so every replica sees the loss of the WHOLE global
-batch. The optimizer SUM-all-reduces the gradients, so a step does not depend on the number of
-replicas (apart from batch norm statistics, which are per replica as in deeplab).
+images is split over the replicas (`distribute`), each replica computes its part of the loss
+sums, and `losses.cross_replica_loss` all-reduces them so every replica sees the loss of the
+WHOLE global batch. The optimizer SUM-all-reduces the gradients, so a step does not depend on
+the number of replicas (apart from batch norm statistics, which are per replica as in deeplab).
+The learning rate, gradient multipliers and initial weights are deeplab's (`train_utils`).
 
 Checkpoints (`tf.train.CheckpointManager` in `train_logdir`, files `model.ckpt-STEP`) hold the
 model, the optimizer (its `iterations` is the global step) and, with a single worker, the input
@@ -23,13 +24,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from deeplab_ssl import losses
-from deeplab_ssl import model as model_lib
-from deeplab_ssl.core import utils
-from deeplab_ssl.losses import ssl
+from deeplab_ssl import distribute, losses, train_utils
 
-STRATEGIES = ("mirrored", "multi_worker", "one_device")
-LEARNING_POLICIES = ("poly", "step")
 MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
 CHECKPOINT_NAME = "model.ckpt"
 TRAIN_LOG_NAME = "train_log.jsonl"
@@ -38,134 +34,6 @@ MAX_CHECKPOINTS_TO_KEEP = 5
 ITERATORS_DIR = "iterators"
 ITERATOR_CHECKPOINT_NAME = "iterator.ckpt"
 NUM_SUMMARY_IMAGES = 3
-
-
-# ---------------------------------------------------------------------------------------------
-# Strategy.
-
-def tf_config_num_workers():
-    """Number of worker tasks (chief included) named by the TF_CONFIG environment variable."""
-    tf_config = os.environ.get("TF_CONFIG")
-    if not tf_config:
-        return 0
-    try:
-        cluster = json.loads(tf_config).get("cluster", {})
-    except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
-    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-
-
-def get_strategy(name="mirrored"):
-    """The tf.distribute strategy called `name`.
-
-    Args:
-        name: "mirrored" (all local GPUs, or the CPU; becomes "multi_worker" when TF_CONFIG names
-            several workers), "multi_worker" (MultiWorkerMirroredStrategy from TF_CONFIG) or
-            "one_device" (the first GPU, or the CPU: for debugging).
-
-    Returns:
-        a tf.distribute.Strategy.
-    """
-    if name not in STRATEGIES:
-        raise ValueError(f"--strategy={name!r} is not one of {STRATEGIES}")
-    if name == "mirrored" and tf_config_num_workers() > 1:
-        logging.info("TF_CONFIG names %d workers: using MultiWorkerMirroredStrategy.",
-                     tf_config_num_workers())
-        name = "multi_worker"
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "one_device":
-        device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
-        return tf.distribute.OneDeviceStrategy(device)
-    return tf.distribute.MirroredStrategy()
-
-
-def _worker_index_and_count(strategy):
-    """(index of this worker's input pipeline, number of workers) as in deeplab's sharding."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
-        return 0, 1
-    cluster = resolver.cluster_spec().as_dict()
-    num_chiefs = len(cluster.get("chief", []))
-    num_workers = num_chiefs + len(cluster.get("worker", []))
-    if resolver.task_type == "chief":
-        return 0, max(num_workers, 1)
-    return num_chiefs + (resolver.task_id or 0), max(num_workers, 1)
-
-
-def _is_chief(strategy):
-    """Whether this worker writes the checkpoints and logs (always true with one worker)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
-        return True
-    if resolver.task_type in (None, "chief"):
-        return True
-    has_chief = bool(resolver.cluster_spec().as_dict().get("chief"))
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-# ---------------------------------------------------------------------------------------------
-# Learning rate.
-
-@keras.saving.register_keras_serializable(package="deeplab_ssl")
-class DeepLabLearningRate(keras.optimizers.schedules.LearningRateSchedule):
-    """deeplab's learning rate (`utils/train_utils.get_model_learning_rate`), step -> float32.
-
-    With s = slow_start_step and t = max(step - s, 0):
-      - step < s: `slow_start_learning_rate`;
-      - "poly": base_learning_rate * (1 - min(t, T) / T) ** learning_power with
-        T = training_number_of_steps - s (tf.train.polynomial_decay, end rate 0);
-      - "step": base_learning_rate * learning_rate_decay_factor ** floor(t / learning_rate_decay_step).
-    The rate used by the update of step n (0-based) is the rate at n, as in deeplab.
-    """
-
-    def __init__(self, base_learning_rate, training_number_of_steps, learning_policy="poly",
-                 learning_power=0.9, slow_start_step=0, slow_start_learning_rate=1e-4,
-                 learning_rate_decay_step=2000, learning_rate_decay_factor=0.1):
-        if learning_policy not in LEARNING_POLICIES:
-            raise ValueError(
-                f"--learning_policy={learning_policy!r} is not one of {LEARNING_POLICIES}")
-        if not 0 <= slow_start_step < training_number_of_steps:
-            raise ValueError(
-                f"--slow_start_step={slow_start_step} must be >= 0 and smaller than "
-                f"--training_number_of_steps={training_number_of_steps}")
-        if learning_policy == "step" and learning_rate_decay_step < 1:
-            raise ValueError(
-                f"--learning_rate_decay_step={learning_rate_decay_step} must be >= 1")
-        self.base_learning_rate = float(base_learning_rate)
-        self.training_number_of_steps = int(training_number_of_steps)
-        self.learning_policy = learning_policy
-        self.learning_power = float(learning_power)
-        self.slow_start_step = int(slow_start_step)
-        self.slow_start_learning_rate = float(slow_start_learning_rate)
-        self.learning_rate_decay_step = int(learning_rate_decay_step)
-        self.learning_rate_decay_factor = float(learning_rate_decay_factor)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        adjusted_step = tf.maximum(step - self.slow_start_step, 0.0)
-        if self.learning_policy == "poly":
-            decay_steps = float(self.training_number_of_steps - self.slow_start_step)
-            remaining = 1.0 - tf.minimum(adjusted_step, decay_steps) / decay_steps
-            rate = self.base_learning_rate * tf.pow(remaining, self.learning_power)
-        else:
-            rate = self.base_learning_rate * tf.pow(
-                self.learning_rate_decay_factor,
-                tf.floor(adjusted_step / self.learning_rate_decay_step))
-        return tf.where(step < self.slow_start_step,
-                        tf.constant(self.slow_start_learning_rate, tf.float32), rate)
-
-    def get_config(self):
-        return dict(
-            base_learning_rate=self.base_learning_rate,
-            training_number_of_steps=self.training_number_of_steps,
-            learning_policy=self.learning_policy,
-            learning_power=self.learning_power,
-            slow_start_step=self.slow_start_step,
-            slow_start_learning_rate=self.slow_start_learning_rate,
-            learning_rate_decay_step=self.learning_rate_decay_step,
-            learning_rate_decay_factor=self.learning_rate_decay_factor,
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,8 +84,8 @@ class TrainOptions:
         self.learning_rate()  # Checks the learning-policy flags.
 
     def learning_rate(self):
-        """The DeepLabLearningRate of these options."""
-        return DeepLabLearningRate(
+        """The train_utils.DeepLabLearningRate of these options."""
+        return train_utils.DeepLabLearningRate(
             self.base_learning_rate, self.training_number_of_steps, self.learning_policy,
             self.learning_power, self.slow_start_step, self.slow_start_learning_rate,
             self.learning_rate_decay_step, self.learning_rate_decay_factor)
@@ -243,74 +111,6 @@ def dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
-def set_batch_norm_decay(model, decay):
-    """Sets the moving-average decay (keras `momentum`) of every batch norm layer of `model`."""
-    if not 0 <= decay < 1:
-        raise ValueError(f"--batch_norm_decay={decay} must be in [0, 1)")
-    for layer in getattr(model, "layers", []):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = decay
-        set_batch_norm_decay(layer, decay)  # Nested models.
-
-
-def initialize_from_checkpoint(model, tf_initial_checkpoint, initialize_last_layer=True,
-                               last_layers_contain_logits_only=False):
-    """deeplab's --tf_initial_checkpoint: initial weights of a run without a checkpoint yet.
-
-    Args:
-        model: keras.Model from `deeplab_ssl.model.build_deeplab`.
-        tf_initial_checkpoint: one of
-            - a deeplab / TF-slim checkpoint (an ImageNet backbone of deeplab's model zoo, or a
-              trained DeepLab), restored by variable name (`checkpoints.load_slim_checkpoint`);
-            - a checkpoint of this train.py, or its train_logdir (the latest checkpoint), e.g.
-              stage 1 of the paper for stage 2: all model variables, not the optimizer or step;
-            - a Keras weights file (`.weights.h5` or `.keras`).
-        initialize_last_layer: bool; False keeps the initial weights of the last layers (slim
-            checkpoints only), e.g. for another number of classes.
-        last_layers_contain_logits_only: bool, the last layers are only the logits.
-    """
-    from deeplab_ssl import checkpoints, evaluation  # They import the model code.
-    if tf_initial_checkpoint.endswith((".weights.h5", ".keras")):
-        checkpoints.load_weights(model, tf_initial_checkpoint)
-        logging.info("Initialized the model from %s.", tf_initial_checkpoint)
-        return
-    path = evaluation.resolve_checkpoint(tf_initial_checkpoint)
-    if tf.train.load_checkpoint(path).has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):
-        if not initialize_last_layer:
-            raise ValueError(
-                f"--tf_initial_checkpoint={tf_initial_checkpoint} is a train.py checkpoint, "
-                "which restores the whole model: --initialize_last_layer=false needs a "
-                "deeplab / TF-slim checkpoint")
-        evaluation.restore_model(model, path, "the training flags")
-        logging.info("Initialized the model from train.py checkpoint %s.", path)
-    else:
-        report = checkpoints.load_slim_checkpoint(
-            model, path, initialize_last_layer, last_layers_contain_logits_only)
-        logging.info("Initialized the model from %s", report)
-
-
-def gradient_multipliers(variables, last_layer_gradient_multiplier=1.0,
-                         last_layers_contain_logits_only=False):
-    """deeplab's model_gradient_multipliers: one float per variable, in order.
-
-    As deeplab's train_utils: biases get twice the gradient, variables of the last layers
-    (model.get_extra_layer_scopes, matched anywhere in the slim name) get
-    last_layer_gradient_multiplier times it, and biases of the last layers twice that.
-
-    Args:
-        variables: list of Keras variables of a model from build_deeplab (others: any names).
-        last_layer_gradient_multiplier: float, deeplab's flag of that name.
-        last_layers_contain_logits_only: bool, only the logits are last layers.
-    """
-    last_layers = model_lib.get_extra_layer_scopes(last_layers_contain_logits_only)
-    multipliers = []
-    for variable in variables:
-        name = utils.slim_scope(variable.path)
-        multiplier = 2.0 if name.endswith("/bias") else 1.0
-        if any(scope in name for scope in last_layers):
-            multiplier *= last_layer_gradient_multiplier
-        multipliers.append(multiplier)
-    return multipliers
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -329,13 +129,13 @@ class Trainer:
             mixed-precision policy.
         loss: a loss of `deeplab_ssl.losses` (with `sums` and `loss_from_sums`).
         options: TrainOptions.
-        strategy: a tf.distribute.Strategy; default `get_strategy()`.
+        strategy: a tf.distribute.Strategy; default `distribute.get_strategy()`.
         colormap: name of a `deeplab_ssl.visualization` colormap for the TensorBoard pictures.
     """
 
     def __init__(self, model_fn, loss, options, strategy=None, colormap="pascal"):
         self.options = options
-        self.strategy = strategy or get_strategy()
+        self.strategy = strategy or distribute.get_strategy()
         self.loss = loss
         self.colormap = colormap
         replicas = self.strategy.num_replicas_in_sync
@@ -344,16 +144,16 @@ class Trainer:
                 f"--train_batch_size={options.train_batch_size} is not divisible by the "
                 f"{replicas} replicas of the strategy")
         self.per_replica_batch_size = options.train_batch_size // replicas
-        self.is_chief = _is_chief(self.strategy)
+        self.is_chief = distribute.is_chief(self.strategy)
         with dtype_policy(options.mixed_precision), self.strategy.scope():
             self.model = model_fn()
             self.optimizer = make_optimizer(options)
             self.optimizer.build(self.model.trainable_variables)
-        self._gradient_multipliers = gradient_multipliers(
+        self._gradient_multipliers = train_utils.gradient_multipliers(
             self.model.trainable_variables, options.last_layer_gradient_multiplier,
             options.last_layers_contain_logits_only)
-        if hasattr(loss, "step") and loss.step is None:
-            loss.step = self.optimizer.iterations  # deeplab's hard_example_mining_step.
+        if loss.step is None:
+            loss.step = self.optimizer.iterations  # E.g. deeplab's hard_example_mining_step.
         self._distributed_step = tf.function(self._distributed_step_fn)
         self._iterator_manager = None  # Per-worker iterators, with several workers.
 
@@ -369,8 +169,8 @@ class Trainer:
 
         Returns {"sums": the loss's global sums, "loss", "regularization_loss", "total_loss",
         "non_finite_gradients" (without loss scaling): float32 scalars}, and with `statistics`
-        (a Python bool) the loss's error_statistics and class_statistics of the global batch
-        ("error_maxima", "error_sums", "class_sums").
+        (a Python bool) the parts of the loss's `statistics` for the global batch
+        ("statistic_sums", "statistic_maxima").
         """
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
@@ -393,13 +193,13 @@ class Trainer:
         metrics = dict(sums=sums, loss=loss, regularization_loss=regularization,
                        total_loss=loss + regularization)
         if statistics:
-            maxima, statistic_sums = self.loss.error_statistics(labels, logits)
-            metrics["error_maxima"] = tf.reduce_max(
-                context.all_gather(maxima[None], axis=0), axis=0)
-            metrics["error_sums"] = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                                       statistic_sums)
-            metrics["class_sums"] = context.all_reduce(
-                tf.distribute.ReduceOp.SUM, self.loss.class_statistics(labels, logits))
+            statistic_sums, maxima = self.loss.statistics(labels, logits)
+            metrics["statistic_sums"] = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                           statistic_sums)
+            # tf.distribute reduces by SUM or MEAN only: gather the replicas' maxima.
+            metrics["statistic_maxima"] = {
+                name: tf.reduce_max(context.all_gather(value[None], axis=0), axis=0)
+                for name, value in maxima.items()}
         if not loss_scaling:  # The loss-scale optimizer skips non-finite updates itself.
             # A finite loss can still give NaN gradients (e.g. NaN pixels zeroed by a ReLU).
             num_non_finite = tf.add_n([
@@ -415,78 +215,45 @@ class Trainer:
                                  kwargs=dict(statistics=statistics))
 
     def train_step(self, batch, statistics=False):
-        """Runs one step on a distributed batch; returns {name: float} of the global batch.
+        """Runs one step on a distributed batch; returns the figures of the global batch.
 
-        The names: the loss's sums, `loss`, `regularization_loss` (weight decay), `total_loss`,
-        `non_finite_gradients` (without loss scaling), the loss's terms (`loss.terms`) and, for
-        the SSL, `hard_example_fraction` (paper Fig. 4) and, with `statistics`, the figures of
-        the paper's Fig. 3 (`deeplab_ssl.losses.ssl.ERROR_STATISTICS`) and, as lists of one
-        float per class, where the hard examples and the gradient of each term are
-        (`deeplab_ssl.losses.ssl.CLASS_STATISTICS`).
+        Returns:
+          dict of floats: the loss's sums, `loss`, `regularization_loss` (weight decay),
+          `total_loss`, `non_finite_gradients` (without loss scaling), the loss's `terms` and
+          `sum_statistics` (e.g. the SSL's `hard_example_fraction`, paper Fig. 4); with
+          `statistics`, also "statistics": the loss's `summarize_statistics` (e.g. the SSL's
+          Fig. 3 figures and per-class lists).
         """
-        statistics = statistics and hasattr(self.loss, "error_statistics")
         outputs = tf.nest.map_structure(
             lambda value: self.strategy.experimental_local_results(value)[0].numpy(),
             self._distributed_step(batch, statistics))
         sums = {name: float(value) for name, value in outputs.pop("sums").items()}
-        error_parts = [outputs.pop(name, None) for name in ("error_maxima", "error_sums")]
-        class_sums = outputs.pop("class_sums", None)
+        statistic_parts = [outputs.pop(name, None)
+                           for name in ("statistic_sums", "statistic_maxima")]
         metrics = dict(sums, **{name: float(value) for name, value in outputs.items()})
-        metrics.update((name, float(value)) for name, value in self.loss.terms(sums).items())
-        if hasattr(self.loss, "hard_example_fraction"):
-            metrics["hard_example_fraction"] = float(self.loss.hard_example_fraction(
-                sums, self.model.output_shape[-1]))
+        for name, value in {**self.loss.terms(sums), **self.loss.sum_statistics(
+                sums, self.model.output_shape[-1])}.items():
+            metrics[name] = float(value)
         if statistics:
-            metrics.update(self.loss.summarize_error_statistics(*error_parts))
-            metrics.update(self.loss.summarize_class_statistics(class_sums))
+            metrics["statistics"] = self.loss.summarize_statistics(*statistic_parts)
         return metrics
 
     def log_values(self, metrics):
-        """What the logs show of train_step's metrics: the loss, weight decay and total, the
-        loss's terms and, for the SSL, the hard-example fraction, Fig. 3's statistics and the
-        per-class ones."""
+        """What the terminal shows of train_step's metrics: the loss, weight decay and total,
+        the loss's terms and sum_statistics (not its raw sums, nor its log-step statistics)."""
         names = ("loss", "regularization_loss", "total_loss", *self.loss.terms(metrics),
-                 "hard_example_fraction", *ssl.ERROR_STATISTICS, *ssl.CLASS_STATISTICS)
-        return {name: metrics[name] for name in names if name in metrics}
+                 *self.loss.sum_statistics(metrics, self.model.output_shape[-1]))
+        return {name: metrics[name] for name in names}
 
     # --- input ---------------------------------------------------------------------------------
 
-    def input_context(self):
-        """The tf.distribute.InputContext of this worker (for sharding and the batch size)."""
-        index, count = _worker_index_and_count(self.strategy)
-        return tf.distribute.InputContext(
-            num_input_pipelines=count, input_pipeline_id=index,
-            num_replicas_in_sync=self.strategy.num_replicas_in_sync)
-
     def make_iterator(self, dataset_fn):
-        """A checkpointable iterator over this worker's per-replica batches.
-
-        `dataset_fn(input_context)` returns a tf.data.Dataset of (images, labels) batches of
-        `input_context.get_per_replica_batch_size(train_batch_size)` examples. Like
-        `strategy.distribute_datasets_from_function`, the local replicas take successive
-        batches; unlike it, the iterator is an ordinary one that tf.train.Checkpoint can save.
-        """
-        options = tf.data.Options()
-        # Datasets with stateful ops (a user's random augmentation; our pipeline's is stateless)
-        # can still be saved: their buffered outputs are, the ops' state is not.
-        options.experimental_external_state_policy = (
-            tf.data.experimental.ExternalStatePolicy.IGNORE)
-        return iter(dataset_fn(self.input_context()).with_options(options))
+        """`distribute.make_iterator` of this trainer's strategy."""
+        return distribute.make_iterator(self.strategy, dataset_fn)
 
     def next_batch(self, iterator):
-        """The next distributed (images, labels) batch: one per-replica batch per replica."""
-        num_local = len(self.strategy.extended.worker_devices)
-        batches = [next(iterator) for _ in range(num_local)]
-        for images, _ in batches:
-            if images.shape[0] != self.per_replica_batch_size:
-                raise ValueError(
-                    f"the dataset yielded a batch of {images.shape[0]} images; each replica "
-                    f"needs {self.per_replica_batch_size} (--train_batch_size="
-                    f"{self.options.train_batch_size} over "
-                    f"{self.strategy.num_replicas_in_sync} replicas): batch with "
-                    f"drop_remainder=True")
-        return self.strategy.experimental_distribute_values_from_function(
-            lambda context: batches[context.replica_id_in_sync_group % num_local])
+        """`distribute.next_batch` of this trainer's strategy and batch size."""
+        return distribute.next_batch(self.strategy, iterator, self.per_replica_batch_size)
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -498,7 +265,7 @@ class Trainer:
         train_logdir/iterators/worker_INDEX (`self._iterator_manager`), at the same steps.
         """
         objects = dict(model=self.model, optimizer=self.optimizer)
-        index, count = _worker_index_and_count(self.strategy)
+        index, count = distribute.worker_index_and_count(self.strategy)
         directory = self.options.train_logdir
         self._iterator_manager = None
         if count == 1:
@@ -588,7 +355,7 @@ class Trainer:
             self._restore(manager, latest)
             logging.info("Restored %s: resuming at step %d.", latest, self.step)
         elif options.tf_initial_checkpoint:
-            initialize_from_checkpoint(
+            train_utils.initialize_from_checkpoint(
                 self.model, options.tf_initial_checkpoint, options.initialize_last_layer,
                 options.last_layers_contain_logits_only)
         step = self.step
@@ -611,7 +378,7 @@ class Trainer:
             next_step = step + 1
             is_log_step = next_step % options.log_steps == 0 or next_step == total
             metrics = self.train_step(batch, statistics=is_log_step)
-            # The per-class lists follow from the same sums; the scalars tell.
+            # The statistics come from the same logits: the scalars tell.
             if (not all(math.isfinite(value) for value in metrics.values()
                         if isinstance(value, float))
                     or metrics.get("non_finite_gradients")):
@@ -627,12 +394,10 @@ class Trainer:
                 record = dict(step=step, learning_rate=float(schedule(step - 1)),
                               **self.log_values(metrics),
                               images_per_second=options.train_batch_size / seconds_per_step)
-                # The terminal line leaves Fig. 3's and the per-class statistics to the logs
-                # and TensorBoard.
-                logging.info("step %d/%d: %s, %s left", step, total, _format({
-                    k: v for k, v in record.items()
-                    if k != "step" and k not in ssl.ERROR_STATISTICS}),
-                    _duration((total - step) * seconds_per_step))
+                logging.info("step %d/%d: %s, %s left", step, total, _format(record),
+                             _duration((total - step) * seconds_per_step))
+                # The loss's statistics go to the logs and TensorBoard only.
+                record.update(metrics.get("statistics", {}))
                 if train_log:
                     train_log.append(record)
                 with writer.as_default(step=step):
@@ -678,9 +443,9 @@ class TrainLog:
 
 
 def _format(values):
-    """The scalars of `values` (lists, one value per class, are left out), for the terminal."""
+    """The float values of `values` (not the step, lists or dicts), for the terminal."""
     return ", ".join(f"{name} {value:.4g}" for name, value in values.items()
-                     if not isinstance(value, list))
+                     if isinstance(value, float))
 
 
 def _duration(seconds):

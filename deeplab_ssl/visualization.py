@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_ssl import evaluation
+from deeplab_ssl import inference
 from deeplab_ssl.datasets import descriptors
 
 # deeplab's vis.py: Cityscapes train ids -> the label ids of the Cityscapes evaluation server,
@@ -202,13 +202,13 @@ def visualize(model, dataset, colormap, vis_logdir, eval_scales=(1.0,), add_flip
     `vis_logdir/raw_segmentation_results/`.
 
     Args:
-        model: keras.Model as for `evaluation.predict_probabilities`.
+        model: keras.Model as for `inference.predict_probabilities`.
         dataset: evaluation batches of `input_pipeline.get_dataset(..., is_training=False)`:
             dicts with image float32 [B, h, w, 3], label [B, h, w, 1], filename [B], height and
             width int32 [B] (the unpadded sizes).
         colormap: uint8 [N, 3].
         vis_logdir: str, output folder (created).
-        eval_scales, add_flipped_images: as `evaluation.predict_probabilities`.
+        eval_scales, add_flipped_images: as `inference.predict_probabilities`.
         also_save_raw_predictions: bool, also write raw label PNGs.
         raw_label_ids: optional sequence mapping predicted labels to the raw PNG values
             (e.g. CITYSCAPES_TRAIN_ID_TO_EVAL_ID); None writes the labels as they are.
@@ -223,7 +223,7 @@ def visualize(model, dataset, colormap, vis_logdir, eval_scales=(1.0,), add_flip
     if also_save_raw_predictions:
         os.makedirs(raw_dir, exist_ok=True)
     predict = tf.function(
-        lambda images: evaluation.predict_labels(model, images, eval_scales, add_flipped_images),
+        lambda images: inference.predict_labels(model, images, eval_scales, add_flipped_images),
         reduce_retracing=True)
     count = 0
     for batch in dataset:

@@ -136,7 +136,7 @@ def plot_error_statistics(runs, path, method="ssl3", smoothing=5):
 
 def plot_predictions(runs_dir, path, methods=("ce", "ssl3"), num_images=4):
     """Val images rich in thin classes: image, ground truth, one column per method."""
-    from deeplab_ssl import evaluation, visualization
+    from deeplab_ssl import checkpoints, inference, visualization
     from deeplab_ssl import model as model_lib
     from deeplab_ssl.datasets import descriptors, input_pipeline
     camvid = descriptors.get_descriptor("camvid")
@@ -156,9 +156,9 @@ def plot_predictions(runs_dir, path, methods=("ce", "ssl3"), num_images=4):
                 for e in examples]]
     for method in methods:
         model = model_lib.build_deeplab("mobilenet_v2", camvid.num_classes)
-        evaluation.restore_model(model, os.path.join(runs_dir, f"{method}_seed0"))
+        checkpoints.restore_model(model, os.path.join(runs_dir, f"{method}_seed0"))
         columns.append([visualization.label_to_color_image(
-            evaluation.predict_labels(model, e["image"])[0].numpy(), colormap)
+            inference.predict_labels(model, e["image"])[0].numpy(), colormap)
             for e in examples])
     titles = ["image", "ground truth"] + [METHODS[m] for m in methods]
     fig, axes = plt.subplots(num_images, len(columns), figsize=(3 * len(columns), 2.3 * num_images))

@@ -129,7 +129,7 @@ def test_missing_checkpoint_names_the_path(tmp_path):
     model = build_deeplab("mobilenet_v2", 3, depth_multiplier=0.5)
     with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
         checkpoints.load_slim_checkpoint(model, str(tmp_path / "nowhere.ckpt"))
-    with pytest.raises(FileNotFoundError, match="No checkpoint in directory"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in folder"):
         checkpoints.load_slim_checkpoint(model, str(tmp_path))
 
 

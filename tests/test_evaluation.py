@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_ssl import evaluation
+from deeplab_ssl import checkpoints, evaluation, inference
 from deeplab_ssl import model as model_lib
 
 
@@ -77,9 +77,9 @@ def test_miou_matches_keras_mean_iou_on_random_labels():
 def test_single_scale_probabilities_are_the_softmax_of_the_logits():
     model = _pointwise_model()
     images = tf.random.uniform([2, 9, 11, 3], 0, 255, seed=1)
-    probabilities = evaluation.predict_probabilities(model, images, eval_scales=[1.0])
+    probabilities = inference.predict_probabilities(model, images, eval_scales=[1.0])
     np.testing.assert_allclose(probabilities, tf.nn.softmax(model(images)), atol=1e-6)
-    labels = evaluation.predict_labels(model, images)
+    labels = inference.predict_labels(model, images)
     np.testing.assert_array_equal(labels, tf.argmax(model(images), -1))
 
 
@@ -87,8 +87,8 @@ def test_flipped_inference_of_a_flip_equivariant_model_changes_nothing():
     model = _pointwise_model()
     images = tf.random.uniform([1, 8, 10, 3], 0, 255, seed=2)
     np.testing.assert_allclose(
-        evaluation.predict_probabilities(model, images, add_flipped_images=True),
-        evaluation.predict_probabilities(model, images), atol=1e-6)
+        inference.predict_probabilities(model, images, add_flipped_images=True),
+        inference.predict_probabilities(model, images), atol=1e-6)
 
 
 def test_flipped_inference_averages_the_flipped_back_probabilities():
@@ -97,19 +97,19 @@ def test_flipped_inference_averages_the_flipped_back_probabilities():
     expected = (tf.nn.softmax(model(images)) +
                 tf.reverse(tf.nn.softmax(model(tf.reverse(images, [2]))), [2])) / 2
     np.testing.assert_allclose(
-        evaluation.predict_probabilities(model, images, add_flipped_images=True), expected,
+        inference.predict_probabilities(model, images, add_flipped_images=True), expected,
         atol=1e-6)
 
 
 def test_multi_scale_inference_resizes_back_and_averages():
     model = _small_deeplab()
     images = tf.random.uniform([2, 17, 21, 3], 0, 255, seed=4)
-    probabilities = evaluation.predict_probabilities(model, images, eval_scales=[0.5, 1.0, 1.5])
+    probabilities = inference.predict_probabilities(model, images, eval_scales=[0.5, 1.0, 1.5])
     assert probabilities.shape == (2, 17, 21, 3)
     np.testing.assert_allclose(tf.reduce_sum(probabilities, -1), 1.0, atol=1e-5)
     half = tf.image.resize(images, [9, 11])  # deeplab's (17 - 1) * 0.5 + 1, (21 - 1) * 0.5 + 1
     expected_half = tf.image.resize(tf.nn.softmax(model(half)), [17, 21])
-    others = evaluation.predict_probabilities(model, images, eval_scales=[1.0, 1.5])
+    others = inference.predict_probabilities(model, images, eval_scales=[1.0, 1.5])
     np.testing.assert_allclose(probabilities, (expected_half + 2 * others) / 3, atol=1e-5)
 
 
@@ -125,7 +125,7 @@ def test_evaluate_streams_over_batches_and_replicas():
     images = tf.random.uniform([5, 8, 8, 3], 0, 255, seed=5)
     labels = tf.random.uniform([5, 8, 8, 1], 0, 4, dtype=tf.int32, seed=6)
     labels = tf.where(tf.random.uniform(labels.shape, seed=7) < 0.2, 255, labels)
-    expected = evaluation.confusion_matrix(labels, evaluation.predict_labels(model, images), 4,
+    expected = evaluation.confusion_matrix(labels, inference.predict_labels(model, images), 4,
                                            255).numpy()
     single = evaluation.evaluate(model, _dataset(images, labels, 4), 4, 255)
     np.testing.assert_array_equal(single, expected)
@@ -199,17 +199,17 @@ def test_restore_model_round_trip_and_mismatch_errors(tmp_path):
 
     # Output stride does not change the variables: restore at 8 what was saved at 16.
     restored = _small_deeplab(output_stride=8)
-    assert evaluation.restore_model(restored, str(tmp_path)) == path
+    assert checkpoints.restore_model(restored, str(tmp_path)) == path
     for restored_weight, weight in zip(restored.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(restored_weight, weight)
 
     with pytest.raises(ValueError, match=r"model\.ckpt-1.*decoder_output_stride=4"):
-        evaluation.restore_model(_small_deeplab(decoder_output_stride=4), path,
+        checkpoints.restore_model(_small_deeplab(decoder_output_stride=4), path,
                                  {"model_variant": "mobilenet_v2", "decoder_output_stride": 4})
     with pytest.raises(ValueError, match=r"model\.ckpt-1.*num_classes=5"):
-        evaluation.restore_model(_small_deeplab(num_classes=5), path, {"num_classes": 5})
-    with pytest.raises(ValueError, match="no checkpoint"):
-        evaluation.restore_model(model, str(tmp_path / "missing.ckpt-3"))
+        checkpoints.restore_model(_small_deeplab(num_classes=5), path, {"num_classes": 5})
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpoints.restore_model(model, str(tmp_path / "missing.ckpt-3"))
 
 
 def test_checkpoints_to_evaluate(tmp_path):
@@ -221,6 +221,6 @@ def test_checkpoints_to_evaluate(tmp_path):
     assert list(evaluation.checkpoints_to_evaluate(
         checkpoint_dir=str(tmp_path), eval_interval_secs=0, max_number_of_evaluations=1)) == [
         second]
-    assert evaluation.checkpoint_step(second) == 20
+    assert checkpoints.checkpoint_step(second) == 20
     with pytest.raises(ValueError, match="checkpoint_dir"):
         list(evaluation.checkpoints_to_evaluate())

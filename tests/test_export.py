@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_ssl import evaluation, predict, serving, visualization
+from deeplab_ssl import inference, predict, serving, visualization
 from deeplab_ssl import model as model_lib
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -48,7 +48,7 @@ def test_exported_predictions_equal_the_in_process_model(model, loaded):
     for shape in [(1, 23, 31, 3), (2, 40, 17, 3)]:
         images = _images(shape)
         outputs = signature(images=tf.constant(images))
-        probabilities = evaluation.predict_probabilities(model, tf.constant(images, tf.float32))
+        probabilities = inference.predict_probabilities(model, tf.constant(images, tf.float32))
         np.testing.assert_allclose(outputs[serving.PROBABILITIES_KEY], probabilities,
                                    atol=1e-5)
         np.testing.assert_array_equal(outputs[serving.PREDICTIONS_KEY],
@@ -86,7 +86,7 @@ def test_crop_size_export_pads_small_and_fits_large_images(tmp_path):
     small = _images((1, 20, 25, 3), seed=2)
     padded = tf.image.pad_to_bounding_box(tf.constant(small, tf.float32) - 127.5, 0, 0, 33,
                                           33) + 127.5
-    expected = evaluation.predict_labels(model, padded, [0.75, 1.0], True)[:, :20, :25]
+    expected = inference.predict_labels(model, padded, [0.75, 1.0], True)[:, :20, :25]
     outputs = signature(images=tf.constant(small))
     np.testing.assert_array_equal(outputs[serving.PREDICTIONS_KEY], expected)
     assert serving.PROBABILITIES_KEY not in outputs

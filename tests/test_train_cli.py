@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from deeplab_ssl import training
+from deeplab_ssl import train_utils, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,7 +78,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(demo_dir, tmp_path):
     assert f"resuming at step {saved}." in result.stderr
     log = read_log(logdir)
     assert [record["step"] for record in log] == list(range(1, 17))
-    schedule = training.DeepLabLearningRate(0.01, 16, slow_start_step=3,
+    schedule = train_utils.DeepLabLearningRate(0.01, 16, slow_start_step=3,
                                             slow_start_learning_rate=0.001)
     for record in log:  # The same learning rates before and after the restart.
         assert record["learning_rate"] == pytest.approx(float(schedule(record["step"] - 1)))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_ssl import losses, training
+from deeplab_ssl import losses, train_utils, training
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.datasets import descriptors, input_pipeline
 
@@ -71,7 +71,7 @@ def frozen_model_fn(images):
     of gamma and beta are sums that cancel down to float rounding.
     """
     stage1 = model_fn()()
-    training.set_batch_norm_decay(stage1, 0.0)
+    train_utils.set_batch_norm_decay(stage1, 0.0)
     stage1(images, training=True)
     weights = stage1.get_weights()
 
@@ -110,7 +110,7 @@ def test_two_replicas_match_one_with_the_deeplab_model(demo_dir, tmp_path):
 
 def test_compile_and_fit_train_the_same_model(demo_dir):
     model = model_fn()()
-    schedule = training.DeepLabLearningRate(0.05, 12, slow_start_step=2,
+    schedule = train_utils.DeepLabLearningRate(0.05, 12, slow_start_step=2,
                                             slow_start_learning_rate=0.005)
     model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
                   loss=losses.SSLoss(ignore_label=DEMO.ignore_label))
@@ -130,12 +130,12 @@ def test_stage2_starts_from_stage1_with_frozen_batch_norm(demo_dir, tmp_path):
 
     # The whole model from stage 1's train_logdir.
     model = model_fn(fine_tune_batch_norm=False)()
-    training.initialize_from_checkpoint(model, str(tmp_path / "stage1"))
+    train_utils.initialize_from_checkpoint(model, str(tmp_path / "stage1"))
     assert len(model.weights) == len(stage1_weights)
     for weight in model.weights:
         np.testing.assert_array_equal(weight.numpy(), stage1_weights[weight.path])
     with pytest.raises(ValueError, match="initialize_last_layer"):
-        training.initialize_from_checkpoint(model, str(tmp_path / "stage1"),
+        train_utils.initialize_from_checkpoint(model, str(tmp_path / "stage1"),
                                             initialize_last_layer=False)
 
     stage2 = training.Trainer(
@@ -155,14 +155,14 @@ def test_stage2_starts_from_stage1_with_frozen_batch_norm(demo_dir, tmp_path):
 def test_gradient_multipliers_are_deeplabs():
     model = model_fn()()
     multipliers = dict(zip((v.path for v in model.trainable_variables),
-                           training.gradient_multipliers(model.trainable_variables, 10.0)))
+                           train_utils.gradient_multipliers(model.trainable_variables, 10.0)))
     assert multipliers["logits.semantic/bias"] == 20.0  # Biases 2x, last layers 10x.
     assert multipliers["logits.semantic/kernel"] == 10.0
     assert multipliers["aspp0/kernel"] == 10.0
     backbone = [m for path, m in multipliers.items()
                 if not path.startswith(("logits", "aspp", "image_pooling", "concat"))]
     assert backbone and set(backbone) == {1.0}
-    logits_only = training.gradient_multipliers(model.trainable_variables, 10.0, True)
+    logits_only = train_utils.gradient_multipliers(model.trainable_variables, 10.0, True)
     assert dict(zip(multipliers, logits_only))["aspp0/kernel"] == 1.0
 
 

@@ -8,7 +8,8 @@ loss of the global batch; adding the sums first is. So every loss here exposes
     loss_from_sums(sums) -> float32 scalar
     terms(sums) -> dict[str, float32 scalar]            the loss's named terms, for logs
 
-and `cross_replica_loss` all-reduces the sums inside a replica context.
+and `cross_replica_loss` all-reduces the sums inside a replica context. A loss also says what a
+training loop logs of it (`sum_statistics`, `statistics`), so the loop needs to know no loss.
 """
 import keras
 import tensorflow as tf
@@ -96,6 +97,31 @@ class SumsLoss(keras.losses.Loss):
         What training logs beside the loss, e.g. SSLoss's `bce` and `ssl` terms of Eq. 17.
         """
         raise NotImplementedError
+
+    # The training step, a scalar variable (e.g. optimizer.iterations) that a training loop
+    # sets, for losses whose definition changes over training; None otherwise.
+    step = None
+
+    def sum_statistics(self, sums, num_classes):
+        """Figures a training loop logs at every step beside the terms, from the (global) sums:
+        dict[str, float32 scalar], e.g. SSLoss's proportion of hard examples. None here."""
+        del sums, num_classes
+        return {}
+
+    def statistics(self, y_true, y_pred):
+        """Statistics a training loop logs at its log steps, in parts that combine over pieces of
+        a batch (replicas): `sums` add up, `maxima` combine by element-wise maximum.
+
+        Returns:
+          (sums, maxima): two dicts of float32 tensors, no gradient; both empty here.
+        """
+        del y_true, y_pred
+        return {}, {}
+
+    def summarize_statistics(self, sums, maxima):
+        """{name: float, or list of floats} from the combined (numpy) parts of `statistics`."""
+        del sums, maxima
+        return {}
 
     def call(self, y_true, y_pred):
         return self.loss_from_sums(self.sums(y_true, y_pred))

@@ -393,6 +393,20 @@ class SSLoss(base.SumsLoss):
         return {name: [float(v) for v in values]
                 for name, values in zip(CLASS_STATISTICS, figures)}
 
+    def sum_statistics(self, sums, num_classes):
+        return {"hard_example_fraction": self.hard_example_fraction(sums, num_classes)}
+
+    def statistics(self, y_true, y_pred):
+        """Fig. 3's statistics (error_statistics) and the per-class ones (class_statistics)."""
+        maxima, error_sums = self.error_statistics(y_true, y_pred)
+        return ({"error_sums": error_sums, "class_sums": self.class_statistics(y_true, y_pred)},
+                {"error_maxima": maxima})
+
+    def summarize_statistics(self, sums, maxima):
+        """ERROR_STATISTICS (floats) and CLASS_STATISTICS (lists of C floats)."""
+        return {**self.summarize_error_statistics(maxima["error_maxima"], sums["error_sums"]),
+                **self.summarize_class_statistics(sums["class_sums"])}
+
     def _labels_logits_and_mask(self, y_true, y_pred):
         """int32 labels [B, H, W] (-1 invalid), float32 logits [B, H, W, C], valid [B, H, W, 1]."""
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
