@@ -38,7 +38,8 @@ def main(argv):
     del argv
     descriptor = descriptors.get_descriptor(FLAGS.dataset)
     descriptor.split_size(FLAGS.eval_split)
-    options = common.model_options(descriptor.num_classes)
+    options = common.model_options(descriptor.num_classes, common.training_folder(
+        common.checkpoint_to_restore()))
     model = model_lib.build_deeplab(**options)
     dataset = input_pipeline.get_dataset(
         FLAGS.dataset, FLAGS.dataset_dir, FLAGS.eval_split, FLAGS.eval_batch_size,

@@ -10,17 +10,18 @@ uint8 [B, H, W, 3], `serving_encoded` takes `image_bytes` string [1] (JPEG/PNG);
 """
 from absl import app, flags
 
-from deeplab_ssl import common, evaluation, serving
-from deeplab_ssl import model as model_lib
+from deeplab_ssl import common, serving
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import descriptors
 
 common.define_checkpoint_flags()
 flags.DEFINE_string("export_path", None,
                     "SavedModel folder to write (TensorFlow Serving wants MODEL_DIR/VERSION).")
-flags.DEFINE_multi_integer("crop_size", None,
-                           "Height and width the model runs at: larger images are resized down "
-                           "to fit, smaller ones padded; unset runs at each image's own size.")
+common.define_crop_size_flag(
+    "crop_size", None,
+    "Height,width the model runs at (or --crop_size=H --crop_size=W, as deeplab's export): "
+    "larger images are resized down to fit, smaller ones padded; unset runs at each image's "
+    "own size.")
 common.define_inference_flags()
 flags.DEFINE_alias("inference_scales", "eval_scales")  # deeplab's export_model.py name.
 flags.DEFINE_boolean("include_probabilities", False,
@@ -32,14 +33,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    if FLAGS.crop_size is not None and len(FLAGS.crop_size) != 2:
-        raise app.UsageError(f"--crop_size takes height and width, got {FLAGS.crop_size}")
     descriptor = descriptors.get_descriptor(FLAGS.dataset)
-    options = common.model_options(descriptor.num_classes)
-    model = model_lib.build_deeplab(**options)
-    checkpoint_path = checkpoints.restore_model(model, common.checkpoint_to_restore(), options)
+    model, checkpoint_path = common.restored_model(descriptor.num_classes)
     serving.export_model(
-        model, FLAGS.export_path, crop_size=FLAGS.crop_size,
+        model, FLAGS.export_path, crop_size=common.crop_size("crop_size"),
         pad_value=feature_extractor.mean_pixel(FLAGS.model_variant),
         eval_scales=FLAGS.eval_scales, add_flipped_images=FLAGS.add_flipped_images,
         include_probabilities=FLAGS.include_probabilities)

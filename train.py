@@ -130,22 +130,9 @@ def train_options():
 def make_loss(ignore_label):
     """The loss named by --loss with its flags."""
     name = FLAGS.loss
-    kwargs = dict(ignore_label=ignore_label)
-    if name == "ssl":
-        kwargs.update(window_size=FLAGS.ssl_window_size, sigma=FLAGS.ssl_sigma,
-                      beta=FLAGS.ssl_beta, ce_weight=FLAGS.ssl_ce_weight, ohem=FLAGS.ssl_ohem,
-                      reweight=FLAGS.ssl_reweight)
-    elif name in ("ssim7", "ssim9"):
-        kwargs.update(window_size=FLAGS.ssl_window_size, sigma=FLAGS.ssl_sigma,
-                      ce_weight=FLAGS.ssl_ce_weight)
-    elif name in ("softmax_ce", "topk_ce"):
-        kwargs.update(hard_example_mining_step=FLAGS.hard_example_mining_step)
-        if name == "softmax_ce" or FLAGS["top_k_percent_pixels"].present:
-            kwargs.update(top_k_percent_pixels=FLAGS.top_k_percent_pixels)
-    elif name == "affinity":
-        kwargs.update(kld_margin=FLAGS.affinity_kld_margin)
     try:
-        return losses.get_loss(name, **kwargs)
+        return losses.get_loss(name, ignore_label=ignore_label,
+                               **losses.arguments_from_flags(name, FLAGS))
     except ValueError as error:
         raise ValueError(f"--loss={name} with its flags: {error}") from error
 
@@ -156,10 +143,13 @@ def make_trainer(strategy):
     descriptor.split_size(FLAGS.train_split)  # Names an unknown split.
     options = train_options()
 
+    model_options = common.model_options(descriptor.num_classes, FLAGS.train_logdir)
+    common.write_model_options(FLAGS.train_logdir, model_options)
+
     def model_fn():
         keras.utils.set_random_seed(FLAGS.seed)
         model = model_lib.build_deeplab(
-            **common.model_options(descriptor.num_classes), weight_decay=FLAGS.weight_decay,
+            **model_options, weight_decay=FLAGS.weight_decay,
             fine_tune_batch_norm=FLAGS.fine_tune_batch_norm)
         if FLAGS.batch_norm_decay is not None:
             train_utils.set_batch_norm_decay(model, FLAGS.batch_norm_decay)

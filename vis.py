@@ -10,8 +10,7 @@ dataset's colormap) and `%06d_panel.png` (image | ground truth | prediction | ov
 """
 from absl import app, flags
 
-from deeplab_ssl import common, evaluation, visualization
-from deeplab_ssl import model as model_lib
+from deeplab_ssl import common, visualization
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import descriptors, input_pipeline
 
@@ -36,9 +35,7 @@ def main(argv):
     del argv
     descriptor = descriptors.get_descriptor(FLAGS.dataset)
     descriptor.split_size(FLAGS.vis_split)
-    options = common.model_options(descriptor.num_classes)
-    model = model_lib.build_deeplab(**options)
-    checkpoint_path = checkpoints.restore_model(model, common.checkpoint_to_restore(), options)
+    model, checkpoint_path = common.restored_model(descriptor.num_classes)
     dataset = input_pipeline.get_dataset(
         FLAGS.dataset, FLAGS.dataset_dir, FLAGS.vis_split, FLAGS.vis_batch_size,
         crop_size=common.crop_size("vis_crop_size"), is_training=False,

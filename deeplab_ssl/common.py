@@ -1,9 +1,18 @@
-"""Flags shared by train.py, eval.py, vis.py and export.py, with deeplab's names.
+"""Flags shared by train.py, eval.py, vis.py and export.py, with deeplab's names, and the model
+they describe.
 
-Defined once, here, as in deeplab's `common.py`. Script-specific flags (crop sizes, logdirs,
-learning rates, loss flags) are defined in the script that uses them.
+Defined once, here, as in deeplab's `common.py`. Script-specific flags (logdirs, learning rates,
+loss flags) are defined in the script that uses them; crop-size flags through
+`define_crop_size_flag`. `restored_model` is the one way eval, vis and export build and restore
+the model, checked against the model options train.py wrote next to its checkpoints.
 """
+import json
+import os
+
 from absl import app, flags
+
+from deeplab_ssl import checkpoints
+from deeplab_ssl import model as model_lib
 
 flags.DEFINE_string("model_variant", "mobilenet_v2",
                     "Backbone: mobilenet_v2, resnet_v1_50, resnet_v1_50_beta, resnet_v1_101, "
@@ -28,16 +37,35 @@ flags.DEFINE_string("dataset", "pascal_voc_seg",
 flags.DEFINE_string("dataset_dir", None, "Folder of the dataset's tfrecord shards.")
 
 FLAGS = flags.FLAGS
+# train.py writes the model options next to its checkpoints; eval, vis and export read them.
+MODEL_OPTIONS_NAME = "model_options.json"
+# Model options that inference may choose otherwise than training (same variables).
+INFERENCE_OPTIONS = ("output_stride", "atrous_rates")
 
 
-def _crop_size_is_valid(value):
-    return value is None or (
-        len(value) in (1, 2) and all(v.strip().isdigit() and int(v) > 0 for v in value))
+def _crop_sizes(values):
+    """The integers of a crop-size flag's values: '513,513' once, or 513 then 513 (deeplab's
+    export_model.py gives --crop_size twice); None for None."""
+    if values is None:
+        return None
+    sizes = [size.strip() for value in values for size in str(value).split(",")]
+    if not 1 <= len(sizes) <= 2 or not all(size.isdigit() and int(size) > 0 for size in sizes):
+        raise ValueError(values)
+    return [int(size) for size in sizes]
+
+
+def _crop_size_is_valid(values):
+    try:
+        _crop_sizes(values)
+    except ValueError:
+        return False
+    return True
 
 
 def define_crop_size_flag(name, default, help_text):
-    """A deeplab crop-size flag: 'height,width' (or one size for a square), e.g. 513,513."""
-    flags.DEFINE_list(name, default, help_text)
+    """A deeplab crop-size flag: `--NAME=height,width`, or `--NAME=height --NAME=width`, or one
+    size for a square, e.g. --train_crop_size=513,513 or --crop_size=513 --crop_size=513."""
+    flags.DEFINE_multi_string(name, default, help_text)
     flags.register_validator(
         name, _crop_size_is_valid,
         "must be 'height,width' (or one size) of positive integers, e.g. 513,513")
@@ -45,9 +73,9 @@ def define_crop_size_flag(name, default, help_text):
 
 def crop_size(name):
     """[height, width] from the crop-size flag `name`, or None where it is unset."""
-    if not FLAGS[name].value:
+    sizes = _crop_sizes(FLAGS[name].value)
+    if not sizes:
         return None
-    sizes = [int(v) for v in FLAGS[name].value]
     return sizes * 2 if len(sizes) == 1 else sizes
 
 
@@ -75,15 +103,8 @@ def checkpoint_to_restore():
     return path
 
 
-def model_options(num_classes):
-    """Keyword arguments of `deeplab_ssl.model.build_deeplab` taken from the shared flags.
-
-    Args:
-        num_classes: int, number of output classes (from the dataset descriptor).
-
-    Returns:
-        dict of build_deeplab keyword arguments; scripts add their own (e.g. weight_decay).
-    """
+def _flag_options(num_classes):
+    """build_deeplab keyword arguments from the shared flags alone."""
     return dict(
         model_variant=FLAGS.model_variant,
         num_classes=num_classes,
@@ -99,3 +120,76 @@ def model_options(num_classes):
         decoder_use_separable_conv=FLAGS.decoder_use_separable_conv,
         logits_kernel_size=FLAGS.logits_kernel_size,
     )
+
+
+def training_folder(checkpoint_path):
+    """The folder of a checkpoint prefix, or the folder itself."""
+    return checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(checkpoint_path)
+
+
+def read_model_options(train_logdir):
+    """The model options train.py wrote in `train_logdir` (a dict), or None if there are none."""
+    path = os.path.join(train_logdir, MODEL_OPTIONS_NAME)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_model_options(train_logdir, options):
+    """Writes `options` as train_logdir/model_options.json (temporary name, then renamed)."""
+    os.makedirs(train_logdir, exist_ok=True)
+    path = os.path.join(train_logdir, MODEL_OPTIONS_NAME)
+    temporary = f"{path}.tmp{os.getpid()}"  # Every worker of a cluster writes it.
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(options, f, indent=2)
+    os.replace(temporary, path)
+
+
+def model_options(num_classes, train_logdir=None):
+    """Keyword arguments of `deeplab_ssl.model.build_deeplab` from the shared flags.
+
+    With a `train_logdir` where train.py wrote its model options, the model flags that were not
+    given take the values of the training, and a given flag whose value differs is an error,
+    but for INFERENCE_OPTIONS, which may differ from the training's.
+
+    Args:
+        num_classes: int, number of output classes (from the dataset descriptor).
+        train_logdir: optional str, the training folder of the checkpoints to use.
+
+    Returns:
+        dict of build_deeplab keyword arguments; scripts add their own (e.g. weight_decay).
+
+    Raises:
+        ValueError: naming the flag (or --dataset for num_classes) that differs from the
+            training's value.
+    """
+    options = _flag_options(num_classes)
+    trained = read_model_options(train_logdir) if train_logdir else None
+    for name, value in (trained or {}).items():
+        if name == "num_classes" and value != num_classes:
+            raise ValueError(
+                f"the checkpoints of {train_logdir} have {value} classes, --dataset="
+                f"{FLAGS.dataset} has {num_classes}")
+        if name in INFERENCE_OPTIONS and FLAGS[name].present:
+            continue  # E.g. deeplab's export at output stride 8 of a model trained at 16.
+        if name != "num_classes" and FLAGS[name].present and options[name] != value:
+            raise ValueError(
+                f"--{name}={options[name]} differs from {value}, the value the checkpoints of "
+                f"{train_logdir} were trained with ({MODEL_OPTIONS_NAME}): drop the flag to use "
+                "the training's")
+        options[name] = value
+    return options
+
+
+def restored_model(num_classes):
+    """eval.py, vis.py and export.py's model: built from the flags (and the model options of
+    the training) and restored from --checkpoint_path or --checkpoint_dir.
+
+    Returns:
+        (keras.Model, the checkpoint prefix restored).
+    """
+    path = checkpoint_to_restore()
+    options = model_options(num_classes, training_folder(path))
+    model = model_lib.build_deeplab(**options)
+    return model, checkpoints.restore_model(model, path, options)

@@ -195,3 +195,22 @@ def test_one_crop_size_is_square(parse):
     parse("configs/demo_train.flags")
     FLAGS.train_crop_size = ["321"]
     assert train.crop_size() == [321, 321]
+
+
+def test_crop_size_as_deeplabs_export_gives_it(parse):
+    parse("configs/demo_train.flags")
+    FLAGS(["train.py", "--train_crop_size=361", "--train_crop_size=481"])
+    assert train.crop_size() == [361, 481]
+    with pytest.raises(flags.Error, match="train_crop_size"):
+        FLAGS(["train.py", "--train_crop_size=0,513"])
+
+
+def test_loss_flags_map_to_constructor_arguments(parse):
+    parse("configs/demo_train.flags")
+    FLAGS(["train.py", "--loss=topk_ce"])
+    assert train.make_loss(255).top_k_percent_pixels == 0.25  # topk_ce's own default.
+    FLAGS(["train.py", "--top_k_percent_pixels=0.5"])
+    assert train.make_loss(255).top_k_percent_pixels == 0.5
+    FLAGS(["train.py", "--loss=ssl", "--ssl_window_size=7", "--nossl_reweight"])
+    loss = train.make_loss(11)
+    assert (loss.window_size, loss.reweight, loss.ohem, loss.ignore_label) == (7, False, True, 11)

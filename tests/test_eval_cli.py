@@ -101,3 +101,26 @@ def test_vis_and_export(workdir):
     image = np.array(Image.open(workdir / "vis" / "segmentation_results" / "000000_image.png"))
     labels = signature(images=tf.constant(image[np.newaxis]))["SemanticPredictions"]
     assert labels.shape == (1, 24, 32)
+
+
+def test_model_options_of_the_training_are_the_defaults(workdir, tmp_path):
+    train_logdir = tmp_path / "train"
+    for path in (workdir / "train").glob("model.ckpt-42*"):
+        (train_logdir / path.name).parent.mkdir(exist_ok=True)
+        (train_logdir / path.name).write_bytes(path.read_bytes())
+    (train_logdir / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-42"\n')
+    (train_logdir / "model_options.json").write_text(json.dumps(dict(
+        model_variant="mobilenet_v2", num_classes=10, output_stride=16, depth_multiplier=0.25)))
+    data_flags = tmp_path / "data.flags"  # No model flags.
+    data_flags.write_text(f"--dataset=demo\n--dataset_dir={workdir / 'data'}\n")
+    _run("eval.py", f"--flagfile={data_flags}", f"--checkpoint_dir={train_logdir}",
+         "--max_number_of_evaluations=1")
+    result = _run("eval.py", f"--flagfile={data_flags}", f"--checkpoint_dir={train_logdir}",
+                  "--depth_multiplier=0.5", expect_ok=False)
+    assert "--depth_multiplier=0.5 differs from 0.25" in result.stderr
+    assert "model_options.json" in result.stderr
+    # The output stride is an inference choice (deeplab exports at 8 what it trains at 16).
+    _run("export.py", f"--flagfile={data_flags}", f"--checkpoint_dir={train_logdir}",
+         "--output_stride=8", "--crop_size=33", "--crop_size=33",
+         f"--export_path={tmp_path / 'export'}")
+

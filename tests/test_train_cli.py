@@ -50,6 +50,8 @@ def test_deterministic_runs_with_the_same_seed_are_the_same(demo_dir, tmp_path):
                         for name in reader.get_variable_to_shape_map()
                         if name.startswith("model/") and "OPTIMIZER" not in name})
     assert len(logs[0]) == 6 and logs[0] == logs[1]
+    with open(os.path.join(logdir, "model_options.json")) as f:  # For eval, vis and export.
+        assert json.load(f)["depth_multiplier"] == 0.25
     assert weights[0].keys() == weights[1].keys()
     for name, value in weights[0].items():
         assert (value == weights[1][name]).all(), name

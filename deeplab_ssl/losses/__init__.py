@@ -24,6 +24,19 @@ _LOSSES = {
     "affinity": (AffinityFieldLoss, {}),
 }
 LOSS_NAMES = tuple(_LOSSES)
+# The train.py flag of each constructor argument, per loss class.
+_SSL_WINDOW_FLAGS = {"window_size": "ssl_window_size", "sigma": "ssl_sigma",
+                     "ce_weight": "ssl_ce_weight"}
+_MINING_FLAGS = {"top_k_percent_pixels": "top_k_percent_pixels",
+                 "hard_example_mining_step": "hard_example_mining_step"}
+_FLAGS = {
+    SSLoss: {**_SSL_WINDOW_FLAGS, "beta": "ssl_beta", "ohem": "ssl_ohem",
+             "reweight": "ssl_reweight"},
+    SigmoidCrossEntropy: {},
+    SoftmaxCrossEntropy: _MINING_FLAGS,
+    SSIMLoss: _SSL_WINDOW_FLAGS,
+    AffinityFieldLoss: {"kld_margin": "affinity_kld_margin"},
+}
 
 
 def get_loss(name, **kwargs):
@@ -41,5 +54,24 @@ def get_loss(name, **kwargs):
     return loss_class(**{**defaults, **kwargs})
 
 
+def arguments_from_flags(name, flag_values):
+    """get_loss keyword arguments of the loss `name` from train.py's flags.
+
+    A flag left at its default does not override a default of the loss name itself: topk_ce
+    keeps its 0.25 unless --top_k_percent_pixels is given.
+
+    Args:
+      name: one of LOSS_NAMES.
+      flag_values: absl's FlagValues (flag_values[flag].value and .present).
+
+    Returns:
+      dict of constructor keyword arguments.
+    """
+    loss_class, defaults = _LOSSES[name]
+    return {argument: flag_values[flag].value for argument, flag in _FLAGS[loss_class].items()
+            if flag_values[flag].present or argument not in defaults}
+
+
 __all__ = ["AffinityFieldLoss", "LOSS_NAMES", "SSIMLoss", "SSLoss", "SigmoidCrossEntropy",
-           "SoftmaxCrossEntropy", "SumsLoss", "cross_replica_loss", "get_loss"]
+           "SoftmaxCrossEntropy", "SumsLoss", "arguments_from_flags", "cross_replica_loss",
+           "get_loss"]
