@@ -19,9 +19,8 @@ flags.DEFINE_string("export_path", None,
                     "SavedModel folder to write (TensorFlow Serving wants MODEL_DIR/VERSION).")
 common.define_crop_size_flag(
     "crop_size", None,
-    "Height,width the model runs at (or --crop_size=H --crop_size=W, as deeplab's export): "
-    "larger images are resized down to fit, smaller ones padded; unset runs at each image's "
-    "own size.")
+    "Height,width the model runs at (or one size for a square): larger images are resized "
+    "down to fit, smaller ones padded; unset runs at each image's own size.")
 common.define_inference_flags()
 flags.DEFINE_alias("inference_scales", "eval_scales")  # deeplab's export_model.py name.
 flags.DEFINE_boolean("include_probabilities", False,

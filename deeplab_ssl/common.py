@@ -43,29 +43,18 @@ MODEL_OPTIONS_NAME = "model_options.json"
 INFERENCE_OPTIONS = ("output_stride", "atrous_rates")
 
 
-def _crop_sizes(values):
-    """The integers of a crop-size flag's values: '513,513' once, or 513 then 513 (deeplab's
-    export_model.py gives --crop_size twice); None for None."""
-    if values is None:
-        return None
-    sizes = [size.strip() for value in values for size in str(value).split(",")]
-    if not 1 <= len(sizes) <= 2 or not all(size.isdigit() and int(size) > 0 for size in sizes):
-        raise ValueError(values)
-    return [int(size) for size in sizes]
-
-
-def _crop_size_is_valid(values):
-    try:
-        _crop_sizes(values)
-    except ValueError:
-        return False
-    return True
+def _crop_size_is_valid(value):
+    return value is None or (
+        len(value) in (1, 2) and all(v.strip().isdigit() and int(v) > 0 for v in value))
 
 
 def define_crop_size_flag(name, default, help_text):
-    """A deeplab crop-size flag: `--NAME=height,width`, or `--NAME=height --NAME=width`, or one
-    size for a square, e.g. --train_crop_size=513,513 or --crop_size=513 --crop_size=513."""
-    flags.DEFINE_multi_string(name, default, help_text)
+    """A deeplab crop-size flag: 'height,width' (or one size for a square), e.g. 513,513.
+
+    Given twice, the last one counts, as for every flag; deeplab's export_model.py took its
+    --crop_size twice (--crop_size=513 --crop_size=513): for a square the last gives the same.
+    """
+    flags.DEFINE_list(name, default, help_text)
     flags.register_validator(
         name, _crop_size_is_valid,
         "must be 'height,width' (or one size) of positive integers, e.g. 513,513")
@@ -73,9 +62,9 @@ def define_crop_size_flag(name, default, help_text):
 
 def crop_size(name):
     """[height, width] from the crop-size flag `name`, or None where it is unset."""
-    sizes = _crop_sizes(FLAGS[name].value)
-    if not sizes:
+    if not FLAGS[name].value:
         return None
+    sizes = [int(v) for v in FLAGS[name].value]
     return sizes * 2 if len(sizes) == 1 else sizes
 
 

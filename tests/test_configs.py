@@ -197,10 +197,12 @@ def test_one_crop_size_is_square(parse):
     assert train.crop_size() == [321, 321]
 
 
-def test_crop_size_as_deeplabs_export_gives_it(parse):
-    parse("configs/demo_train.flags")
-    FLAGS(["train.py", "--train_crop_size=361", "--train_crop_size=481"])
+def test_the_last_crop_size_counts(parse):
+    parse("configs/demo_train.flags")  # --train_crop_size=129,129
+    FLAGS(["train.py", "--train_crop_size=361,481"])
     assert train.crop_size() == [361, 481]
+    FLAGS(["train.py", "--train_crop_size=513", "--train_crop_size=513"])  # deeplab's export.
+    assert train.crop_size() == [513, 513]
     with pytest.raises(flags.Error, match="train_crop_size"):
         FLAGS(["train.py", "--train_crop_size=0,513"])
 
