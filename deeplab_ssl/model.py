@@ -158,12 +158,9 @@ def build_deeplab(model_variant, num_classes, output_stride=16, atrous_rates=Non
         logits_rates = [1]
     else:
         logits_rates = list(atrous_rates)
-    if decoder_output_stride is not None:
-        low_level_end_point = feature_extractor.decoder_end_point(model_variant,
-                                                                  decoder_output_stride)
 
     images = keras.Input(input_shape, name="images")
-    features, end_points = feature_extractor.extract_features(
+    features, pyramid_outputs = feature_extractor.extract_features(
         images, model_variant, output_stride=output_stride, multi_grid=multi_grid,
         depth_multiplier=depth_multiplier, weight_decay=weight_decay,
         fine_tune_batch_norm=fine_tune_batch_norm)
@@ -174,7 +171,10 @@ def build_deeplab(model_variant, num_classes, output_stride=16, atrous_rates=Non
         features = _aspp(builder, features, atrous_rates, add_image_level_feature,
                          aspp_with_separable_conv)
     if decoder_output_stride is not None:
-        features = _refine_by_decoder(builder, features, end_points[low_level_end_point],
+        if decoder_output_stride not in pyramid_outputs:
+            raise ValueError("decoder_output_stride must be one of %s for %s, got %r."
+                             % (sorted(pyramid_outputs), model_variant, decoder_output_stride))
+        features = _refine_by_decoder(builder, features, pyramid_outputs[decoder_output_stride],
                                       decoder_use_separable_conv)
     logits = _branch_logits(features, num_classes, logits_rates, logits_kernel_size,
                             builder.kernel_regularizer())

@@ -375,3 +375,43 @@ def test_variables_have_deeplab_names(variant):
         expected += _ASPP_NAMES
     assert set(expected) <= set(names)
     assert names["logits/semantic/weights"].shape == (1, 1, 256, NUM_CLASSES)
+
+
+# deeplab's feature_extractor.DECODER_END_POINTS (MobileNetV2's 'layer_4/depthwise_output' is
+# expanded_conv_2's depthwise output).
+_DEEPLAB_DECODER_END_POINTS = {
+    "mobilenet_v2": {4: "MobilenetV2/expanded_conv_2/depthwise",
+                     8: "MobilenetV2/expanded_conv_5/depthwise",
+                     16: "MobilenetV2/expanded_conv_12/depthwise"},
+    "resnet_v1_50": {4: "resnet_v1_50/block1/unit_2/bottleneck_v1/conv3",
+                     8: "resnet_v1_50/block2/unit_3/bottleneck_v1/conv3",
+                     16: "resnet_v1_50/block3/unit_5/bottleneck_v1/conv3"},
+    "resnet_v1_101_beta": {4: "resnet_v1_101/block1/unit_2/bottleneck_v1/conv3",
+                           8: "resnet_v1_101/block2/unit_3/bottleneck_v1/conv3",
+                           16: "resnet_v1_101/block3/unit_22/bottleneck_v1/conv3"},
+    "xception_65": {4: "xception_65/entry_flow/block2/unit_1/xception_module/"
+                       "separable_conv2_pointwise",
+                    8: "xception_65/entry_flow/block3/unit_1/xception_module/"
+                       "separable_conv2_pointwise",
+                    16: "xception_65/exit_flow/block1/unit_1/xception_module/"
+                        "separable_conv2_pointwise"},
+    "xception_71": {4: "xception_71/entry_flow/block3/unit_1/xception_module/"
+                       "separable_conv2_pointwise",
+                    8: "xception_71/entry_flow/block5/unit_1/xception_module/"
+                       "separable_conv2_pointwise",
+                    16: "xception_71/exit_flow/block1/unit_1/xception_module/"
+                        "separable_conv2_pointwise"},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(_DEEPLAB_DECODER_END_POINTS))
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_pyramid_outputs_are_deeplabs_decoder_end_points(variant, output_stride):
+    images = keras.Input((None, None, 3))
+    _, pyramid_outputs = feature_extractor.extract_features(
+        images, variant, output_stride=output_stride, depth_multiplier=0.25)
+    for stride, scope in _DEEPLAB_DECODER_END_POINTS[variant].items():
+        # The end point is the output of the scope's batch norm or activation layer.
+        layer = pyramid_outputs[stride]._keras_history[0].name
+        assert layer.rsplit(".", 1)[0] == scope.replace("/", "."), stride
+    keras.backend.clear_session()

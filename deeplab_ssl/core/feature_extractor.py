@@ -1,8 +1,9 @@
 """Feature extraction by model variant, as deeplab's core/feature_extractor.py.
 
-Maps each `model_variant` to its backbone, its input preprocessing (done inside the model), its
-mean pixel (used to pad images so that padding becomes 0 after preprocessing) and the end points
-its DeepLabv3+ decoder reads.
+Maps each `model_variant` to its backbone, its input preprocessing (done inside the model) and its
+mean pixel (used to pad images so that padding becomes 0 after preprocessing). Each backbone
+gives its pyramid outputs by nominal stride, as keras-hub's `pyramid_outputs`: the features that
+deeplab's DeepLabv3+ decoder reads at that stride (deeplab's DECODER_END_POINTS).
 """
 import keras
 
@@ -14,41 +15,11 @@ from deeplab_ssl.core import xception
 _MEAN_RGB = [123.15, 115.90, 103.06]
 _UNIT_RANGE_MEAN = [127.5, 127.5, 127.5]
 
+# The strides at which deeplab's decoder can read a backbone's features.
+DECODER_OUTPUT_STRIDES = (4, 8, 16)
+
 MODEL_VARIANTS = ("mobilenet_v2", "resnet_v1_50", "resnet_v1_50_beta", "resnet_v1_101",
                   "resnet_v1_101_beta", "xception_41", "xception_65", "xception_71")
-
-# Low-level features of the decoder per decoder_output_stride (deeplab's DECODER_END_POINTS).
-# MobileNetV2's 'layer_4/depthwise_output' is the depthwise output of expanded_conv_2.
-_DECODER_END_POINTS = {
-    "mobilenet_v2": {4: "MobilenetV2/expanded_conv_2/depthwise",
-                     8: "MobilenetV2/expanded_conv_5/depthwise",
-                     16: "MobilenetV2/expanded_conv_12/depthwise"},
-    "xception_41": {4: "xception_41/entry_flow/block2/unit_1/xception_module/"
-                       "separable_conv2_pointwise",
-                    8: "xception_41/entry_flow/block3/unit_1/xception_module/"
-                       "separable_conv2_pointwise",
-                    16: "xception_41/exit_flow/block1/unit_1/xception_module/"
-                        "separable_conv2_pointwise"},
-    "xception_65": {4: "xception_65/entry_flow/block2/unit_1/xception_module/"
-                       "separable_conv2_pointwise",
-                    8: "xception_65/entry_flow/block3/unit_1/xception_module/"
-                       "separable_conv2_pointwise",
-                    16: "xception_65/exit_flow/block1/unit_1/xception_module/"
-                        "separable_conv2_pointwise"},
-    "xception_71": {4: "xception_71/entry_flow/block3/unit_1/xception_module/"
-                       "separable_conv2_pointwise",
-                    8: "xception_71/entry_flow/block5/unit_1/xception_module/"
-                       "separable_conv2_pointwise",
-                    16: "xception_71/exit_flow/block1/unit_1/xception_module/"
-                        "separable_conv2_pointwise"},
-}
-for _variant in ("resnet_v1_50", "resnet_v1_50_beta", "resnet_v1_101", "resnet_v1_101_beta"):
-    _scope = _variant.replace("_beta", "")
-    _DECODER_END_POINTS[_variant] = {
-        4: _scope + "/block1/unit_2/bottleneck_v1/conv3",
-        8: _scope + "/block2/unit_3/bottleneck_v1/conv3",
-        16: _scope + "/block3/unit_%d/bottleneck_v1/conv3" % (5 if "50" in _variant else 22)}
-
 
 def _check_variant(model_variant):
     if model_variant not in MODEL_VARIANTS:
@@ -107,31 +78,20 @@ def extract_features(images, model_variant, output_stride=8, multi_grid=None,
 
     Returns:
         features: [B, ceil(H / output_stride), ceil(W / output_stride), C] tensor.
-        end_points: dict slim scope -> tensor of the backbone's convolution outputs.
+        pyramid_outputs: {nominal stride in DECODER_OUTPUT_STRIDES: tensor}, the features the
+            decoder reads there.
     """
     net = preprocess(images, model_variant)
     if model_variant == "mobilenet_v2":
-        return mobilenet_v2.mobilenet_v2(net, depth_multiplier, output_stride, weight_decay,
-                                         fine_tune_batch_norm)
-    if model_variant.startswith("resnet_v1_"):
+        features, pyramid_outputs = mobilenet_v2.mobilenet_v2(
+            net, depth_multiplier, output_stride, weight_decay, fine_tune_batch_norm)
+    elif model_variant.startswith("resnet_v1_"):
         depth = int(model_variant.split("_")[2])
-        return resnet_v1_beta.resnet_v1(net, depth, model_variant.endswith("_beta"),
-                                        output_stride, multi_grid, weight_decay,
-                                        fine_tune_batch_norm)
-    depth = int(model_variant.split("_")[1])
-    return xception.xception(net, depth, output_stride, multi_grid, weight_decay,
-                             fine_tune_batch_norm)
-
-
-def decoder_end_point(model_variant, decoder_output_stride):
-    """Name (slim scope, a key of extract_features' end points) of the decoder's features.
-
-    Raises:
-        ValueError: if the variant has no end point at `decoder_output_stride` (4, 8 or 16).
-    """
-    _check_variant(model_variant)
-    end_points = _DECODER_END_POINTS[model_variant]
-    if decoder_output_stride not in end_points:
-        raise ValueError("decoder_output_stride must be one of %s for %s, got %r."
-                         % (sorted(end_points), model_variant, decoder_output_stride))
-    return end_points[decoder_output_stride]
+        features, pyramid_outputs = resnet_v1_beta.resnet_v1(
+            net, depth, model_variant.endswith("_beta"), output_stride, multi_grid, weight_decay,
+            fine_tune_batch_norm)
+    else:
+        depth = int(model_variant.split("_")[1])
+        features, pyramid_outputs = xception.xception(
+            net, depth, output_stride, multi_grid, weight_decay, fine_tune_batch_norm)
+    return features, {stride: pyramid_outputs[stride] for stride in DECODER_OUTPUT_STRIDES}

@@ -63,6 +63,11 @@ def expanded_conv(builder, net, scope, num_outputs, expansion, stride, rate):
     return residual
 
 
+def _layer_scope(index):
+    """slim's scope of expanded convolution `index`: expanded_conv, expanded_conv_1, ..."""
+    return SCOPE + "/expanded_conv" + ("_%d" % index if index else "")
+
+
 def mobilenet_v2(images, depth_multiplier, output_stride, weight_decay, fine_tune_batch_norm):
     """Builds deeplab's MobileNetV2 feature extractor on preprocessed images.
 
@@ -75,7 +80,7 @@ def mobilenet_v2(images, depth_multiplier, output_stride, weight_decay, fine_tun
 
     Returns:
         features [B, ceil(H / output_stride), ceil(W / output_stride), 320 * multiplier] and the
-        end points dict of the LayerBuilder (slim scope -> tensor).
+        pyramid outputs {nominal stride: the tensor deeplab's decoder reads there}.
     """
     if depth_multiplier <= 0:
         raise ValueError("depth_multiplier must be > 0, got %r." % depth_multiplier)
@@ -89,7 +94,12 @@ def mobilenet_v2(images, depth_multiplier, output_stride, weight_decay, fine_tun
                          SCOPE + "/Conv", stride=2)
     current_stride = 2
     rate = 1
+    pyramid_outputs = {}
     for i, (stride, num_outputs, expansion) in enumerate(_EXPANDED_CONVS):
+        if stride == 2:
+            # deeplab's decoder reads the depthwise output of the layer before a stride.
+            pyramid_outputs[current_stride * rate] = builder.end_points[
+                _layer_scope(i - 1) + "/depthwise"]
         if output_stride is not None and current_stride == output_stride:
             layer_stride, layer_rate = 1, rate
             rate *= stride
@@ -97,10 +107,10 @@ def mobilenet_v2(images, depth_multiplier, output_stride, weight_decay, fine_tun
             layer_stride, layer_rate = stride, 1
             current_stride *= stride
         net = expanded_conv(
-            builder, net, SCOPE + "/expanded_conv" + ("_%d" % i if i else ""),
+            builder, net, _layer_scope(i),
             make_divisible(num_outputs * depth_multiplier, divisible_by), expansion,
             layer_stride, layer_rate)
     if output_stride is not None and current_stride != output_stride:
         raise ValueError("output_stride cannot be reached by mobilenet_v2: %d was asked for, "
                          "its strides give %d." % (output_stride, current_stride))
-    return net, builder.end_points
+    return net, pyramid_outputs

@@ -74,8 +74,8 @@ def resnet_v1(images, depth, beta, output_stride, multi_grid, weight_decay,
         fine_tune_batch_norm: bool.
 
     Returns:
-        features [B, ceil(H / output_stride), ceil(W / output_stride), 2048] and the end points
-        dict of the LayerBuilder (slim scope -> tensor).
+        features [B, ceil(H / output_stride), ceil(W / output_stride), 2048] and the pyramid
+        outputs {nominal stride: the tensor deeplab's decoder reads there}.
     """
     multi_grid = _DEFAULT_MULTI_GRID if multi_grid is None else tuple(multi_grid)
     if len(multi_grid) != 3:
@@ -98,4 +98,9 @@ def resnet_v1(images, depth, beta, output_stride, multi_grid, weight_decay,
                                     name=utils.layer_name(scope + "/pool1"))(net)
     net = utils.stack_blocks_dense(builder, net, _blocks(_NUM_UNITS[depth], multi_grid),
                                    None if output_stride is None else output_stride // 4, scope)
-    return net, builder.end_points
+    # deeplab's decoder reads the last unit before the stride of blocks 1-3 (strides 4, 8, 16).
+    pyramid_outputs = {
+        4 * 2 ** i: builder.end_points[
+            "%s/block%d/unit_%d/bottleneck_v1/conv3" % (scope, i + 1, units - 1)]
+        for i, units in enumerate(_NUM_UNITS[depth])}
+    return net, pyramid_outputs

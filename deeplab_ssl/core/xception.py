@@ -99,8 +99,8 @@ def xception(images, depth, output_stride, multi_grid, weight_decay, fine_tune_b
         fine_tune_batch_norm: bool.
 
     Returns:
-        features [B, ceil(H / output_stride), ceil(W / output_stride), 2048] and the end points
-        dict of the LayerBuilder (slim scope -> tensor).
+        features [B, ceil(H / output_stride), ceil(W / output_stride), 2048] and the pyramid
+        outputs {nominal stride: the tensor deeplab's decoder reads there}.
     """
     multi_grid = _DEFAULT_MULTI_GRID if multi_grid is None else tuple(multi_grid)
     if len(multi_grid) != 3:
@@ -113,6 +113,14 @@ def xception(images, depth, output_stride, multi_grid, weight_decay, fine_tune_b
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.09))
     net = builder.conv2d(images, 32, 3, scope + "/entry_flow/conv1_1", stride=2)
     net = builder.conv2d(net, 64, 3, scope + "/entry_flow/conv1_2")
-    net = utils.stack_blocks_dense(builder, net, _blocks(depth, multi_grid),
+    blocks = _blocks(depth, multi_grid)
+    net = utils.stack_blocks_dense(builder, net, blocks,
                                    None if output_stride is None else output_stride // 2, scope)
-    return net, builder.end_points
+    # deeplab's decoder reads the second separable convolution of each strided block.
+    pyramid_outputs, stride = {}, 2
+    for block in blocks:
+        if block.args[0]["stride"] == 2:
+            pyramid_outputs[stride] = builder.end_points[
+                "%s/%s/unit_1/xception_module/separable_conv2_pointwise" % (scope, block.scope)]
+            stride *= 2
+    return net, pyramid_outputs
