@@ -170,7 +170,7 @@ def test_one_class_windows_give_y_nor_exactly_one(window_size):
     labels = np.repeat(np.repeat(labels, 4, 1), 4, 2)  # blocks of 12 x 12 pixels
     logits = np.random.default_rng(0).normal(size=labels.shape + (4,)).astype(np.float32)
     loss = losses.SSLoss(window_size=window_size)
-    _, y_nor, _ = loss._normalized_maps(*loss._labels_logits_and_mask(labels, logits))
+    y_nor, _ = loss.normalized_maps(labels, logits)
     radius = window_size // 2
     padded = np.pad(labels, [(0, 0), (radius, radius), (radius, radius)],
                     constant_values=IGNORE)

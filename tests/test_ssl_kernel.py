@@ -1,4 +1,4 @@
-"""The SSL's CPU kernel: the same weights and sums as the XLA path, its errors, its build.
+"""The SSL's CPU kernel: the same weights and sums as the portable path, its errors, its build.
 
 Its agreement with the NumPy reference is in test_losses.py (both implementations).
 """
@@ -10,17 +10,30 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ssl import losses
-from deeplab_ssl.losses import ssl_kernel
+from deeplab_ssl.losses import local_stats, ssl_kernel
 from test_losses import IGNORE, random_batch
 
 
-def weights_and_sums(loss, labels, logits):
-    """SSLoss's weights [B, H, W, C] and forward sums, as NumPy."""
-    labels, logits, valid = loss._labels_logits_and_mask(labels, logits)
-    weight, sums = loss._weights_and_sums(labels, logits, valid)
-    if isinstance(weight, list):
-        weight = tf.concat(weight, 0)
-    return weight.numpy(), np.array([s.numpy() for s in sums])
+def sums_and_gradient(loss, labels, logits):
+    """SSLoss's sums [sum(m BCE), sum(weight BCE), M] and its gradient w.r.t. the logits,
+    (ce_weight m / N + (1 - ce_weight) weight / M) (p - y), which holds the weights."""
+    logits = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        sums = loss.sums(labels, logits)
+        value = loss.loss_from_sums(sums)
+    sums = np.array([sums[name].numpy() for name in ("bce_sum", "ssl_sum", "num_hard")])
+    return sums, tape.gradient(value, logits).numpy()
+
+
+def kernel_weights_and_sums(loss, labels, logits):
+    """The kernel's weights [B, H, W, C] and sums, as NumPy."""
+    labels, logits, valid = losses.base.labels_logits_and_mask(labels, logits, IGNORE)
+    threshold = loss.beta * loss.e_max
+    weight, sums = ssl_kernel.ssl_weights(
+        logits, labels, valid, local_stats.gaussian_1d(loss.window_size, loss.sigma), loss.c4,
+        loss.ohem, threshold, loss.reweight)
+    return weight.numpy(), sums.numpy()
 
 
 # 70 rows: the kernel's units of 32 rows, and a last one of 6.
@@ -29,12 +42,13 @@ def weights_and_sums(loss, labels, logits):
 def test_kernel_equals_xla_path(window_size, ohem, reweight):
     labels, logits = random_batch(window_size, (2, 70, 45, 5))
     options = dict(window_size=window_size, ohem=ohem, reweight=reweight)
-    kernel_weight, kernel_sums = weights_and_sums(
+    kernel_sums, kernel_gradient = sums_and_gradient(
         losses.SSLoss(implementation="kernel", **options), labels, logits)
-    xla_weight, xla_sums = weights_and_sums(
+    xla_sums, xla_gradient = sums_and_gradient(
         losses.SSLoss(implementation="xla", **options), labels, logits)
-    np.testing.assert_allclose(kernel_weight, xla_weight, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(kernel_sums, xla_sums, rtol=1e-5)
+    scale = np.abs(xla_gradient).max()
+    np.testing.assert_allclose(kernel_gradient, xla_gradient, rtol=1e-4, atol=2e-5 * scale)
     if ohem and window_size > 1:
         assert 0 < kernel_sums[2] < (labels != IGNORE).sum() * 5
 
@@ -55,10 +69,10 @@ def test_kernel_results_do_not_depend_on_the_batch_split():
     batch; one image of [37, 29, 5] starts rows at other alignments than the batch does)."""
     labels, logits = random_batch(2, (4, 37, 29, 5))
     loss = losses.SSLoss(implementation="kernel")
-    batch_weight, batch_sums = weights_and_sums(loss, labels, logits)
+    batch_weight, batch_sums = kernel_weights_and_sums(loss, labels, logits)
     piece_sums = 0.0
     for begin, end in ((0, 1), (1, 3), (3, 4)):
-        weight, sums = weights_and_sums(loss, labels[begin:end], logits[begin:end])
+        weight, sums = kernel_weights_and_sums(loss, labels[begin:end], logits[begin:end])
         np.testing.assert_array_equal(weight, batch_weight[begin:end])
         piece_sums += sums
     np.testing.assert_allclose(piece_sums, batch_sums, rtol=1e-6)

@@ -5,73 +5,52 @@ import tensorflow as tf
 from deeplab_ssl.losses import base
 
 
-def weighted_sum(x, weight):
-    """sum(x * weight), x [B, H, W, C], weight [B, H, W, 1 or C]."""
-    if weight.shape[-1] == 1:
-        # Sum the classes first: no x-sized product.
-        return tf.reduce_sum(tf.reduce_sum(x, axis=-1, keepdims=True) * weight)
-    return tf.reduce_sum(x * weight)
-
-
-def sigmoid_cross_entropy(logits, labels, num_classes, probs=None):
+def sigmoid_cross_entropy(logits, labels, num_classes):
     """Element-wise sigmoid cross entropy BCE(y, sigmoid(x)), y the one-hot labels.
 
     BCE = softplus(z) with z = (1 - 2 y) x for y in {0, 1}: exact and stable for any x.
-    With p = sigmoid(x) at hand, BCE = max(z, 0) - log(max(p, 1 - p)) is cheaper (one log
-    instead of TF's softplus, ~4x slower than exp on CPU) and as stable: max(p, 1 - p) >= 0.5,
-    and its rounding moves BCE by at most ~6e-8.
 
     Args:
       logits: float32 [B, H, W, C].
       labels: int32 [B, H, W], -1 at ignored pixels (y = 0 there).
       num_classes: C, int or int32 scalar.
-      probs: None, or float32 [B, H, W, C] = sigmoid(logits).
 
     Returns:
       float32 [B, H, W, C].
     """
     signs = tf.one_hot(labels, num_classes, on_value=-1.0, off_value=1.0)
-    if probs is None:
-        return tf.nn.softplus(signs * logits)
-    return tf.maximum(signs * logits, 0.0) - tf.math.log(tf.maximum(probs, 1.0 - probs))
+    return tf.nn.softplus(signs * logits)
 
 
-def sigmoid_cross_entropy_sums(logits, labels, weights, forward_sums=None):
+def sigmoid_cross_entropy_sums(logits, labels, weights):
     """Weighted sums of the element-wise sigmoid cross entropy, with a fused gradient.
 
-    The gradient is written by hand: d sum_i g_i sum(w_i BCE) / dx = (sum_i g_i w_i)
-    (sigmoid(x) - y), one XLA loop, which spares autodiff's intermediates (time and memory):
-    only the logits, the int labels and the weights are kept for it. The weights are
-    constants (no gradient flows into them).
+    The gradient is written by hand (`weighted_bce_gradient`), one XLA loop, which spares
+    autodiff's intermediates (time and memory): only the logits, the int labels and the weights
+    are kept for it. The weights are constants (no gradient flows into them).
 
     Args:
       logits: float32 [B, H, W, C].
       labels: int32 [B, H, W], -1 at ignored pixels (y = 0 there).
-      weights: list of float32 tensors [B, H, W, 1] or [B, H, W, C]; a weight may also be a
-        list of pieces [B_i, H, W, C] along the batch (B = sum B_i), which the XLA gradient
-        reads in place (without forward_sums, the forward concatenates them: a copy).
-      forward_sums: None, or the list of float32 scalars sum(weights[i] * BCE) that the caller
-        computed itself from the same logits (e.g. fused with other work): only the gradient
-        is then added to them.
+      weights: list of float32 tensors [B, H, W, 1] or [B, H, W, C].
 
     Returns:
       list of float32 scalars, sum(weights[i] * BCE).
     """
     num_classes = tf.shape(logits)[-1]
-    weights = tf.nest.map_structure(tf.stop_gradient, weights)
+    weights = [tf.stop_gradient(w) for w in weights]
 
     @tf.custom_gradient
     def weighted_sums(logits):
-        if forward_sums is None:
-            bce = sigmoid_cross_entropy(logits, labels, num_classes)
-            sums = [weighted_sum(bce, _concat(w)) for w in weights]
-        else:
-            sums = [tf.identity(tf.stop_gradient(s)) for s in forward_sums]
+        bce = sigmoid_cross_entropy(logits, labels, num_classes)
+        # A [B, H, W, 1] weight: the classes are summed first, with no logits-sized product.
+        sums = [tf.reduce_sum(tf.reduce_sum(bce, axis=-1, keepdims=True) * w)
+                if w.shape[-1] == 1 else tf.reduce_sum(bce * w) for w in weights]
 
         def gradient(*upstream):
             # Depending on the upstream gradients, the logits-sized tensors of the gradient
             # are made after the forward pass, not during it, which saves memory.
-            return _xla_weighted_gradient(list(upstream), weights, logits, labels)
+            return weighted_bce_gradient(list(upstream), weights, logits, labels)
         return sums, gradient
     return weighted_sums(logits)
 
@@ -79,16 +58,17 @@ def sigmoid_cross_entropy_sums(logits, labels, weights, forward_sums=None):
 # One XLA loop instead of ~6 passes of TF ops over logits-sized tensors: measured 7-10% off
 # the BCE's forward + backward time, and half its peak memory (benchmarks/loss_bench.py).
 @tf.function(jit_compile=True)
-def _xla_weighted_gradient(upstream, weights, logits, labels):
-    """(sum_i upstream[i] weights[i]) (sigmoid(x) - y), float32 [B, H, W, C]."""
+def weighted_bce_gradient(upstream, weights, logits, labels):
+    """d sum_i g_i sum(w_i BCE) / dx = (sum_i g_i w_i) (sigmoid(x) - y), float32 [B, H, W, C].
+
+    Args:
+      upstream: list of float32 scalars g_i.
+      weights: list of float32 [B, H, W, 1 or C], w_i.
+      logits: float32 [B, H, W, C], x.
+      labels: int32 [B, H, W], -1 at ignored pixels (y = 0 there).
+    """
     error = tf.sigmoid(logits) - tf.one_hot(labels, tf.shape(logits)[-1])
-    # XLA fuses the concatenation of a weight's pieces into this loop.
-    return sum(g * _concat(w) for g, w in zip(upstream, weights)) * error
-
-
-def _concat(weight):
-    """A weight of sigmoid_cross_entropy_sums as one tensor: its pieces concatenated."""
-    return tf.concat(weight, 0) if isinstance(weight, (list, tuple)) else weight
+    return sum(g * w for g, w in zip(upstream, weights)) * error
 
 
 @keras.saving.register_keras_serializable(package="deeplab_ssl")

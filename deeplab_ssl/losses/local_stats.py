@@ -6,16 +6,11 @@ depthwise with zero padding ('SAME'), so pixels outside the image count as inval
 """
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 # Measured on 2 CPU cores (benchmarks/loss_bench.py --conv): a k x k depthwise convolution is
 # faster than a k x 1 then 1 x k pair for k <= 5, slower from 7 on (2.7x at 11).
 _LARGEST_FULL_WINDOW = 5
-# Measured in the SSL (benchmarks/loss_bench.py): inside XLA, the shifted adds of local_sums
-# make the loss ~12% faster for k = 3, as fast for k = 5, but ~20% slower for k = 7 and ~3x
-# slower for k = 11 than depthwise convolutions outside XLA.
-LARGEST_WINDOW_IN_XLA = 5
-
-
 def _check_window(window_size, sigma):
     if int(window_size) != window_size or window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"window_size must be an odd positive integer, got {window_size}")
@@ -52,12 +47,12 @@ def local_sums(x, window_size, sigma, in_xla=False):
     Args:
       x: float32 [B, H, W, n].
       window_size, sigma: see gaussian_window.
-      in_xla: bool, the caller is an XLA-compiled function (tf.function(jit_compile=True)).
-        The sums are then written as shifted, weighted adds of x, a k x 1 then a 1 x k pass,
-        which XLA fuses with the element-wise work around them (for k up to
-        LARGEST_WINDOW_IN_XLA); XLA's depthwise convolution is ~10x slower than TF's on CPU.
-        Outside XLA, TF's depthwise convolution is faster than such adds (one pass over
-        memory per add). Both are exact to float32 rounding.
+      in_xla: bool, the caller is compiled with XLA (tf.function(jit_compile=True), JAX). The
+        sums are then written with keras.ops as shifted, weighted adds of x, a k x 1 then a
+        1 x k pass, which XLA fuses with the element-wise work around them; XLA's depthwise
+        convolution is ~10x slower than TF's on CPU. Outside XLA, TF's depthwise convolution
+        is faster than such adds (one pass over memory per add). Both are exact to float32
+        rounding.
 
     Returns:
       float32 [B, H, W, n]: sum_i w_i x_i over the window centred on each pixel.
@@ -81,11 +76,12 @@ def local_sums(x, window_size, sigma, in_xla=False):
 
 
 def _shifted_sums(x, weights):
-    """The separable window sums as shifted adds: a k x 1 then a 1 x k pass, zero outside x."""
+    """The separable window sums as shifted adds (keras.ops): a k x 1 then a 1 x k pass, zero
+    outside x."""
     radius = len(weights) // 2
-    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    height, width = ops.shape(x)[1], ops.shape(x)[2]
     # One pad of the input: padding the first pass's output instead was measured ~20% slower.
-    padded = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]])
+    padded = ops.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]])
     columns = sum(float(w) * padded[:, i:i + height] for i, w in enumerate(weights))
     return sum(float(w) * columns[:, :, j:j + width] for j, w in enumerate(weights))
 

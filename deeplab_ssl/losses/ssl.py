@@ -1,12 +1,17 @@
-"""The structural similarity loss (SSL) of Zhao et al. 2019, paper Sec. 3.2-3.3, Eqs. 10-17."""
+"""The structural similarity loss (SSL) of Zhao et al. 2019, paper Sec. 3.2-3.3, Eqs. 10-17.
+
+The example weights come one of two ways, the same numbers to float32 rounding: the CPU kernel
+(ssl_kernel.py), where it is built, or the portable path (`_weights_and_sums`, keras.ops),
+XLA-compiled for the whole batch. Either way the gradient is cross_entropy's BCE gradient with
+the weights as constants.
+"""
 import math
 
 import keras
 import numpy as np
 import tensorflow as tf
-# Private but long-standing (Keras 2's LSTM chose its implementation with it); TF has no public
-# way to ask whether a function is being compiled with XLA.
-from tensorflow.python.ops import control_flow_util
+from keras import ops
+from tensorflow.python.ops import control_flow_util  # Private: see _in_xla_context.
 
 from deeplab_ssl.losses import base
 from deeplab_ssl.losses import cross_entropy
@@ -25,139 +30,108 @@ def max_structural_error(window_size, sigma, c4):
     return 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + c4)
 
 
-def _window_maps(labels, probs, valid):
-    """y, m p and m p^2, float32 [B, H, W, C]: the maps whose window sums the SSL needs.
+def _normalized_maps(labels, probs, valid, window_size, sigma, c4):
+    """y (one-hot), y_nor and p_nor of the SSLoss docstring, with keras.ops (any backend).
 
     Args:
       labels: int32 [B, H, W], -1 at invalid pixels.
       probs: float32 [B, H, W, C], sigmoid probabilities (C static).
       valid: float32 [B, H, W, 1], m.
-    """
-    masked_probs = probs * valid
-    return tf.one_hot(labels, probs.shape[-1]), masked_probs, masked_probs * probs
-
-
-def _valid_window_sums(valid, window_size, sigma, window_sums=None):
-    """sum(w m) and m / sum(w m), float32 [B, H, W, 1]: the statistics' per-pixel factors.
-
-    Args:
-      valid: float32 [B, H, W, 1], m.
-      window_size, sigma: Python floats.
-      window_sums: None (sum(w m) as shifted adds, in XLA), or the window sums of
-        _window_maps' maps, computed outside XLA.
-    """
-    if window_sums is None:
-        # In a window holding one class c, y_c and m are the same numbers, summed by the
-        # same shifted adds: sum(w m) - sum(w m y_c) is exactly 0 there and var_y =
-        # mu_y mu_(1-y) is exactly 0 (mu_y (1 - mu_y) would round to ~6e-8: sqrt(var_y) = 2%
-        # of c4).
-        sum_m = local_stats.local_sums(valid, window_size, sigma, in_xla=True)
-    else:
-        # The one-hot y sum to m over the classes, so the sum of their window sums is
-        # sum(w m), exactly sum(w m y_c) in a one-class window (the other sums are exact
-        # zeros): the same exact 0 without a window sum of m of another kind.
-        sum_m = tf.reduce_sum(window_sums[0], axis=-1, keepdims=True)
-    # sum(w m) >= w_c > 0 at valid pixels; m / sum(w m) zeroes the invalid ones.
-    return sum_m, tf.math.divide_no_nan(valid, sum_m)
-
-
-def _normalized_maps(labels, probs, valid, window_size, sigma, c4, valid_sums,
-                     window_sums=None):
-    """y (one-hot), y_nor and p_nor of the SSLoss docstring, in an XLA-compiled function.
-
-    Args:
-      labels, probs, valid: as _window_maps.
-      window_size, sigma, c4: Python floats.
-      valid_sums: _valid_window_sums(valid, window_size, sigma, window_sums).
-      window_sums: None, or the window sums of _window_maps' maps (for windows larger than
-        local_stats.LARGEST_WINDOW_IN_XLA, computed outside XLA); None sums them here.
+      window_size, sigma, c4: Python numbers.
 
     Returns:
-      float32 [B, H, W, C] each; y_nor and p_nor are 1 at invalid pixels.
+      float32 [B, H, W, C] each; y and y_nor, p_nor are 0 and 1 at invalid pixels.
     """
-    one_hot, masked_probs, masked_probs2 = _window_maps(labels, probs, valid)
-    if window_sums is None:
-        window_sums = [local_stats.local_sums(t, window_size, sigma, in_xla=True)
-                       for t in (one_hot, masked_probs, masked_probs2)]
-    sum_y, sum_p, sum_p2 = window_sums
-    sum_m, inverse_weight = valid_sums
+    def window_sums(x):
+        return local_stats.local_sums(x, window_size, sigma, in_xla=True)
+
+    one_hot = ops.one_hot(ops.maximum(labels, 0), probs.shape[-1]) * valid
+    if window_size == 1:
+        # The window is the pixel: x - mu = 0 and sigma = 0, so x_nor = c4 / c4 = 1 exactly
+        # (var_p = p^2 - p^2 need not round to 0 where XLA fuses a product into an FMA).
+        return one_hot, ops.ones_like(probs), ops.ones_like(probs)
+    masked_probs = probs * valid
+    # In a window holding one class c, y_c and m are the same numbers, summed by the same
+    # shifted adds: sum(w m) - sum(w m y_c) is exactly 0 there and var_y = mu_y mu_(1-y) is
+    # exactly 0 (mu_y (1 - mu_y) would round to ~6e-8: sqrt(var_y) = 2% of c4).
+    sum_m, sum_y = window_sums(valid), window_sums(one_hot)
+    sum_p, sum_p2 = window_sums(masked_probs), window_sums(masked_probs * probs)
+    # sum(w m) >= w_c > 0 at valid pixels; m / sum(w m) zeroes the invalid ones.
+    inverse_weight = ops.divide_no_nan(valid, sum_m)
     mu_y = sum_y * inverse_weight
-    sigma_y = tf.sqrt(mu_y * ((sum_m - sum_y) * inverse_weight))
+    sigma_y = ops.sqrt(mu_y * ((sum_m - sum_y) * inverse_weight))
     mu_p = sum_p * inverse_weight
-    sigma_p = tf.sqrt(tf.maximum(sum_p2 * inverse_weight - tf.square(mu_p), 0.0))
+    sigma_p = ops.sqrt(ops.maximum(sum_p2 * inverse_weight - ops.square(mu_p), 0.0))
     y_nor = (one_hot - mu_y + c4) / (sigma_y + c4)
     p_nor = (masked_probs - mu_p + c4) / (sigma_p + c4)
     return one_hot, y_nor, p_nor
 
 
-def _window_sums_outside_xla(labels, probs, valid, window_size, sigma):
-    """None for windows summed inside XLA, else the window sums of the _window_maps.
-
-    Args: as _window_maps.
-    """
-    if window_size <= local_stats.LARGEST_WINDOW_IN_XLA:
-        return None
-    maps = _xla_window_maps(labels, probs, valid)
-    return [local_stats.local_sums(t, window_size, sigma) for t in maps]
-
-
-def _window_sums(labels, probs, valid, window_size, sigma):
-    """The window sums that _normalized_maps takes: (valid_sums, window_sums).
-
-    Args: as _window_maps.
-    """
-    window_sums = _window_sums_outside_xla(labels, probs, valid, window_size, sigma)
-    return _xla_valid_window_sums(valid, window_size, sigma, window_sums), window_sums
-
-
-# XLA fuses the window sums (shifted adds, small windows) and the ~30 element-wise passes of
-# the SSL's weights into a few loops: measured ~2x faster on CPU than TF ops with depthwise
-# convolutions (benchmarks/loss_bench.py). The reductions stay outside XLA, which runs them
-# slower on CPU, and so does the sigmoid: TF's took ~10% off the fused part.
-_xla_window_maps = tf.function(_window_maps, jit_compile=True)
-
-
-# Apart from the per-class work: fused into it, the per-pixel sums would be computed again
-# for every class (measured 5% of the SSL's fused part).
-@tf.function(jit_compile=True)
-def _xla_valid_window_sums(valid, window_size, sigma, window_sums):
-    return _valid_window_sums(valid, window_size, sigma, window_sums)
-
-
-_xla_normalized_maps = tf.function(_normalized_maps, jit_compile=True)
-
-
-@tf.function(jit_compile=True)
-def _xla_weights_and_cross_entropy(labels, logits, probs, valid, window_size, sigma, c4,
-                                   valid_sums, window_sums, threshold, reweight):
-    """The SSL's example weights and the element-wise BCE, for one piece of the batch.
+def _weights_and_sums(labels, logits, valid, window_size, sigma, c4, threshold, reweight):
+    """The SSL's example weights and forward sums, with keras.ops: the portable path.
 
     Args:
       labels: int32 [B, H, W], -1 at invalid pixels.
-      logits: float32 [B, H, W, C] (no gradient flows here).
-      probs: float32 [B, H, W, C], sigmoid(logits).
-      valid, window_size, sigma, c4, valid_sums, window_sums: as _normalized_maps.
+      logits: float32 [B, H, W, C], no gradient.
+      valid: float32 [B, H, W, 1].
+      window_size, sigma, c4: Python numbers.
       threshold: Python float beta e_max (f = e > threshold), or None for no OHEM (f = m).
       reweight: Python bool, weight = e f (else f).
 
     Returns:
       weight: float32 [B, H, W, C], 0 at invalid pixels.
-      bce: float32 [B, H, W, C].
+      sums: float32 [3]: sum(m BCE), sum(weight BCE), M (0 without OHEM).
     """
-    one_hot, y_nor, p_nor = _normalized_maps(labels, probs, valid, window_size, sigma, c4,
-                                             valid_sums, window_sums)
-    error = tf.abs(y_nor - p_nor)
+    probs = ops.sigmoid(logits)
+    one_hot, y_nor, p_nor = _normalized_maps(labels, probs, valid, window_size, sigma, c4)
+    error = ops.abs(y_nor - p_nor)
     if threshold is None:
         weight = error
     else:
-        # A product with the 0/1 mask: measured faster than tf.where.
-        is_hard = tf.cast(error > threshold, tf.float32)
+        is_hard = ops.cast(error > threshold, "float32")
         weight = error * is_hard if reweight else is_hard
-    return weight, cross_entropy.sigmoid_cross_entropy(logits, labels, one_hot.shape[-1], probs)
+    # BCE = softplus((1 - 2 y) x) = max((1 - 2 y) x, 0) - log(max(p, 1 - p)): one log instead
+    # of softplus's exp and log, and as stable, since max(p, 1 - p) >= 0.5.
+    bce = (ops.relu((1.0 - 2.0 * one_hot) * logits)
+           - ops.log(ops.maximum(probs, 1.0 - probs)))
+    # Hard examples have e > beta e_max >= 0: exactly the non-zero weights.
+    num_hard = ops.sum(ops.sign(weight)) if threshold is not None else ops.zeros(())
+    return weight, ops.stack([ops.sum(bce * valid), ops.sum(bce * weight), num_hard])
+
+
+# XLA fuses the window sums (shifted adds) and the ~30 element-wise passes of the weights into
+# a few loops, for the whole batch. Inside a caller's XLA compilation (Keras' jit_compile) the
+# function is compiled as part of the caller's.
+_xla_normalized_maps = tf.function(_normalized_maps, jit_compile=True)
+_xla_weights_and_sums = tf.function(_weights_and_sums, jit_compile=True)
+
+
+def _bce_sums_with_gradient(logits, labels, weights, forward_sums):
+    """`forward_sums`, the sums sum(w BCE) of `weights` that the caller computed from `logits`
+    (fused with its weights), given cross_entropy's BCE gradient w.r.t. `logits`.
+
+    Args:
+      logits: float32 [B, H, W, C].
+      labels: int32 [B, H, W], -1 at invalid pixels.
+      weights: list of float32 [B, H, W, 1 or C], constants of the gradient.
+      forward_sums: list of float32 scalars, sum(weights[i] * BCE).
+    """
+    weights = [tf.stop_gradient(w) for w in weights]
+
+    @tf.custom_gradient
+    def sums(logits):
+        def gradient(*upstream):
+            return cross_entropy.weighted_bce_gradient(list(upstream), weights, logits, labels)
+        return [tf.identity(tf.stop_gradient(s)) for s in forward_sums], gradient
+    return sums(logits)
 
 
 def _in_xla_context():
-    """True while tracing inside a function compiled with XLA (e.g. Keras' jit_compile=True)."""
+    """True while tracing inside a function compiled with XLA (e.g. Keras' jit_compile=True).
+
+    TF has no public way to ask; this private one is long-standing (Keras 2's LSTM chose its
+    implementation with it). If TF removes it, importing this module fails, loudly.
+    """
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
@@ -227,10 +201,11 @@ class SSLoss(base.SumsLoss):
       reweight: bool, weight hard examples by e; Table 3's Reweight switch.
       implementation: how the weights are computed, the same numbers either way (to float32
         rounding): "kernel", the CPU kernel of ssl_kernel.py (~2x faster on CPU; built by
-        `python -m deeplab_ssl.losses.build_kernel`); "xla", TF and XLA-compiled ops (CPU and
-        GPU); "auto", the kernel when it is built, no GPU is visible and the caller does not
-        compile the loss with XLA, else "xla". structural_error and error_statistics always
-        take the XLA path.
+        `python -m deeplab_ssl.losses.build_kernel`); "xla", the portable path, XLA-compiled
+        (CPU and GPU); "auto", the kernel when it is built, no GPU is visible and the caller
+        does not compile the loss with XLA (the kernel has no XLA version), else "xla". The
+        statistics (structural_error, error_statistics, class_statistics) take the portable
+        path.
       name, reduction, dtype: as keras.losses.Loss (the loss is always a scalar).
     """
 
@@ -259,21 +234,30 @@ class SSLoss(base.SumsLoss):
         self.implementation = implementation
         self.e_max = max_structural_error(window_size, sigma, c4)
 
+    def normalized_maps(self, y_true, y_pred):
+        """y_nor and p_nor of Eq. 10, float32 [B, H, W, C] each, 1 at invalid pixels; no gradient.
+
+        Args:
+          y_true, y_pred: as for the loss.
+        """
+        labels, logits, valid = self._labels_logits_and_mask(y_true, tf.stop_gradient(y_pred))
+        _, y_nor, p_nor = self._normalized_maps(labels, logits, valid)
+        return y_nor, p_nor
+
     def structural_error(self, y_true, y_pred):
         """e of Eq. 10, float32 [B, H, W, C], 0 at invalid pixels; no gradient.
 
         Args:
           y_true, y_pred: as for the loss.
         """
-        labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
-        _, y_nor, p_nor = self._normalized_maps(labels, logits, valid)
+        y_nor, p_nor = self.normalized_maps(y_true, y_pred)
         return tf.abs(y_nor - p_nor)
 
     def error_statistics(self, y_true, y_pred, num_bins=ERROR_HISTOGRAM_BINS):
         """The statistics of the paper's Fig. 3 for a batch, in two parts that combine.
 
         Over the valid examples (pixel, class) of the batch; no gradient. Computed one image at
-        a time, like the loss. Pieces of a batch (replicas) combine by element-wise max of
+        a time, so that its maps take the memory of one image. Pieces of a batch (replicas) combine by element-wise max of
         `maxima` and sum of `sums`; `summarize_error_statistics` then gives the figures.
 
         Args:
@@ -331,8 +315,8 @@ class SSLoss(base.SumsLoss):
         For the logits' channel c, over the valid pixels labelled c (y_c = 1, "in") and the
         other valid pixels (y_c = 0, "out"). The gradient of the loss w.r.t. a logit is
         (ce_weight m / N + (1 - ce_weight) weight / M) (p - y): its first part is the BCE
-        term's, its second the SSL term's. Computed one image at a time on the XLA path, with
-        no gradient; `summarize_class_statistics` turns the sums into the figures.
+        term's, its second the SSL term's. Computed one image at a time on the portable path,
+        with no gradient; `summarize_class_statistics` turns the sums into the figures.
 
         Args:
           y_true, y_pred: as for the loss.
@@ -350,12 +334,9 @@ class SSLoss(base.SumsLoss):
             image = slice(index, index + 1)
             probs = tf.sigmoid(logits[image])
             if self.ohem or self.reweight:
-                valid_sums, window_sums = _window_sums(labels[image], probs, valid[image],
-                                                       self.window_size, self.sigma)
-                weight, _ = _xla_weights_and_cross_entropy(
-                    labels[image], logits[image], probs, valid[image], self.window_size,
-                    self.sigma, self.c4, valid_sums, window_sums, threshold=threshold,
-                    reweight=self.reweight)
+                weight, _ = _xla_weights_and_sums(
+                    labels[image], logits[image], valid[image], self.window_size, self.sigma,
+                    self.c4, threshold, self.reweight)
             else:
                 weight = tf.broadcast_to(valid[image], tf.shape(probs))
             one_hot = tf.one_hot(labels[image], probs.shape[-1])
@@ -414,11 +395,8 @@ class SSLoss(base.SumsLoss):
 
     def _normalized_maps(self, labels, logits, valid):
         """y, y_nor and p_nor, float32 [B, H, W, C], from _labels_logits_and_mask's tensors."""
-        probs = tf.sigmoid(logits)
-        valid_sums, window_sums = _window_sums(labels, probs, valid, self.window_size,
-                                               self.sigma)
-        return _xla_normalized_maps(labels, probs, valid, self.window_size, self.sigma,
-                                    self.c4, valid_sums, window_sums)
+        return _xla_normalized_maps(labels, tf.sigmoid(logits), valid, self.window_size,
+                                    self.sigma, self.c4)
 
     def sums(self, y_true, y_pred):
         labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
@@ -428,18 +406,18 @@ class SSLoss(base.SumsLoss):
             (bce_sum,) = cross_entropy.sigmoid_cross_entropy_sums(logits, labels, [valid])
             return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": bce_sum,
                     "num_hard": num_valid * tf.cast(tf.shape(logits)[-1], tf.float32)}
-        weight, (bce_sum, ssl_sum, num_hard) = self._weights_and_sums(
-            labels, tf.stop_gradient(logits), valid)
+        weight, sums = self._weights_and_sums(labels, tf.stop_gradient(logits), valid)
+        bce_sum, ssl_sum, num_hard = tf.unstack(sums)
         if not self.ohem:
             num_hard = num_valid * tf.cast(tf.shape(logits)[-1], tf.float32)
-        bce_sum, ssl_sum = cross_entropy.sigmoid_cross_entropy_sums(
-            logits, labels, [valid, weight], forward_sums=[bce_sum, ssl_sum])
+        bce_sum, ssl_sum = _bce_sums_with_gradient(logits, labels, [valid, weight],
+                                                   [bce_sum, ssl_sum])
         return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": ssl_sum,
                 "num_hard": num_hard}
 
     def _weights_and_sums(self, labels, logits, valid):
-        """The example weights and the forward sums of the loss: the kernel's, or one image at
-        a time with XLA.
+        """The example weights and the forward sums of the loss: the kernel's, or the portable
+        path's, XLA-compiled, for the whole batch.
 
         Args:
           labels: int32 [B, H, W], -1 at invalid pixels.
@@ -447,58 +425,16 @@ class SSLoss(base.SumsLoss):
           valid: float32 [B, H, W, 1].
 
         Returns:
-          weight: float32 [B, H, W, C] (e f, f or e, see the class docstring); on the XLA path
-            with a static B, a list of B pieces [1, H, W, C] (a weight that
-            cross_entropy.sigmoid_cross_entropy_sums takes as it is).
-          [sum(m BCE), sum(weight BCE), M] float32 scalars over the batch (M = 0 without OHEM).
+          weight: float32 [B, H, W, C] (e f, f or e, see the class docstring).
+          sums: float32 [3], sum(m BCE), sum(weight BCE), M over the batch (M = 0 without OHEM).
         """
         threshold = self.beta * self.e_max if self.ohem else None
-        in_xla = _in_xla_context()
-        if self._uses_kernel(in_xla):
-            weight, sums = ssl_kernel.ssl_weights(
+        if self._uses_kernel(_in_xla_context()):
+            return ssl_kernel.ssl_weights(
                 logits, labels, valid, local_stats.gaussian_1d(self.window_size, self.sigma),
                 self.c4, self.ohem, threshold or 0.0, self.reweight)
-            return weight, tf.unstack(sums)
-
-        def piece_weights_and_sums(images):
-            """The weights and sums of the images of the batch in the slice `images`."""
-            probs = tf.sigmoid(logits[images])
-            valid_sums, window_sums = _window_sums(labels[images], probs, valid[images],
-                                                   self.window_size, self.sigma)
-            weight, bce = _xla_weights_and_cross_entropy(
-                labels[images], logits[images], probs, valid[images], self.window_size,
-                self.sigma, self.c4, valid_sums, window_sums, threshold=threshold,
-                reweight=self.reweight)
-            # Hard examples have e > beta e_max >= 0, so exactly the non-zero weights. A float32
-            # sum of their signs: half the time of count_nonzero (bool, int64 and sum passes).
-            num_hard = tf.reduce_sum(tf.sign(weight)) if self.ohem else 0.0
-            sums = tf.stack([cross_entropy.weighted_sum(bce, valid[images]),
-                             cross_entropy.weighted_sum(bce, weight),
-                             num_hard])
-            return weight, sums
-
-        def image_weights_and_sums(index):
-            return piece_weights_and_sums(slice(index, index + 1))
-        if in_xla:
-            # Compiled by the caller (Keras' jit_compile=True): the whole batch at once, as
-            # map_fn's loop does not compile there and XLA plans the memory itself.
-            weight, sums = piece_weights_and_sums(slice(None))
-            return weight, tf.unstack(sums)
-        batch_size = logits.shape[0]
-        if batch_size is None:
-            weight, sums = _map_images(image_weights_and_sums, logits,
-                                       (tf.float32, tf.TensorSpec([3], tf.float32)))
-            return tf.squeeze(weight, axis=1), tf.unstack(tf.reduce_sum(sums, axis=0))
-        # A static batch: the weights stay B pieces, which the gradient reads in place, without
-        # map_fn's stacked copy of them.
-        weights, sums = [], []
-        for index in range(batch_size):
-            # One image after the other, as map_fn: the temporaries of one image only.
-            with tf.control_dependencies(sums[-1:]):
-                weight, image_sums = image_weights_and_sums(index)
-            weights.append(weight)
-            sums.append(image_sums)
-        return weights, tf.unstack(tf.add_n(sums))
+        return _xla_weights_and_sums(labels, logits, valid, self.window_size, self.sigma,
+                                     self.c4, threshold, self.reweight)
 
     def _uses_kernel(self, in_xla):
         """Whether the weights come from the kernel, which has no XLA version: "auto" takes the
