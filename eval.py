@@ -26,7 +26,11 @@ common.define_checkpoint_flags()
 flags.DEFINE_string("eval_logdir", None, "Folder of the TensorBoard summaries.")
 flags.DEFINE_integer("eval_interval_secs", 300, "Seconds between evaluations of the folder.")
 flags.DEFINE_integer("max_number_of_evaluations", 0,
-                     "Stop after this many checkpoints; 0 watches forever.")
+                     "Stop after this many checkpoints; 0 watches --checkpoint_dir forever; 1 "
+                     "evaluates its latest checkpoint at once.")
+flags.DEFINE_integer("eval_timeout_secs", None,
+                     "Watching --checkpoint_dir: stop when no new checkpoint came for this long; "
+                     "unset waits forever.")
 flags.DEFINE_integer("crf_iterations", 0,
                      "Dense CRF mean-field iterations after the network (needs pydensecrf2); "
                      "0: no CRF.")
@@ -48,7 +52,7 @@ def main(argv):
     writer = tf.summary.create_file_writer(FLAGS.eval_logdir) if FLAGS.eval_logdir else None
     for checkpoint_path in evaluation.checkpoints_to_evaluate(
             FLAGS.checkpoint_path, FLAGS.checkpoint_dir, FLAGS.eval_interval_secs,
-            FLAGS.max_number_of_evaluations):
+            FLAGS.max_number_of_evaluations, FLAGS.eval_timeout_secs):
         evaluation.evaluate_checkpoint(
             model, checkpoint_path, dataset, descriptor, FLAGS.eval_split, FLAGS.eval_scales,
             FLAGS.add_flipped_images, FLAGS.crf_iterations,

@@ -14,9 +14,11 @@ import io
 import json
 import math
 import os
+import time
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from deeplab_ssl import checkpoints, inference
 
@@ -246,19 +248,27 @@ def write_summaries(writer, metrics, step):
 
 
 def checkpoints_to_evaluate(checkpoint_path=None, checkpoint_dir=None, eval_interval_secs=300,
-                            max_number_of_evaluations=0, timeout=None):
-    """Checkpoint prefixes to evaluate: one checkpoint, or each new one in a training folder.
+                            max_number_of_evaluations=0, timeout=None, log_interval_secs=300):
+    """Checkpoint prefixes to evaluate: one checkpoint, or each new one of a training folder.
 
     Args:
         checkpoint_path: a checkpoint prefix (or a folder: its latest checkpoint); if given,
             only it is yielded.
-        checkpoint_dir: training folder to watch (tf.train.checkpoints_iterator) otherwise.
+        checkpoint_dir: otherwise, a training folder. With max_number_of_evaluations 1 its
+            latest checkpoint is yielded at once; else the folder is watched (eval.py's watch
+            mode) and each new checkpoint yielded, waiting for the first one if need be.
         eval_interval_secs: int, at least this long between two checkpoints of the folder.
         max_number_of_evaluations: int, stop after this many; 0 means no limit.
         timeout: seconds to wait for a new checkpoint before stopping; None waits forever.
+        log_interval_secs: while waiting, a log line this often.
 
     Yields:
         str checkpoint prefixes.
+
+    Raises:
+        ValueError: neither argument given.
+        FileNotFoundError: naming the path, where there is no such checkpoint or folder, or no
+            checkpoint in the folder for a single evaluation.
     """
     if checkpoint_path:
         yield checkpoints.resolve_checkpoint(checkpoint_path)
@@ -266,11 +276,33 @@ def checkpoints_to_evaluate(checkpoint_path=None, checkpoint_dir=None, eval_inte
     if not checkpoint_dir:
         raise ValueError("give --checkpoint_path (one checkpoint) or --checkpoint_dir "
                          "(a training folder to watch)")
-    for count, path in enumerate(tf.train.checkpoints_iterator(
-            checkpoint_dir, min_interval_secs=eval_interval_secs, timeout=timeout), start=1):
-        yield path
-        if max_number_of_evaluations and count >= max_number_of_evaluations:
+    if not tf.io.gfile.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"no folder {checkpoint_dir!r} (--checkpoint_dir)")
+    if max_number_of_evaluations == 1:
+        yield checkpoints.resolve_checkpoint(checkpoint_dir)
+        return
+    last, count = None, 0
+    waiting_since = next_log = time.monotonic()
+    while True:
+        latest = tf.train.latest_checkpoint(checkpoint_dir)
+        if latest is not None and latest != last:
+            last, count = latest, count + 1
+            yield latest
+            if max_number_of_evaluations and count >= max_number_of_evaluations:
+                return
+            time.sleep(eval_interval_secs)
+            waiting_since = next_log = time.monotonic()
+            continue
+        waited = time.monotonic() - waiting_since
+        if timeout is not None and waited >= timeout:
+            logging.info("No new checkpoint in %s for %d s (--eval_timeout_secs): stopping.",
+                         checkpoint_dir, waited)
             return
+        if time.monotonic() >= next_log:
+            logging.info("Waiting for a %s checkpoint in %s (%d min so far).",
+                         "new" if last else "first", checkpoint_dir, waited // 60)
+            next_log += log_interval_secs
+        time.sleep(min(max(eval_interval_secs, 1), 10))
 
 
 def evaluate_checkpoint(model, checkpoint_path, dataset, descriptor, split, eval_scales=(1.0,),

@@ -222,5 +222,19 @@ def test_checkpoints_to_evaluate(tmp_path):
         checkpoint_dir=str(tmp_path), eval_interval_secs=0, max_number_of_evaluations=1)) == [
         second]
     assert checkpoints.checkpoint_step(second) == 20
+    # Watching: the latest checkpoint, then no new one within the timeout.
+    assert list(evaluation.checkpoints_to_evaluate(
+        checkpoint_dir=str(tmp_path), eval_interval_secs=0, timeout=0.5)) == [second]
     with pytest.raises(ValueError, match="checkpoint_dir"):
         list(evaluation.checkpoints_to_evaluate())
+
+
+def test_checkpoints_to_evaluate_never_waits_for_a_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mistyped"):
+        list(evaluation.checkpoints_to_evaluate(checkpoint_dir=str(tmp_path / "mistyped")))
+    # An empty folder: an error for one evaluation; watched until the timeout otherwise.
+    with pytest.raises(FileNotFoundError, match="no checkpoint in folder"):
+        list(evaluation.checkpoints_to_evaluate(checkpoint_dir=str(tmp_path),
+                                                max_number_of_evaluations=1))
+    assert list(evaluation.checkpoints_to_evaluate(checkpoint_dir=str(tmp_path),
+                                                   eval_interval_secs=0, timeout=0.5)) == []
