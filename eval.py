@@ -13,7 +13,7 @@ from absl import app, flags
 from deeplab_ssl import common, evaluation
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import feature_extractor
-from deeplab_ssl.datasets import descriptors, input_pipeline
+from deeplab_ssl.datasets import input_pipeline
 
 flags.DEFINE_string("eval_split", "val", "Split of the dataset to evaluate.")
 common.define_crop_size_flag(
@@ -40,13 +40,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    descriptor = descriptors.get_descriptor(FLAGS.dataset)
+    descriptor = common.dataset_descriptor()
     descriptor.split_size(FLAGS.eval_split)
     options = common.model_options(descriptor.num_classes, common.training_folder(
         common.checkpoint_to_restore()))
     model = model_lib.build_deeplab(**options)
     dataset = input_pipeline.get_dataset(
-        FLAGS.dataset, FLAGS.dataset_dir, FLAGS.eval_split, FLAGS.eval_batch_size,
+        descriptor, FLAGS.dataset_dir, FLAGS.eval_split, FLAGS.eval_batch_size,
         crop_size=common.crop_size("eval_crop_size"), is_training=False,
         mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant))
     writer = tf.summary.create_file_writer(FLAGS.eval_logdir) if FLAGS.eval_logdir else None

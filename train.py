@@ -17,7 +17,7 @@ from absl import app, flags
 from deeplab_ssl import common, distribute, losses, train_utils, training
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import feature_extractor
-from deeplab_ssl.datasets import descriptors, input_pipeline
+from deeplab_ssl.datasets import input_pipeline
 
 # Logs, checkpoints and the distribution.
 flags.DEFINE_string("train_logdir", None, "Where the checkpoints and logs are stored.")
@@ -139,7 +139,7 @@ def make_loss(ignore_label):
 
 def make_trainer(strategy):
     """The training.Trainer of the flags: model, loss, options."""
-    descriptor = descriptors.get_descriptor(FLAGS.dataset)
+    descriptor = common.dataset_descriptor()
     descriptor.split_size(FLAGS.train_split)  # Names an unknown split.
     options = train_options()
 
@@ -162,7 +162,7 @@ def make_trainer(strategy):
 def dataset_fn(input_context):
     """This worker's training batches (images, labels) for `input_context`."""
     return input_pipeline.get_dataset(
-        FLAGS.dataset, FLAGS.dataset_dir, FLAGS.train_split, FLAGS.train_batch_size,
+        common.dataset_descriptor(), FLAGS.dataset_dir, FLAGS.train_split, FLAGS.train_batch_size,
         crop_size=crop_size(), is_training=True, min_scale_factor=FLAGS.min_scale_factor,
         max_scale_factor=FLAGS.max_scale_factor,
         scale_factor_step_size=FLAGS.scale_factor_step_size,

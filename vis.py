@@ -12,7 +12,7 @@ from absl import app, flags
 
 from deeplab_ssl import common, visualization
 from deeplab_ssl.core import feature_extractor
-from deeplab_ssl.datasets import descriptors, input_pipeline
+from deeplab_ssl.datasets import input_pipeline
 
 flags.DEFINE_string("vis_split", "val", "Split of the dataset to visualize.")
 common.define_crop_size_flag(
@@ -33,11 +33,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    descriptor = descriptors.get_descriptor(FLAGS.dataset)
+    descriptor = common.dataset_descriptor()
     descriptor.split_size(FLAGS.vis_split)
     model, checkpoint_path = common.restored_model(descriptor.num_classes)
     dataset = input_pipeline.get_dataset(
-        FLAGS.dataset, FLAGS.dataset_dir, FLAGS.vis_split, FLAGS.vis_batch_size,
+        descriptor, FLAGS.dataset_dir, FLAGS.vis_split, FLAGS.vis_batch_size,
         crop_size=common.crop_size("vis_crop_size"), is_training=False,
         mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant))
     raw_label_ids = (visualization.CITYSCAPES_TRAIN_ID_TO_EVAL_ID

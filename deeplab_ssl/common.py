@@ -13,6 +13,7 @@ from absl import app, flags
 
 from deeplab_ssl import checkpoints
 from deeplab_ssl import model as model_lib
+from deeplab_ssl.datasets import descriptors
 
 flags.DEFINE_string("model_variant", "mobilenet_v2",
                     "Backbone: mobilenet_v2, resnet_v1_50, resnet_v1_50_beta, resnet_v1_101, "
@@ -33,8 +34,16 @@ flags.DEFINE_boolean("decoder_use_separable_conv", True, "Separable 3x3 convolut
 flags.DEFINE_integer("logits_kernel_size", 1, "Kernel size of the logits convolution.")
 
 flags.DEFINE_string("dataset", "pascal_voc_seg",
-                    "Name of a dataset in deeplab_ssl.datasets.descriptors.DATASETS.")
+                    "Name of a dataset in deeplab_ssl.datasets.descriptors.DATASETS, or custom: "
+                    "described by the dataset.json the record builders write in --dataset_dir, "
+                    "or by --num_classes and --ignore_label.")
 flags.DEFINE_string("dataset_dir", None, "Folder of the dataset's tfrecord shards.")
+flags.DEFINE_integer("num_classes", None,
+                     "Classes of a custom dataset without dataset.json; given, it overrides the "
+                     "dataset's.")
+flags.DEFINE_integer("ignore_label", None,
+                     "Label of the pixels left out (255 where --num_classes describes a custom "
+                     "dataset); given, it overrides the dataset's.")
 
 FLAGS = flags.FLAGS
 # train.py writes the model options next to its checkpoints; eval, vis and export read them.
@@ -82,6 +91,13 @@ def define_inference_flags():
     """deeplab's multi-scale and flipped inference flags, of eval, vis and export."""
     flags.DEFINE_multi_float("eval_scales", [1.0], "Image scales of multi-scale inference.")
     flags.DEFINE_boolean("add_flipped_images", False, "Also run on left-right flipped images.")
+
+
+def dataset_descriptor():
+    """The descriptors.DatasetDescriptor of --dataset, --dataset_dir, --num_classes and
+    --ignore_label (raises ValueError naming what is missing)."""
+    return descriptors.get_descriptor(FLAGS.dataset, FLAGS.dataset_dir, FLAGS.num_classes,
+                                      FLAGS.ignore_label)
 
 
 def checkpoint_to_restore():

@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplab_ssl.datasets import (build_camvid_data, build_cityscapes_data, build_data,
-                                  build_folder_data, build_voc2012_data, records)
+                                  build_folder_data, build_voc2012_data, descriptors, records)
 
 H, W = 12, 16
 
@@ -80,7 +80,7 @@ def test_write_split_shards_like_deeplab_and_round_trips(tmp_path):
     data = _write_pairs(tmp_path, [f"im{i}" for i in range(5)])
     paths = build_folder_data.build_folder(
         str(tmp_path / "images"), str(tmp_path / "labels"), str(tmp_path / "out"), "train",
-        num_classes=5, ignore_label=255, image_format="png", num_shards=2, progress=False)
+        descriptors.custom_descriptor(5, 255), image_format="png", num_shards=2, progress=False)
     assert [os.path.basename(p) for p in paths] == [
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     # ceil(5 / 2) = 3 examples in the first shard, as deeplab's builders.
@@ -92,31 +92,58 @@ def test_write_split_shards_like_deeplab_and_round_trips(tmp_path):
         np.testing.assert_array_equal(read[name][1], label)
 
 
-def test_interrupted_build_leaves_no_complete_looking_shard(tmp_path):
-    out = str(tmp_path / "out")
+def _encode_index(i):
+    return records.encode_example(b"x", f"{i}", 1, 1, b"y")
 
+
+def _write_indices(out, split, count, num_shards, fail_at=None):
     def encode(i):
-        if i == 5:
+        if i == fail_at:
             raise RuntimeError("interrupted")
-        return records.encode_example(b"x", f"{i}", 1, 1, b"y")
+        return _encode_index(i)
+    return build_data.write_split(list(range(count)), encode, out, split, num_shards,
+                                  descriptors.custom_descriptor(5, 255), progress=False)
 
+
+def test_a_failed_rebuild_keeps_the_old_split_whole(tmp_path):
+    out = tmp_path / "out"
+    _write_indices(str(out), "train", 8, 4)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
     with pytest.raises(RuntimeError, match="interrupted"):
-        build_data.write_split(list(range(8)), encode, out, "train", 2, progress=False)
-    # Shard 0 (items 0-3) was complete; shard 1 (items 4-7) was not and must not exist.
-    assert sorted(os.listdir(out)) == ["train-00000-of-00002.tfrecord"]
-    assert sum(1 for _ in tf.data.TFRecordDataset(os.path.join(out, os.listdir(out)[0]))) == 4
+        _write_indices(str(out), "train", 8, 4, fail_at=5)  # In shard 2 of 4.
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_a_killed_build_leaves_temporary_files_that_the_next_build_removes(tmp_path):
+    out = tmp_path / "out"
+    _write_indices(str(out), "train", 4, 2)
+    (out / "train-00000-of-00002.tfrecord.tmp").write_bytes(b"half a shard")
+    _write_indices(str(out), "train", 4, 2)
+    assert not list(out.glob("*.tmp*"))
+
+
+def test_manifest_and_description_are_written_with_the_split(tmp_path):
+    out = str(tmp_path / "out")
+    _write_indices(out, "train", 5, 2)
+    manifest = records.read_manifest(out, "train")
+    assert manifest["num_examples"] == 5
+    assert [(s["name"], s["num_examples"]) for s in manifest["shards"]] == [
+        ("train-00000-of-00002.tfrecord", 3), ("train-00001-of-00002.tfrecord", 2)]
+    assert all(s["bytes"] == os.path.getsize(os.path.join(out, s["name"]))
+               for s in manifest["shards"])
+    assert manifest["builder"] == {}
+    _write_indices(out, "val", 2, 1)
+    description = descriptors.read_description(out)
+    assert (description.num_classes, description.ignore_label) == (5, 255)
+    assert description.splits_to_sizes == {"train": 5, "val": 2}
 
 
 def test_rebuild_with_other_shard_count_removes_stale_shards(tmp_path):
     out = str(tmp_path / "out")
-
-    def encode(i):
-        return records.encode_example(b"x", f"{i}", 1, 1, b"y")
-
-    build_data.write_split(list(range(4)), encode, out, "train", 4, progress=False)
-    build_data.write_split(list(range(4)), encode, out, "train_aug", 1, progress=False)
-    build_data.write_split(list(range(4)), encode, out, "train", 2, progress=False)
-    assert sorted(os.listdir(out)) == [
+    _write_indices(out, "train", 4, 4)
+    _write_indices(out, "train_aug", 4, 1)
+    _write_indices(out, "train", 4, 2)
+    assert sorted(name for name in os.listdir(out) if name.endswith(".tfrecord")) == [
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
         "train_aug-00000-of-00001.tfrecord"]
 
@@ -166,7 +193,7 @@ def test_folder_builder_reports_images_without_labels(tmp_path):
     with pytest.raises(ValueError, match=r"no label in .*labels for 1 files, e.g. \['b'\]"):
         build_folder_data.build_folder(
             str(tmp_path / "images"), str(tmp_path / "labels"), str(tmp_path / "out"),
-            "train", 5, 255, image_format="png", progress=False)
+            "train", descriptors.custom_descriptor(5, 255), image_format="png", progress=False)
 
 
 def test_resize_is_bilinear_for_images_and_nearest_for_labels(tmp_path):

@@ -19,7 +19,7 @@ def _scenes(count, seed=0):
 
 def _shard_bytes(output_dir):
     return {os.path.basename(p): open(p, "rb").read()
-            for p in sorted(glob.glob(os.path.join(output_dir, "*")))}
+            for p in sorted(glob.glob(os.path.join(output_dir, "*.tfrecord")))}
 
 
 def test_same_seed_same_records_other_seed_other_records(tmp_path):

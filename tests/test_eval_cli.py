@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplab_ssl import model as model_lib
-from deeplab_ssl.datasets import records
+from deeplab_ssl.datasets import build_data, descriptors, records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_FLAGS = ["--model_variant=mobilenet_v2", "--depth_multiplier=0.25", "--output_stride=16"]
@@ -31,13 +31,15 @@ def workdir(tmp_path_factory):
     rng = np.random.default_rng(0)
     data_dir = root / "data"
     data_dir.mkdir()
-    with tf.io.TFRecordWriter(str(data_dir / records.shard_filename("val", 0, 1))) as writer:
-        for i, (height, width) in enumerate([(24, 32), (30, 20), (17, 17)]):
-            image = rng.integers(0, 256, size=(height, width, 3)).astype(np.uint8)
-            label = rng.integers(0, 10, size=(height, width)).astype(np.uint8)
-            label[:2] = 255
-            writer.write(records.encode_example(
-                _png(image), f"img{i}.png", height, width, _png(label), image_format="png"))
+    examples = []
+    for i, (height, width) in enumerate([(24, 32), (30, 20), (17, 17)]):
+        image = rng.integers(0, 256, size=(height, width, 3)).astype(np.uint8)
+        label = rng.integers(0, 10, size=(height, width)).astype(np.uint8)
+        label[:2] = 255
+        examples.append(records.encode_example(
+            _png(image), f"img{i}.png", height, width, _png(label), image_format="png"))
+    build_data.write_split(examples, lambda example: example, str(data_dir), "val", 1,
+                           descriptors.get_descriptor("demo"), progress=False)
     model = model_lib.build_deeplab("mobilenet_v2", 10, depth_multiplier=0.25)
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model), str(root / "train"), max_to_keep=2,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_ssl.datasets import input_pipeline, records
+from deeplab_ssl.datasets import build_data, descriptors, input_pipeline, records
 
 DATASET = "pascal_voc_seg"  # 21 classes, ignore label 255, splits train / val / ...
 IGNORE = 255
@@ -35,14 +35,9 @@ def serialize(filename, image, label, label_size=None):
 
 
 def write_split(directory, split, examples, num_shards):
-    """Writes serialized examples round-robin into deeplab-named shards."""
-    os.makedirs(directory, exist_ok=True)
-    writers = [tf.io.TFRecordWriter(os.path.join(directory, records.shard_filename(
-        split, i, num_shards))) for i in range(num_shards)]
-    for i, example in enumerate(examples):
-        writers[i % num_shards].write(example)
-    for writer in writers:
-        writer.close()
+    """Writes serialized examples into deeplab-named shards, with the split's manifest."""
+    build_data.write_split(examples, lambda example: example, directory, split, num_shards,
+                           descriptors.get_descriptor(DATASET), progress=False)
     return directory
 
 
@@ -141,7 +136,7 @@ def test_sharding_under_input_context_splits_files_or_records(dataset_dir):
 
     by_files = [filenames(dataset_dir, "train", 2, i) for i in range(2)]  # 4 files, 2 workers.
     assert sorted(by_files[0] + by_files[1]) == sorted(f"train_{i}.png" for i in range(24))
-    assert {int(n[6:-4]) % 4 for n in by_files[0]} == {0, 2}  # Shards 0 and 2 of 4.
+    assert {int(n[6:-4]) // 6 for n in by_files[0]} == {0, 2}  # Shards 0 and 2 of 4.
     by_records = [filenames(dataset_dir, "val", 2, i) for i in range(2)]  # 1 file, 2 workers.
     assert [sorted(names) for names in by_records] == [
         ["val_0.png", "val_2.png", "val_4.png"], ["val_1.png", "val_3.png"]]
@@ -231,3 +226,67 @@ def test_iterator_checkpoint_resumes_the_same_batches(dataset_dir, tmp_path):
         restored_images, restored_labels = next(iterator)
         np.testing.assert_array_equal(images, restored_images)
         np.testing.assert_array_equal(labels, restored_labels)
+
+
+def _copy(directory, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in tf.io.gfile.glob(os.path.join(directory, "*")):
+        (copy / os.path.basename(path)).write_bytes(open(path, "rb").read())
+    return copy
+
+
+def test_an_incomplete_split_is_refused_naming_the_missing_shards(dataset_dir, tmp_path):
+    copy = _copy(dataset_dir, tmp_path)
+    os.remove(copy / "train-00002-of-00004.tfrecord")
+    with pytest.raises(ValueError, match="incomplete.*missing train-00002-of-00004.tfrecord"):
+        train_dataset(str(copy))
+
+
+def test_a_truncated_shard_is_named_or_read_up_to_the_damage(dataset_dir, tmp_path):
+    copy = _copy(dataset_dir, tmp_path)
+    shard = copy / "train-00001-of-00004.tfrecord"
+    shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"shard .*train-00001-of-00004.tfrecord is damaged"):
+        train_dataset(str(copy))
+    shards = input_pipeline.complete_shards(str(copy), "train", skip_bad_records=True)
+    readable = dict(shards)[str(shard)]
+    assert 0 <= readable < 6  # Of the shard's 6 records.
+    dataset = input_pipeline.get_dataset(DATASET, str(copy), "train", 1, skip_bad_records=True)
+    assert sum(1 for _ in dataset) == 24 - 6 + readable
+
+
+def test_without_a_manifest_the_descriptors_split_size_is_checked(dataset_dir, tmp_path):
+    copy = _copy(dataset_dir, tmp_path)
+    os.remove(copy / records.manifest_filename("val"))
+    # pascal_voc_seg's val has 1449 images; these records hold 5.
+    with pytest.raises(ValueError, match="holds 5 examples where 1449 are expected"):
+        input_pipeline.get_dataset(DATASET, str(copy), "val", 1)
+
+
+def test_labels_outside_the_classes_name_the_value_the_record_and_the_flag(tmp_path):
+    image, label = example_arrays(0, 8, 8)
+    label[0, 0] = 30  # pascal_voc_seg: 21 classes, ignore label 255.
+    directory = write_split(str(tmp_path), "val", [serialize("odd.png", image, label)], 1)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"label value 30 in odd.png .*pascal_voc_seg \(0 to 20\).*255.*"
+                             r"--ignore_label"):
+        list(input_pipeline.get_dataset(DATASET, directory, "val", 1))
+
+
+def test_a_custom_dataset_comes_from_the_builders_description(tmp_path):
+    image, label = example_arrays(0, 8, 8)  # Labels 0..7.
+    examples = [serialize(f"{i}.png", image, label) for i in range(3)]
+    build_data.write_split(examples, lambda example: example, str(tmp_path), "train", 1,
+                           descriptors.custom_descriptor(8, 255), progress=False)
+    descriptor = descriptors.get_descriptor("custom", str(tmp_path))
+    assert (descriptor.num_classes, descriptor.split_size("train")) == (8, 3)
+    batches = list(input_pipeline.get_dataset("custom", str(tmp_path), "train", 1))
+    assert len(batches) == 3
+    # Without a description: the flags and the manifest.
+    os.remove(tmp_path / descriptors.DESCRIPTION_NAME)
+    descriptor = descriptors.get_descriptor("custom", str(tmp_path), num_classes=8,
+                                            ignore_label=255)
+    assert descriptor.split_size("train") == 3 and len(descriptor.class_names) == 8
+    with pytest.raises(ValueError, match="--num_classes"):
+        descriptors.get_descriptor("custom", str(tmp_path))

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_ssl.datasets import input_pipeline, records
+from deeplab_ssl.datasets import build_data, descriptors, input_pipeline, records
 from deeplab_ssl.datasets import tfds as deeplab_tfds
 
 MEAN = (120.0, 110.0, 100.0)
@@ -100,17 +100,19 @@ def test_voc_splits_labels_and_train_aug(voc_dir, data_dir):
 
 def test_cityscapes_matches_records_pipeline(cityscapes_dir, data_dir, tmp_path):
     """Same elements as input_pipeline.get_dataset on records of the same files."""
-    writer_path = tmp_path / records.shard_filename("val_fine", 0, 1)
-    with tf.io.TFRecordWriter(str(writer_path)) as writer:
-        for i, city in enumerate(["aachen", "bochum"]):
-            stem = f"{city}_{i:06d}_000019"
-            image = (tf.io.gfile.GFile(os.path.join(
-                cityscapes_dir, "leftImg8bit", "val", city, stem + "_leftImg8bit.png"), "rb")
-                .read())
-            label = tf.io.gfile.GFile(os.path.join(
-                cityscapes_dir, "gtFine", "val", city, stem + "_gtFine_labelTrainIds.png"),
-                "rb").read()
-            writer.write(records.encode_example(image, stem, 32, 40, label, image_format="png"))
+    examples = []
+    for i, city in enumerate(["aachen", "bochum"]):
+        stem = f"{city}_{i:06d}_000019"
+        image = (tf.io.gfile.GFile(os.path.join(
+            cityscapes_dir, "leftImg8bit", "val", city, stem + "_leftImg8bit.png"), "rb")
+            .read())
+        label = tf.io.gfile.GFile(os.path.join(
+            cityscapes_dir, "gtFine", "val", city, stem + "_gtFine_labelTrainIds.png"),
+            "rb").read()
+        examples.append(records.encode_example(image, stem, 32, 40, label, image_format="png"))
+    # With its manifest: 2 examples, not the 500 of Cityscapes' val_fine.
+    build_data.write_split(examples, lambda example: example, str(tmp_path), "val_fine", 1,
+                           descriptors.get_descriptor("cityscapes"), progress=False)
     kwargs = dict(dataset_name="cityscapes", split="val_fine", batch_size=2,
                   crop_size=[36, 36], mean_pixel=MEAN)
     from_tfds = deeplab_tfds.get_dataset(data_dir=data_dir, manual_dir=cityscapes_dir, **kwargs)

@@ -68,8 +68,9 @@ def build_camvid(camvid_root, output_dir, splits=None, num_shards=4, size=None,
     def encode(pair):
         return build_data.encode_pair(*pair, camvid.num_classes, camvid.ignore_label, size=size)
 
+    builder_args = dict(builder="build_camvid_data", camvid_root=camvid_root, size=size)
     return {split: build_data.write_split(list_pairs(camvid_root, split), encode, output_dir,
-                                          split, num_shards, progress=progress)
+                                          split, num_shards, camvid, builder_args, progress)
             for split in splits}
 
 

@@ -94,7 +94,9 @@ def build_cityscapes(cityscapes_root, output_dir, splits=("train_fine", "val_fin
         pairs = list_pairs(cityscapes_root, split)
         written[split] = build_data.write_split(
             pairs, lambda pair: encode_pair(pair, size), output_dir, split, num_shards,
-            progress=progress)
+            descriptors.get_descriptor("cityscapes"), progress=progress,
+            builder_args=dict(builder="build_cityscapes_data", cityscapes_root=cityscapes_root,
+                              size=size))
     return written
 
 

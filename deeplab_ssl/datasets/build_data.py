@@ -4,11 +4,13 @@ Each `build_*_data.py` lists its (image, label) files and hands them to `write_s
 encodes them with `encode_pair` (or any other function) and writes deeplab's shards
 `SPLIT-00000-of-0000N.tfrecord`. Checks made as it goes, with the file named in the error:
 the image and its label must have the same size, label values must be < num_classes or equal
-the ignore label, and every file must be readable. Each shard is written under the temporary
-name `SHARD.tmp` and renamed when complete, so an interrupted build leaves no shard that looks
-whole (and a failing build removes its temporary file).
+the ignore label, and every file must be readable. A split is replaced all at once or not at
+all: its shards are written under temporary names and renamed only when all are complete; then
+come the split's manifest (`SPLIT.manifest.json`: examples, shards, the builder's arguments) and
+the dataset's description (`dataset.json`, read by every command line tool).
 """
 import io
+import json
 import math
 import os
 import re
@@ -19,7 +21,7 @@ import tqdm
 from absl import flags, logging
 from PIL import Image
 
-from deeplab_ssl.datasets import records
+from deeplab_ssl.datasets import descriptors, records
 
 # PIL's format names -> the names stored in `image/format`.
 _PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
@@ -197,14 +199,18 @@ def encode_pair(image_path, label_path, num_classes, ignore_label, name=None, si
                                   encode_label(label), image_format=image_format)
 
 
-def write_split(items, encode, output_dir, split, num_shards, progress=True):
+def write_split(items, encode, output_dir, split, num_shards, descriptor, builder_args=None,
+                progress=True):
     """Writes `encode(item)` for every item, in order, as deeplab's shards of `split`.
 
     Items are spread like deeplab's builders: shard i holds items
-    [i * ceil(N / num_shards), (i + 1) * ceil(N / num_shards)). Each shard is written as
-    `SHARD.tmp` and renamed when complete; if `encode` raises, the temporary file is removed and
-    the error propagates, so no incomplete shard is left under a shard name. Shards of `split`
-    left by an earlier build with another shard count are removed once the new ones are complete.
+    [i * ceil(N / num_shards), (i + 1) * ceil(N / num_shards)). The split is replaced all at
+    once or not at all: every shard is written as `SHARD.tmp`, and only when all are complete
+    are they renamed over the old ones; if `encode` raises, the temporary files are removed, the
+    error propagates and the old shards stay. Temporary files that a killed build left are
+    removed first, and shards of an earlier build with another shard count once the new ones
+    are in place. Last come the manifest `SPLIT.manifest.json` (see records.read_manifest) and
+    `dataset.json` (descriptors.write_description), each written whole and renamed.
 
     Args:
         items: sequence of anything `encode` takes (e.g. (image_path, label_path) pairs).
@@ -212,6 +218,8 @@ def write_split(items, encode, output_dir, split, num_shards, progress=True):
         output_dir: str, folder of the shards (created if needed; local or any tf.io.gfile path).
         split: str, the split name, e.g. "train_aug".
         num_shards: int >= 1.
+        descriptor: descriptors.DatasetDescriptor of the records (its classes and ignore label).
+        builder_args: dict of the builder's arguments, JSON-ready, kept in the manifest.
         progress: bool, show a tqdm progress bar.
 
     Returns:
@@ -222,25 +230,49 @@ def write_split(items, encode, output_dir, split, num_shards, progress=True):
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     tf.io.gfile.makedirs(output_dir)
+    _remove_temporary_shards(output_dir, split)
     per_shard = math.ceil(len(items) / num_shards)
-    paths = []
-    with tqdm.tqdm(total=len(items), desc=split, unit="img", disable=not progress) as bar:
-        for shard_id in range(num_shards):
-            path = os.path.join(output_dir, records.shard_filename(split, shard_id, num_shards))
-            temp = path + TEMP_SUFFIX
-            try:
-                with tf.io.TFRecordWriter(temp) as writer:
-                    for item in items[shard_id * per_shard:(shard_id + 1) * per_shard]:
+    paths = [os.path.join(output_dir, records.shard_filename(split, shard_id, num_shards))
+             for shard_id in range(num_shards)]
+    counts = []
+    try:
+        with tqdm.tqdm(total=len(items), desc=split, unit="img", disable=not progress) as bar:
+            for shard_id, path in enumerate(paths):
+                shard_items = items[shard_id * per_shard:(shard_id + 1) * per_shard]
+                with tf.io.TFRecordWriter(path + TEMP_SUFFIX) as writer:
+                    for item in shard_items:
                         writer.write(encode(item))
                         bar.update()
-            except BaseException:
-                if tf.io.gfile.exists(temp):
-                    tf.io.gfile.remove(temp)
-                raise
-            tf.io.gfile.rename(temp, path, overwrite=True)
-            paths.append(path)
+                counts.append(len(shard_items))
+    except BaseException:
+        _remove_temporary_shards(output_dir, split)
+        raise
+    for path in paths:
+        tf.io.gfile.rename(path + TEMP_SUFFIX, path, overwrite=True)
     _remove_stale_shards(output_dir, split, paths)
+    _write_json(os.path.join(output_dir, records.manifest_filename(split)), {
+        "split": split, "num_examples": len(items),
+        "shards": [{"name": os.path.basename(path), "num_examples": count,
+                    "bytes": tf.io.gfile.stat(path).length}
+                   for path, count in zip(paths, counts)],
+        "builder": builder_args or {}})
+    descriptors.write_description(output_dir, descriptor, split, len(items))
     return paths
+
+
+def _write_json(path, values):
+    """Writes `values` as JSON to `path` under a temporary name, then renames it."""
+    with tf.io.gfile.GFile(path + TEMP_SUFFIX, "w") as f:
+        f.write(json.dumps(values, indent=2) + "\n")
+    tf.io.gfile.rename(path + TEMP_SUFFIX, path, overwrite=True)
+
+
+def _remove_temporary_shards(output_dir, split):
+    """Removes the temporary shard files of `split` (a failed or killed build's)."""
+    pattern = os.path.join(output_dir, records.shard_pattern(split) + TEMP_SUFFIX + "*")
+    for path in tf.io.gfile.glob(pattern):
+        logging.warning("removing %s, a temporary file of an unfinished build", path)
+        tf.io.gfile.remove(path)
 
 
 def _remove_stale_shards(output_dir, split, keep):

@@ -278,9 +278,10 @@ def build_demo(output_dir, seed=0, num_train=DEMO.split_size("train"),
     Returns:
         dict split -> list of shard paths.
     """
+    builder_args = dict(builder="build_demo_data", seed=seed, height=height, width=width)
     return {split: build_data.write_split(
                 range(count), lambda i, split=split: encode_scene(seed, split, i, height, width),
-                output_dir, split, num_shards, progress=progress)
+                output_dir, split, num_shards, DEMO, builder_args, progress)
             for split, count in (("train", num_train), ("val", num_val))}
 
 

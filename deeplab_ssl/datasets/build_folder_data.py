@@ -2,7 +2,8 @@
 
 Images and labels are paired by name stem (`a.jpg` with `a.png`); labels are single-channel
 PNGs of class indices (grayscale or palette). Label values are checked against `--dataset`'s
-descriptor, or against `--num_classes` and `--ignore_label`.
+descriptor, or against `--num_classes` and `--ignore_label`, which `dataset.json` then records
+next to the shards for the command line tools (`--dataset=custom`).
 
 Usage:
     python -m deeplab_ssl.datasets.build_folder_data --image_folder=images \
@@ -14,9 +15,8 @@ from absl import app, flags
 from deeplab_ssl.datasets import build_data, descriptors
 
 
-def build_folder(image_folder, semantic_segmentation_folder, output_dir, split, num_classes,
-                 ignore_label, image_format="jpg", label_format="png", num_shards=4, size=None,
-                 progress=True):
+def build_folder(image_folder, semantic_segmentation_folder, output_dir, split, descriptor,
+                 image_format="jpg", label_format="png", num_shards=4, size=None, progress=True):
     """Writes the pairs of two folders as deeplab's shards of `split`.
 
     Args:
@@ -24,7 +24,8 @@ def build_folder(image_folder, semantic_segmentation_folder, output_dir, split, 
         semantic_segmentation_folder: str, folder of labels `NAME.label_format`.
         output_dir: str, where the shards go.
         split: str, the split name of the shards.
-        num_classes, ignore_label: int, the allowed label values.
+        descriptor: descriptors.DatasetDescriptor, the allowed label values (its classes and
+            ignore label), e.g. descriptors.custom_descriptor(num_classes, ignore_label).
         image_format, label_format: str file extensions.
         num_shards: int, number of shards.
         size: optional (height, width) to resize to.
@@ -37,10 +38,13 @@ def build_folder(image_folder, semantic_segmentation_folder, output_dir, split, 
                                     label_format)
 
     def encode(pair):
-        return build_data.encode_pair(*pair, num_classes, ignore_label, size=size)
+        return build_data.encode_pair(*pair, descriptor.num_classes, descriptor.ignore_label,
+                                      size=size)
 
-    return build_data.write_split(pairs, encode, output_dir, split, num_shards,
-                                  progress=progress)
+    return build_data.write_split(
+        pairs, encode, output_dir, split, num_shards, descriptor, progress=progress,
+        builder_args=dict(builder="build_folder_data", image_folder=image_folder,
+                          semantic_segmentation_folder=semantic_segmentation_folder, size=size))
 
 
 def main(argv):
@@ -48,13 +52,12 @@ def main(argv):
     f = flags.FLAGS
     if f.dataset:
         descriptor = descriptors.get_descriptor(f.dataset)
-        num_classes, ignore_label = descriptor.num_classes, descriptor.ignore_label
     elif f.num_classes is None:
         raise app.UsageError("give --dataset, or --num_classes (and --ignore_label)")
     else:
-        num_classes, ignore_label = f.num_classes, f.ignore_label
+        descriptor = descriptors.custom_descriptor(f.num_classes, f.ignore_label)
     build_folder(f.image_folder, f.semantic_segmentation_folder, f.output_dir, f.split,
-                 num_classes, ignore_label, image_format=f.image_format,
+                 descriptor, image_format=f.image_format,
                  label_format=f.label_format, num_shards=f.num_shards,
                  size=build_data.parse_size(f.resize))
 

@@ -102,8 +102,12 @@ def build_voc2012(image_folder, semantic_segmentation_folder, list_folder, outpu
         def encode(pair):
             return build_data.encode_pair(*pair, voc.num_classes, voc.ignore_label, size=size)
 
-        written[split] = build_data.write_split(pairs, encode, output_dir, split, num_shards,
-                                                progress=progress)
+        written[split] = build_data.write_split(
+            pairs, encode, output_dir, split, num_shards, voc, progress=progress,
+            builder_args=dict(builder="build_voc2012_data", image_folder=image_folder,
+                              semantic_segmentation_folder=semantic_segmentation_folder,
+                              list_folder=list_folder, sbd_label_folder=sbd_label_folder,
+                              size=size))
     return written
 
 

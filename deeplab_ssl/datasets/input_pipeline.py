@@ -2,12 +2,16 @@
 
 The counterpart of deeplab's `datasets/data_generator.Dataset`, with parallel reads over the shard
 files, parallel decoding and preprocessing (AUTOTUNE), a shuffle buffer of serialized records,
-prefetch, per-worker sharding under tf.distribute, and bad records reported by filename.
+prefetch, per-worker sharding under tf.distribute, and bad records reported by filename. Only
+complete splits are read (`complete_shards`): every shard present, as many examples as the
+split's manifest (or, without one, the dataset's descriptor) says.
 """
 import os
+import re
 import sys
 
 import tensorflow as tf
+from absl import logging
 
 from deeplab_ssl.datasets import descriptors, preprocess, records
 
@@ -72,6 +76,19 @@ def _fail_on_bad_record(example):
         return {key: tf.identity(value) for key, value in example.items()}
 
 
+def _check_labels(example, descriptor):
+    """`example`, once its label values are checked to be classes or the ignore label."""
+    label = tf.cast(example["label"], tf.int32)
+    fits = tf.logical_or(label < descriptor.num_classes, tf.equal(label, descriptor.ignore_label))
+    message = tf.strings.join([
+        "label value ", tf.strings.as_string(tf.reduce_max(tf.where(fits, -1, label))), " in ",
+        example["filename"], f" is neither a class of --dataset={descriptor.name} (0 to "
+        f"{descriptor.num_classes - 1}) nor its ignore label {descriptor.ignore_label}: give "
+        "--ignore_label (or --num_classes) to fit the records"])
+    with tf.control_dependencies([tf.debugging.Assert(tf.reduce_all(fits), [message])]):
+        return {key: tf.identity(value) for key, value in example.items()}
+
+
 def _skip_bad_records(examples):
     """Drops invalid examples, logging each with the running count of records skipped.
 
@@ -93,6 +110,98 @@ def _skip_bad_records(examples):
 
     examples = examples.scan(tf.constant(0, tf.int64), count)
     return examples.filter(log).map(lambda example, _: example)
+
+
+def _read_through(path):
+    """(number of readable records, None) of a shard file, or (records before the damage, the
+    error message) where it is truncated or corrupt."""
+    try:
+        return int(tf.data.TFRecordDataset(path).reduce(0, lambda count, _: count + 1)), None
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+        count = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                count += 1
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+            return count, error.message
+        return count, None
+
+
+def _shard_names(dataset_dir, split):
+    """The shard file names of `split` in `dataset_dir`, and their number N of `-of-0000N`."""
+    pattern = os.path.join(dataset_dir, records.shard_pattern(split))
+    names = sorted(os.path.basename(path) for path in tf.io.gfile.glob(pattern))
+    if not names:
+        raise ValueError(f"no tfrecord shards of split {split!r} found: {pattern}")
+    counts = {int(re.search(r"-of-(\d+)\.tfrecord$", name).group(1)) for name in names}
+    if len(counts) > 1:
+        raise ValueError(f"the shards of split {split!r} in {dataset_dir} come from builds with "
+                         f"{sorted(counts)} shards: build the split again")
+    return names, counts.pop()
+
+
+def complete_shards(dataset_dir, split, expected_size=None, skip_bad_records=False):
+    """The shards of a split, checked to be complete: what `get_dataset` reads.
+
+    Every shard of `-of-0000N` must exist. With the split's manifest (written by the builders),
+    the shards must be the manifest's, and a shard whose size differs from the manifest's is
+    read through to find how much of it is whole; without one, every shard is read through
+    (counted) and `expected_size` (the descriptor's) is checked.
+
+    Args:
+        dataset_dir: str, folder of the shards.
+        split: str.
+        expected_size: int or None, the split's size where no manifest gives it.
+        skip_bad_records: bool; a truncated or corrupt shard is then read up to the damage
+            (logged), instead of an error.
+
+    Returns:
+        list of (shard path, number of records to read from it, -1 for all).
+
+    Raises:
+        ValueError: naming the missing, foreign or damaged shards, or the count that differs.
+    """
+    names, num_shards = _shard_names(dataset_dir, split)
+    missing = sorted(set(records.shard_filename(split, i, num_shards)
+                         for i in range(num_shards)) - set(names))
+    if missing:
+        raise ValueError(f"split {split!r} in {dataset_dir} is incomplete (a killed build?): "
+                         f"missing {', '.join(missing)}; build it again")
+    manifest = records.read_manifest(dataset_dir, split)
+    built = {}
+    if manifest is not None:
+        built = {shard["name"]: shard for shard in manifest["shards"]}
+        if set(built) != set(names):
+            raise ValueError(f"the shards of split {split!r} in {dataset_dir} are not those of "
+                             f"its {records.manifest_filename(split)}: build it again")
+        expected_size = manifest["num_examples"]
+    else:
+        logging.info("Split %r of %s has no manifest (built by an older version): counting its "
+                     "records.", split, dataset_dir)
+    shards, total = [], 0
+    for name in names:
+        path = os.path.join(dataset_dir, name)
+        shard = built.get(name)
+        if shard is not None and tf.io.gfile.stat(path).length == shard["bytes"]:
+            count, error = shard["num_examples"], None
+        else:
+            count, error = _read_through(path)
+        if error is None and shard is not None and count != shard["num_examples"]:
+            error = f"{count} records where the manifest says {shard['num_examples']}"
+        if error is not None:
+            if not skip_bad_records:
+                raise ValueError(
+                    f"shard {path} is damaged after {count} readable records ({error}): build "
+                    "the split again, or give --skip_bad_records to read what is whole")
+            logging.warning("skip_bad_records: shard %s is damaged after %d records (%s); the "
+                            "rest of it is skipped.", path, count, error)
+            expected_size = None
+        shards.append((path, count if error is not None else -1))
+        total += count
+    if expected_size is not None and total != expected_size:
+        raise ValueError(f"split {split!r} in {dataset_dir} holds {total} examples where "
+                         f"{expected_size} are expected: build it again")
+    return shards
 
 
 def resolve_defaults(is_training, crop_size, shuffle, repeat, deterministic):
@@ -191,7 +300,8 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
     """The tf.data pipeline of one split of a dataset's tfrecords, deeplab's way.
 
     Args:
-        dataset_name: str, a name of `descriptors.DATASETS` (gives ignore_label and the splits).
+        dataset_name: str, a dataset name of `descriptors.get_descriptor` (with dataset_dir), or
+            a descriptors.DatasetDescriptor: it gives the classes, ignore_label and the splits.
         dataset_dir: str, folder of the shards `SPLIT-00000-of-0000N.tfrecord`.
         split: str, a split of the dataset, e.g. "train_aug" or "val".
         batch_size: int, the global batch size; under `input_context` each input pipeline
@@ -218,7 +328,9 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
         skip_bad_records: bool; False: a record whose image or label cannot be decoded, or whose
             label size differs from the image's, stops iteration with an InvalidArgumentError
             "bad record FILENAME: REASON"; True: such records are skipped and each is logged
-            (a warning on stderr) with the running count of skipped records.
+            (a warning on stderr) with the running count of skipped records. The same for
+            shards: False stops at a truncated or corrupt shard (naming it) before reading;
+            True reads it up to the damage (`complete_shards`).
         input_context: tf.distribute.InputContext or None; shards the input per pipeline (by
             files when there are at least as many files as pipelines, else by records).
 
@@ -234,16 +346,15 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
 
     Raises:
         ValueError: unknown dataset or split (naming it), no shards matching the glob (naming the
-            path), or training without crop_size.
+            path), an incomplete or damaged split (`complete_shards`), or training without
+            crop_size. Labels outside the dataset's classes that are not its ignore label stop
+            the iteration with an InvalidArgumentError naming the value, the record and the flags.
     """
-    descriptor = descriptors.get_descriptor(dataset_name)
-    descriptor.split_size(split)  # Raises a ValueError naming an unknown split.
+    descriptor = (dataset_name if isinstance(dataset_name, descriptors.DatasetDescriptor)
+                  else descriptors.get_descriptor(dataset_name, dataset_dir))
     shuffle, repeat, deterministic = resolve_defaults(
         is_training, crop_size, shuffle, repeat, deterministic)
-    pattern = os.path.join(dataset_dir, records.shard_pattern(split))
-    files = sorted(tf.io.gfile.glob(pattern))
-    if not files:
-        raise ValueError(f"no tfrecord shards of split {split!r} found: {pattern}")
+    files = complete_shards(dataset_dir, split, descriptor.split_size(split), skip_bad_records)
 
     shard_records = False
     if input_context is not None:
@@ -256,12 +367,14 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
         if seed is not None:
             seed += input_context.input_pipeline_id
 
-    dataset = tf.data.Dataset.from_tensor_slices(files)
+    paths, counts = zip(*files)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (list(paths), tf.constant(counts, tf.int64)))
     if shuffle:
         dataset = dataset.shuffle(len(files), seed=seed)
     dataset = dataset.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(num_readers, len(files)),
-        num_parallel_calls=AUTOTUNE)
+        lambda path, count: tf.data.TFRecordDataset(path).take(count),
+        cycle_length=min(num_readers, len(files)), num_parallel_calls=AUTOTUNE)
     if shard_records:
         dataset = dataset.shard(input_context.num_input_pipelines,
                                 input_context.input_pipeline_id)
@@ -271,6 +384,7 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
         examples = _skip_bad_records(examples)
     else:
         examples = examples.map(_fail_on_bad_record)
+    examples = examples.map(lambda example: _check_labels(example, descriptor))
     return preprocess_and_batch(
         examples, batch_size, is_training, seed, deterministic,
         **preprocess_options(crop_size, min_resize_value, max_resize_value, resize_factor,

@@ -4,6 +4,9 @@ Records written here load in the original deeplab code and records written by de
 `build_*_data.py` scripts load here unchanged. Shards are named like deeplab's:
 `SPLIT-00000-of-00004.tfrecord`.
 """
+import json
+import os
+
 import tensorflow as tf
 
 # deeplab's build_data._IMAGE_FORMAT_MAP: the stored format names.
@@ -18,6 +21,34 @@ def shard_filename(split, shard_id, num_shards):
 def shard_pattern(split):
     """Glob pattern of all shards of `split`."""
     return f"{split}-*-of-*.tfrecord"
+
+
+def manifest_filename(split):
+    """The manifest of a split's build, next to its shards, e.g. `train.manifest.json`."""
+    return f"{split}.manifest.json"
+
+
+def read_manifest(dataset_dir, split):
+    """The manifest `write_split` wrote for `split` in `dataset_dir` (a dict), or None.
+
+    Keys: split, num_examples, shards (a list of {name, num_examples, bytes}), builder (the
+    builder's arguments).
+    """
+    path = os.path.join(dataset_dir, manifest_filename(split))
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def manifest_split_sizes(dataset_dir):
+    """{split: num_examples} of the manifests in `dataset_dir`."""
+    sizes = {}
+    for path in tf.io.gfile.glob(os.path.join(dataset_dir, manifest_filename("*"))):
+        with tf.io.gfile.GFile(path) as f:
+            manifest = json.load(f)
+        sizes[manifest["split"]] = manifest["num_examples"]
+    return sizes
 
 
 def _bytes(value):
