@@ -66,12 +66,22 @@ def test_encoded_signature_equals_the_image_signature(loaded):
 
 def test_bad_inputs_name_the_problem(loaded):
     signature = loaded.signatures["serving_default"]
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be uint8.*20 30 3"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"images \[20,30,3\] is not compatible with expected shape "
+                             r"\[\?,\?,\?,3\]"):
         signature(images=tf.zeros([20, 30, 3], tf.uint8))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be uint8.*1 8 8 4"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images \[1,8,8,4\]"):
         signature(images=tf.zeros([1, 8, 8, 4], tf.uint8))
     with pytest.raises(tf.errors.InvalidArgumentError, match="uint8"):
         signature(images=tf.zeros([1, 8, 8, 3], tf.float32))
+
+
+def test_encoded_signature_refuses_batches(loaded):
+    png = _png_bytes(_images((9, 9, 3)))
+    for count in (2, 0):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf"serving_encoded takes one image.*\[{count}\] \[strings\]"):
+            loaded.signatures["serving_encoded"](image_bytes=tf.constant([png] * count, tf.string))
 
 
 def test_crop_size_export_pads_small_and_fits_large_images(tmp_path):
@@ -106,6 +116,8 @@ def test_saved_model_cli_show_and_run(exported, loaded, tmp_path):
     assert "signature_def['serving_encoded']" in shown
     assert "outputs['SemanticPredictions'] tensor_info:" in shown
     assert "dtype: DT_UINT8" in shown and "dtype: DT_INT32" in shown
+    images_info = shown[shown.index("inputs['images']"):]
+    assert images_info.split("\n")[2].strip() == "shape: (-1, -1, -1, 3)"
 
     images = _images((1, 21, 18, 3), seed=4)
     np.save(tmp_path / "images.npy", images)
