@@ -117,6 +117,10 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or the gradients became NaN or Inf; training stopped without saving."""
 
 
+class _InputError(Exception):
+    """Carries (as its __cause__) an error of the input pipeline out of the training loop."""
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop.
 
@@ -344,10 +348,10 @@ class Trainer:
 
         Raises:
             NonFiniteLossError: a loss was NaN or Inf; nothing was saved after the last good
-                checkpoint.
+                checkpoint. Any other error (the input pipeline's, a step's, Ctrl-C) first saves
+                the last good step, with one worker.
         """
         options = self.options
-        total = options.training_number_of_steps
         iterator = self.make_iterator(dataset_fn)
         manager = self._checkpoint_manager(iterator)
         latest = tf.train.latest_checkpoint(options.train_logdir)
@@ -358,12 +362,29 @@ class Trainer:
             train_utils.initialize_from_checkpoint(
                 self.model, options.tf_initial_checkpoint, options.initialize_last_layer,
                 options.last_layers_contain_logits_only)
-        step = self.step
-        if step >= total:
+        if self.step >= options.training_number_of_steps:
             logging.info("%s already holds a checkpoint of step %d >= "
                          "--training_number_of_steps=%d: nothing to train.",
-                         options.train_logdir, step, total)
-            return step
+                         options.train_logdir, self.step, options.training_number_of_steps)
+            return self.step
+        try:
+            return self._train_steps(iterator, manager)
+        except NonFiniteLossError:
+            raise  # The weights may hold NaN or Inf now: nothing is saved.
+        except _InputError as error:
+            # The iterator is the broken part, and a fixed input is another dataset: a resumed
+            # run starts its input over.
+            self._save_last_good_step(manager, with_iterator=False)
+            raise error.__cause__ from None
+        except (Exception, KeyboardInterrupt):
+            self._save_last_good_step(manager, with_iterator=True)
+            raise
+
+    def _train_steps(self, iterator, manager):
+        """The loop of `train`, from the current step to training_number_of_steps."""
+        options = self.options
+        total = options.training_number_of_steps
+        step = self.step
         train_log = TrainLog(options.train_logdir, step) if self.is_chief else None
         writer = (tf.summary.create_file_writer(options.train_logdir) if self.is_chief
                   else tf.summary.create_noop_writer())
@@ -375,6 +396,8 @@ class Trainer:
             except StopIteration:
                 raise ValueError(f"the training dataset ended at step {step}; it must repeat "
                                  f"for --training_number_of_steps={total}") from None
+            except Exception as error:
+                raise _InputError() from error
             next_step = step + 1
             is_log_step = next_step % options.log_steps == 0 or next_step == total
             metrics = self.train_step(batch, statistics=is_log_step)
@@ -400,13 +423,7 @@ class Trainer:
                 record.update(metrics.get("statistics", {}))
                 if train_log:
                     train_log.append(record)
-                with writer.as_default(step=step):
-                    for name, value in record.items():
-                        if isinstance(value, list):
-                            for index, class_value in enumerate(value):
-                                tf.summary.scalar(f"{name}/{index}", class_value)
-                        elif name != "step":
-                            tf.summary.scalar(name, value)
+                _write_scalars(writer, record)
             if step % options.save_interval_steps == 0 or step == total:
                 path = self._save(manager, step)
                 if self.is_chief:
@@ -417,6 +434,29 @@ class Trainer:
                 writer.flush()
         return step
 
+    def _save_last_good_step(self, manager, with_iterator):
+        """After an error between or in steps: saves the last completed step, if no checkpoint
+        has it, with one worker (several would need all the workers for the collectives).
+
+        `with_iterator`: also the input iterator (as `manager` saves), if it can be saved.
+        """
+        _, num_workers = distribute.worker_index_and_count(self.strategy)
+        latest = tf.train.latest_checkpoint(self.options.train_logdir)
+        step = self.step
+        if num_workers > 1 or step == 0 or (latest and latest.endswith(f"-{step}")):
+            return
+        without_iterator = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=self.model, optimizer=self.optimizer),
+            self.options.train_logdir, max_to_keep=MAX_CHECKPOINTS_TO_KEEP,
+            checkpoint_name=CHECKPOINT_NAME)
+        for saver in (manager, without_iterator)[0 if with_iterator else 1:]:
+            try:
+                path = saver.save(checkpoint_number=step)
+            except Exception as error:  # The original error matters more: log this one.
+                logging.error("Saving step %d failed: %s", step, error)
+            else:
+                logging.error("Stopped by an error; saved the last good step in %s.", path)
+                return
 
 class TrainLog:
     """The machine-readable log `train_log.jsonl` in train_logdir: one JSON object per line.
@@ -440,6 +480,17 @@ class TrainLog:
     def append(self, record):
         with tf.io.gfile.GFile(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _write_scalars(writer, record):
+    """TensorBoard scalars of a log record; lists (one value per class) as NAME/CLASS_INDEX."""
+    with writer.as_default(step=record["step"]):
+        for name, value in record.items():
+            if isinstance(value, list):
+                for index, class_value in enumerate(value):
+                    tf.summary.scalar(f"{name}/{index}", class_value)
+            elif name != "step":
+                tf.summary.scalar(name, value)
 
 
 def _format(values):

@@ -246,7 +246,8 @@ def test_killed_run_resumes_at_the_same_step_with_the_same_result(tmp_path):
     killed.train_step = train_step_then_die
     with pytest.raises(KeyboardInterrupt):
         killed.train(dataset_fn)
-    assert tf.train.latest_checkpoint(tmp_path / "killed").endswith("model.ckpt-4")
+    # Ctrl-C saved step 5, with the input iterator (kill -9 saves nothing: test_train_cli).
+    assert tf.train.latest_checkpoint(tmp_path / "killed").endswith("model.ckpt-5")
 
     resumed = training.Trainer(seeded_model_fn(), losses.SSLoss(), options(tmp_path / "killed"),
                                strategy=one_cpu())
@@ -256,7 +257,8 @@ def test_killed_run_resumes_at_the_same_step_with_the_same_result(tmp_path):
     for one, two in zip(weights_of(straight), weights_of(resumed)):
         np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-7)
     with open(tmp_path / "killed" / training.TRAIN_LOG_NAME) as f:
-        assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4, 5, 6]
+        # Step 5 was interrupted after its update, before its log line.
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4, 6]
 
 
 def test_finished_run_does_not_train_again(tmp_path):
@@ -351,3 +353,26 @@ def test_initialize_from_keras_weights_and_train_checkpoints(tmp_path):
         train_utils.initialize_from_checkpoint(model, path)
         for one, two in zip(source.weights, model.weights):
             np.testing.assert_array_equal(one.numpy(), two.numpy())
+
+
+def test_an_input_error_saves_the_last_good_step_and_training_resumes(tmp_path):
+    images, labels = make_data()
+
+    def breaking_dataset_fn(input_context):  # A shard that breaks after 3 batches.
+        good = dataset_fn_of(images, labels, 4)(input_context).take(3)
+        def fail(x):
+            with tf.control_dependencies([tf.debugging.assert_equal(
+                    x, 1, message="truncated record")]):
+                return tf.identity(images[:4]), tf.identity(labels[:4])
+        return good.concatenate(tf.data.Dataset.from_tensors(0).map(fail))
+
+    trainer = training.Trainer(seeded_model_fn(), losses.SSLoss(),
+                               options(tmp_path, training_number_of_steps=6,
+                                       save_interval_steps=100), strategy=one_cpu())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="truncated record"):
+        trainer.train(breaking_dataset_fn)
+    assert tf.train.latest_checkpoint(tmp_path).endswith("model.ckpt-3")
+    resumed = training.Trainer(seeded_model_fn(), losses.SSLoss(),
+                               options(tmp_path, training_number_of_steps=6,
+                                       save_interval_steps=100), strategy=one_cpu())
+    assert resumed.train(dataset_fn_of(images, labels, 4)) == 6
