@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(VENV)/.installed: setup.py deeplab_ssl/losses/ssl_kernel.cc
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,crf]'
+	$(PY) -m pip install --quiet -e '.[test,crf,tflite]'
 	# The SSL's CPU kernel (needs g++); without it SSLoss takes its XLA path.
 	$(PY) -m deeplab_ssl.losses.build_kernel || echo "SSL kernel not built: SSLoss uses XLA"
 	touch $@

@@ -2,15 +2,18 @@
 
 Evaluates one checkpoint (--checkpoint_path), or watches a training folder (--checkpoint_dir,
 alias --train_logdir) and evaluates each new checkpoint. Results are printed, written next to
-each checkpoint as JSON and CSV, and to TensorBoard in --eval_logdir.
+each checkpoint as JSON and CSV, and to TensorBoard in --eval_logdir. --tflite_path evaluates a
+TFLite model of export.py instead (LiteRT), the mIoU it will ship with: at the size and with the
+inference it was exported with; results go next to the file.
 
     python eval.py --flagfile=configs/demo.flags --checkpoint_dir=train_logdir \
         --eval_split=val --max_number_of_evaluations=1
+    python eval.py --flagfile=configs/demo.flags --tflite_path=model.tflite --eval_split=val
 """
 import tensorflow as tf
 from absl import app, flags
 
-from deeplab_ssl import common, evaluation
+from deeplab_ssl import common, evaluation, tflite
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import input_pipeline
@@ -34,14 +37,29 @@ flags.DEFINE_integer("eval_timeout_secs", None,
 flags.DEFINE_integer("crf_iterations", 0,
                      "Dense CRF mean-field iterations after the network (needs pydensecrf2); "
                      "0: no CRF.")
+flags.DEFINE_string("tflite_path", None,
+                    "A .tflite file of export.py to evaluate (needs ai-edge-litert) instead of "
+                    "checkpoints.")
 
 FLAGS = flags.FLAGS
+# Flags of checkpoint evaluation that a .tflite file fixes at export (size, scales, flips).
+NOT_FOR_TFLITE = ("checkpoint_dir", "checkpoint_path", "eval_crop_size", "eval_scales",
+                  "add_flipped_images", "crf_iterations", "eval_logdir")
 
 
 def main(argv):
     del argv
     descriptor = common.dataset_descriptor()
     descriptor.split_size(FLAGS.eval_split)
+    if FLAGS.tflite_path:
+        given = [f"--{name}" for name in NOT_FOR_TFLITE if FLAGS[name].present]
+        if given:
+            raise app.UsageError(f"--tflite_path evaluates the file as exported: drop "
+                                 f"{', '.join(given)}")
+        tflite.evaluate_file(FLAGS.tflite_path, input_pipeline.get_dataset(
+            descriptor, FLAGS.dataset_dir, FLAGS.eval_split, 1, is_training=False),
+            descriptor, FLAGS.eval_split)
+        return
     options = common.model_options(descriptor.num_classes, common.training_folder(
         common.checkpoint_to_restore()))
     model = model_lib.build_deeplab(**options)

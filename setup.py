@@ -30,5 +30,7 @@ setuptools.setup(
         "test": ["pytest", "tf-slim"],  # tf-slim: the reference ResNet of a model test.
         "plot": ["matplotlib"],
         "crf": ["pydensecrf2"],  # eval.py --crf_iterations; builds from source (C++ compiler).
+        # LiteRT, the interpreter of .tflite files (eval.py --tflite_path, predict); 2.3 tested.
+        "tflite": ["ai-edge-litert"],
     },
 )

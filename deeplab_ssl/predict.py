@@ -1,6 +1,7 @@
-"""Runs an exported DeepLab SavedModel on image files and writes colored PNGs.
+"""Runs an exported DeepLab model (SavedModel or TFLite) on image files and writes colored PNGs.
 
     python -m deeplab_ssl.predict --model_dir=exported/1 --output_dir=out a.jpg b.png
+    python -m deeplab_ssl.predict --tflite_path=model.tflite --output_dir=out a.jpg b.png
 
 For each image `NAME.ext`: `NAME_prediction.png` (colored with --colormap) and
 `NAME_overlay.png`; with --also_save_raw_predictions, `NAME_raw.png` holding the label ids.
@@ -11,16 +12,27 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from deeplab_ssl import visualization
+from deeplab_ssl import serving, tflite, visualization
 
 FLAGS = flags.FLAGS
 
 
-def predict_files(model_dir, image_paths, output_dir, colormap, also_save_raw_predictions=False):
-    """Runs the SavedModel's `serving_encoded` signature on each file and writes PNGs.
+def _predict_fn(model_path):
+    """A function of uint8 images [1, H, W, 3] returning int32 labels [1, H, W]:
+    `tflite.Segmenter.predict` of a `.tflite` file (images fitted to its size as the
+    SavedModel's crop_size does), else the `serving_default` signature of a SavedModel folder."""
+    if model_path.endswith(".tflite"):
+        segmenter = tflite.Segmenter(model_path)
+        return lambda images: segmenter.predict(images)[serving.PREDICTIONS_KEY]
+    signature = tf.saved_model.load(model_path).signatures["serving_default"]
+    return lambda images: signature(images=tf.constant(images))[serving.PREDICTIONS_KEY].numpy()
+
+
+def predict_files(model_path, image_paths, output_dir, colormap, also_save_raw_predictions=False):
+    """Runs an exported model on each file and writes PNGs.
 
     Args:
-        model_dir: str, SavedModel folder of export.py.
+        model_path: str, a SavedModel folder or a `.tflite` file of export.py.
         image_paths: sequence of str, JPEG or PNG files.
         output_dir: str, output folder (created).
         colormap: uint8 [N, 3].
@@ -28,20 +40,23 @@ def predict_files(model_dir, image_paths, output_dir, colormap, also_save_raw_pr
 
     Returns:
         list of the written prediction PNG paths.
+
+    Raises:
+        FileNotFoundError: naming a missing image.
+        ValueError: naming an image that cannot be decoded or predicted.
     """
-    predict = tf.saved_model.load(model_dir).signatures["serving_encoded"]
+    predict = _predict_fn(model_path)
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for path in image_paths:
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"no image file {path}")
-        encoded = tf.io.read_file(path)
         try:
-            prediction = predict(image_bytes=encoded[tf.newaxis])["SemanticPredictions"][0]
-        except tf.errors.InvalidArgumentError as error:
-            raise ValueError(f"cannot predict {path}: {error.message}") from error
-        prediction = prediction.numpy()
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                       expand_animations=False).numpy()
+            prediction = predict(image[np.newaxis])[0]
+        except (tf.errors.InvalidArgumentError, ValueError) as error:
+            raise ValueError(f"cannot predict {path}: {error}") from error
         name = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
         colored = visualization.label_to_color_image(prediction, colormap)
         visualization.save_png(colored, f"{name}_prediction.png")
@@ -55,7 +70,7 @@ def predict_files(model_dir, image_paths, output_dir, colormap, also_save_raw_pr
 def main(argv):
     if len(argv) < 2:
         raise app.UsageError("give image files to predict after the flags")
-    for path in predict_files(FLAGS.model_dir, argv[1:], FLAGS.output_dir,
+    for path in predict_files(FLAGS.model_dir or FLAGS.tflite_path, argv[1:], FLAGS.output_dir,
                               visualization.get_colormap(FLAGS.colormap),
                               FLAGS.also_save_raw_predictions):
         print(path)
@@ -65,12 +80,17 @@ def define_flags():
     """The command line's flags; defined only when run as a program, so that importing this
     module (tests, notebooks) adds no required flags to absl's global FLAGS."""
     flags.DEFINE_string("model_dir", None, "SavedModel folder written by export.py.")
+    flags.DEFINE_string("tflite_path", None,
+                        "Or a .tflite file of export.py (needs ai-edge-litert).")
     flags.DEFINE_string("output_dir", None, "Folder of the PNGs (created).")
     flags.DEFINE_enum("colormap", "pascal", list(visualization.COLORMAP_NAMES),
                       "Colormap of the predictions (the dataset's).")
     flags.DEFINE_boolean("also_save_raw_predictions", False,
                          "Also write the label ids as PNGs.")
-    flags.mark_flags_as_required(["model_dir", "output_dir"])
+    flags.mark_flags_as_mutual_exclusive(["model_dir", "tflite_path"], required=True)
+    flags.register_validator("tflite_path", lambda path: path is None or path.endswith(".tflite"),
+                             "must name a .tflite file")
+    flags.mark_flag_as_required("output_dir")
 
 
 if __name__ == "__main__":
