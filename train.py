@@ -10,6 +10,7 @@ See docs/training.md.
 import dataclasses
 import sys
 
+import deeplab_ssl  # noqa: F401  First: it quiets TensorFlow's C++ logs before TF loads.
 import keras
 import tensorflow as tf
 from absl import app, flags

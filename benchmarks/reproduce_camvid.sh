@@ -19,9 +19,13 @@ MODEL=${MODEL:-deeplabv3}
 STUDY=camvid
 [ "$MODEL" = deeplabv3 ] || STUDY=camvid_$MODEL
 
-if ! ls "$DATA"/val-*.tfrecord >/dev/null 2>&1; then
+# Complete splits, not just shards that exist: a killed build is built again.
+if ! "$PY" -c "import sys; from deeplab_ssl.datasets import descriptors, input_pipeline as p
+camvid = descriptors.get_descriptor('camvid')
+[p.complete_shards(sys.argv[1], s, camvid.split_size(s)) for s in ('train', 'val')]" "$DATA" \
+    2>/dev/null; then
   "$PY" -m deeplab_ssl.datasets.build_camvid_data --camvid_root="$CAMVID" \
-    --output_dir="$DATA" --resize=180,240
+    --output_dir="$DATA" --resize=180,240 --splits=train,val
 fi
 
 for seed in $SEEDS; do

@@ -35,20 +35,11 @@ CALIBRATION=(
   "frozen_bn_b4_lr0.01 --train_batch_size=4 --training_number_of_steps=1400 --nofine_tune_batch_norm --base_learning_rate=0.01"
 )
 
-# A split is complete when all its shards exist and hold the split's examples (records are
-# counted, so a killed build is rebuilt).
-complete() {
-  "$PY" - "$DATA" "$1" "$2" <<'EOF'
-import glob, os, sys
-import tensorflow as tf
-data, split, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
-shards = sorted(glob.glob(os.path.join(data, f"{split}-*-of-*.tfrecord")))
-count = sum(1 for shard in shards for _ in tf.data.TFRecordDataset(shard))
-expected = int(shards[0].rsplit("-of-", 1)[1].split(".")[0]) if shards else -1
-sys.exit(0 if len(shards) == expected and count == size else 1)
-EOF
-}
-if ! complete train 367 2>/dev/null || ! complete val 101 2>/dev/null; then
+# Complete splits, not just shards that exist: a killed build is built again.
+if ! "$PY" -c "import sys; from deeplab_ssl.datasets import descriptors, input_pipeline as p
+camvid = descriptors.get_descriptor('camvid')
+[p.complete_shards(sys.argv[1], s, camvid.split_size(s)) for s in ('train', 'val')]" "$DATA" \
+    2>/dev/null; then
   "$PY" -m deeplab_ssl.datasets.build_camvid_data --camvid_root="$CAMVID" --output_dir="$DATA" \
     --splits=train,val
 fi

@@ -142,12 +142,17 @@ def restore_model(model, checkpoint_path, model_options=None):
     """
     checkpoint_path = resolve_checkpoint(checkpoint_path)
     try:
-        in_checkpoint = _checkpoint_model_variable_count(checkpoint_path)
-        in_model = sum(isinstance(trackable, (keras.Variable, tf.Variable))
-                       for trackable in tf.train.TrackableView(model).descendants())
+        # Checked before restoring: a failed restore buries its error under a warning per
+        # variable of the checkpoint left unrestored.
+        in_checkpoint = _checkpoint_model_variable_shapes(checkpoint_path)
+        in_model = sorted(tuple(trackable.shape)
+                          for trackable in tf.train.TrackableView(model).descendants()
+                          if isinstance(trackable, (keras.Variable, tf.Variable)))
         if in_checkpoint != in_model:
-            raise AssertionError(f"the checkpoint's model has {in_checkpoint} variables, "
-                                 f"the model {in_model}")
+            raise AssertionError(
+                f"the checkpoint's model has {len(in_checkpoint)} variables, the model "
+                f"{len(in_model)}" + ("" if len(in_checkpoint) != len(in_model) else
+                                      ", of other shapes"))
         status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
         status.expect_partial()
         status.assert_existing_objects_matched()
@@ -160,10 +165,13 @@ def restore_model(model, checkpoint_path, model_options=None):
     return checkpoint_path
 
 
-def _checkpoint_model_variable_count(checkpoint_path):
-    """Number of variables under the `model` object of a tf.train.Checkpoint file."""
+def _checkpoint_model_variable_shapes(checkpoint_path):
+    """The sorted shapes (tuples) of the variables under the `model` object of a
+    tf.train.Checkpoint file."""
+    reader = tf.train.load_checkpoint(checkpoint_path)
+    shapes = reader.get_variable_to_shape_map()
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(tf.train.load_checkpoint(checkpoint_path).get_tensor(_OBJECT_GRAPH_KEY))
+    graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
     pending = [child.node_id for child in graph.nodes[0].children if child.local_name == "model"]
     if not pending:
         raise AssertionError("the checkpoint has no `model` object")
@@ -173,8 +181,9 @@ def _checkpoint_model_variable_count(checkpoint_path):
             if child.node_id not in seen:
                 seen.add(child.node_id)
                 pending.append(child.node_id)
-    return sum(any(attribute.name == "VARIABLE_VALUE" for attribute in graph.nodes[node].attributes)
-               for node in seen)
+    return sorted(tuple(shapes[attribute.checkpoint_key]) for node in seen
+                  for attribute in graph.nodes[node].attributes
+                  if attribute.name == "VARIABLE_VALUE")
 
 
 def load_slim_checkpoint(model, checkpoint_path, initialize_last_layer=True,

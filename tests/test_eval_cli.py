@@ -86,6 +86,7 @@ def test_eval_errors_name_the_split_and_the_checkpoint(workdir):
                   f"--checkpoint_path={workdir / 'train' / 'model.ckpt-42'}", expect_ok=False)
     assert "model.ckpt-42' does not match" in result.stderr
     assert "depth_multiplier=0.5" in result.stderr
+    assert "could not be found" not in result.stderr  # No TF warnings burying the error.
     # A mistyped folder is an error at once, even in watch mode.
     result = _run("eval.py", f"--flagfile={workdir / 'demo.flags'}",
                   f"--checkpoint_dir={workdir / 'trian'}", expect_ok=False)
