@@ -11,9 +11,10 @@ static shapes, and phone delegates need them):
 Inside, the model is the SavedModel's (`inference.predict_probabilities` on the pixels as float32
 [0, 255], the backbone's normalization included). Images of other sizes are fitted to the crop
 on the host by `Segmenter.predict`, with the SavedModel's own `serving.fit_to_crop` and
-`serving.restore_size`: in the graph, a dynamic input size makes every tensor dynamic and the
-model 1.5-1.7x slower on CPU (measured), and delegates refuse it. The file carries the pixel to
-pad with (the backbone's mean pixel) as metadata named `deeplab_ssl`.
+`serving.restore_size`: in the graph they need a dynamic input size, and with it dynamic
+tensors, which made the model 1.5-1.7x slower on CPU (docs/serving.md) and which delegates
+refuse. The file carries the pixel to pad with (the backbone's mean pixel) as metadata named
+`deeplab_ssl`.
 
 Quantization (`quantize`): "none" (float32); "float16" (weights stored as float16, half the
 size; CPUs compute in float32); "int8" (full-integer: weights and activations int8, calibrated
