@@ -1,24 +1,34 @@
-# The two commands of the README: `make demo` and `make test`. Each creates or reuses .venv.
+# The two commands of the README: `make demo` and `make test`. Each creates or reuses .venv:
+# the demo installs what it runs, the tests add their tools and the optional extras.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_out
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+DEMO_EXTRAS := tflite
+TEST_EXTRAS := test,crf,tflite
 
 .PHONY: install demo test clean
 
-$(VENV)/.installed: setup.py deeplab_ssl/losses/ssl_kernel.cc
+# $(call install_into_venv,EXTRAS): the package with EXTRAS, and the SSL's CPU kernel.
+define install_into_venv
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,crf,tflite]'
+	$(PY) -m pip install --quiet -e '.[$(1)]'
 	# The SSL's CPU kernel (needs g++); without it SSLoss takes its XLA path.
 	$(PY) -m deeplab_ssl.losses.build_kernel || echo "SSL kernel not built: SSLoss uses XLA"
 	touch $@
+endef
+
+$(VENV)/.installed-demo: setup.py deeplab_ssl/losses/ssl_kernel.cc
+	$(call install_into_venv,$(DEMO_EXTRAS))
+
+$(VENV)/.installed: setup.py deeplab_ssl/losses/ssl_kernel.cc
+	$(call install_into_venv,$(TEST_EXTRAS))
 
 install: $(VENV)/.installed
 
 # Build the generated demo set, train on it, evaluate, export: the whole workflow on this CPU.
-demo: install
+demo: $(VENV)/.installed-demo
 	bash scripts/demo.sh $(PY) $(DEMO_DIR)
 
 test: install

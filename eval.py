@@ -10,6 +10,7 @@ inference it was exported with; results go next to the file.
         --eval_split=val --max_number_of_evaluations=1
     python eval.py --flagfile=configs/demo.flags --tflite_path=model.tflite --eval_split=val
 """
+import deeplab_ssl  # noqa: F401  First: it quiets TensorFlow's C++ logs before TF loads.
 import tensorflow as tf
 from absl import app, flags
 
