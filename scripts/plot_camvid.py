@@ -1,16 +1,21 @@
-"""Tables and pictures of the CamVid study (docs/results.md) from the saved runs.
+"""Tables and pictures of the CamVid studies (docs/results.md) from the saved runs.
 
-    python scripts/plot_camvid.py [--results results/camvid] [--docs docs] [--runs runs/camvid]
+    python scripts/plot_camvid.py [--study scratch|pretrained] [--docs docs]
 
-Reads results/camvid/METHOD/seedN/{eval_val.json, train_log.jsonl} (benchmarks/reproduce_camvid.sh)
-and prints the markdown tables of docs/results.md: mean and standard deviation of val mIoU per
-method (the layout of the paper's Table 2) and per-class IoU (Table 4). Writes in --docs:
-- camvid_curves.png: each method's training loss;
-- camvid_hard_fraction.png: proportion of hard examples of the SSL runs (the paper's Fig. 4);
-- camvid_error_statistics.png: y_nor, p_nor and e over training (Fig. 3), once an SSL (3) run
+Reads RESULTS/METHOD/seedN/{eval_val.json, train_log.jsonl} (benchmarks/reproduce_camvid.sh,
+benchmarks/reproduce_camvid_pretrained.sh) and prints the markdown tables of docs/results.md:
+mean and standard deviation of val mIoU per method (the layout of the paper's Table 2, with
+Welch's t against softmax CE) and per-class IoU (Table 4); for the pretrained study also the
+calibration and sensitivity tables and, per class, where the SSL's hard examples and gradient
+are. Writes in --docs, named after the study (camvid_ or camvid_pretrained_):
+- curves.png: each method's training loss;
+- hard_fraction.png: proportion of hard examples of the SSL runs (the paper's Fig. 4);
+- error_statistics.png: y_nor, p_nor and e over training (Fig. 3), once an SSL (3) run
   logged them;
-- camvid_predictions.png: val images with ground truth, softmax CE and SSL predictions, where
-  the checkpoints of seed 0 are still in --runs.
+- class_statistics.png (pretrained): per class, the share of hard examples and of the SSL
+  term's gradient over training;
+- predictions.png: val images with ground truth, softmax CE and SSL predictions, where the
+  checkpoints of seed 0 are still in the study's runs/ folder.
 Needs matplotlib (`pip install -e '.[plot]'`).
 """
 import argparse
@@ -26,9 +31,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 # Methods in the order of the tables, with the names the tables use.
-METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "ssim7_3": "SSIM Eq. 7 (3)",
-           "ssl1": "SSL (1)", "ssl3": "SSL (3)", "ssl7": "SSL (7)",
-           "ssl3_ohem_only": "SSL (3), OHEM only", "ssl3_reweight_only": "SSL (3), reweight only"}
+METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)",
+           "ssim7_3": "SSIM Eq. 7 (3)", "ssl1": "SSL (1)", "ssl3": "SSL (3)", "ssl7": "SSL (7)",
+           "ssl3_ohem_only": "SSL (3), OHEM only", "ssl3_reweight_only": "SSL (3), reweight only",
+           "ssl3_warmup": "SSL (3) after BCE warm-up (beyond the paper)"}
+# Per study: results, checkpoints and data folders, model options, and the pictures' names.
+STUDIES = {
+    "scratch": dict(results="results/camvid", runs="runs/camvid", data="data/camvid_180x240",
+                    model={}, prefix="camvid_",
+                    title="CamVid 180x240, DeepLabv3 mobilenet_v2 from scratch"),
+    "pretrained": dict(results="results/camvid_pretrained/study",
+                       runs="runs/camvid_pretrained/study", data="data/camvid",
+                       model=dict(decoder_output_stride=4), prefix="camvid_pretrained_",
+                       title="CamVid 360x480, DeepLabv3+ mobilenet_v2 from ImageNet"),
+}
+THIN_CLASSES = ("pole", "signsymbol", "pedestrian", "bicyclist", "fence")
 
 
 def load_runs(results_dir):
@@ -50,17 +67,104 @@ def _mean_std(values):
     return statistics.mean(values), std
 
 
+def welch_t(a, b):
+    """Welch's t of the means of samples a and b (positive where a's is larger), or NaN."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    standard_error = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+    return (statistics.mean(a) - statistics.mean(b)) / standard_error
+
+
 def miou_table(runs):
-    """Markdown: method, runs, mean and std of val mIoU and of pixel accuracy (%)."""
-    lines = ["| method | runs | val mIoU (%) | std | pixel accuracy (%) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    """Markdown: method, runs, mean and std of val mIoU, Welch's t against softmax CE, pixel
+    accuracy (%)."""
+    lines = ["| method | seeds | val mIoU (%) | std | t vs CE | pixel accuracy (%) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    ce = [100 * e["miou"] for _, e, _ in runs.get("ce", [])]
     for method, method_runs in runs.items():
-        miou = _mean_std([100 * e["miou"] for _, e, _ in method_runs])
+        mious = [100 * e["miou"] for _, e, _ in method_runs]
+        miou = _mean_std(mious)
         accuracy = _mean_std([100 * e["pixel_accuracy"] for _, e, _ in method_runs])
         std = f"{miou[1]:.2f}" if len(method_runs) > 1 else "-"
-        lines.append(f"| {METHODS[method]} | {len(method_runs)} | {miou[0]:.2f} | {std} | "
+        t = "" if method == "ce" else f"{welch_t(mious, ce):+.1f}"
+        lines.append(f"| {METHODS[method]} | {len(method_runs)} | {miou[0]:.2f} | {std} | {t} | "
                      f"{accuracy[0]:.2f} |")
     return "\n".join(lines)
+
+
+def settings_table(folder):
+    """Markdown: the runs of a calibration or sensitivity folder (NAME/seed0), with val mIoU,
+    the thin classes' IoU and the training time."""
+    lines = ["| setting | val mIoU (%) | " + " | ".join(THIN_CLASSES) + " | training (min) |",
+             "| --- | ---: |" + " ---: |" * (len(THIN_CLASSES) + 1)]
+    for path in sorted(glob.glob(os.path.join(folder, "*", "seed0", "eval_val.json")),
+                       key=os.path.getmtime):
+        run = os.path.dirname(path)
+        with open(path) as f:
+            evaluation = json.load(f)
+        with open(os.path.join(run, "train_seconds")) as f:
+            minutes = int(f.read()) / 60
+        thin = " | ".join(f"{100 * (evaluation['per_class_iou'][c] or 0):.1f}"
+                          for c in THIN_CLASSES)
+        lines.append(f"| {os.path.basename(os.path.dirname(run))} | "
+                     f"{100 * evaluation['miou']:.2f} | {thin} | {minutes:.0f} |")
+    return "\n".join(lines)
+
+
+def class_statistics_table(runs, method="ssl3", last=4):
+    """Markdown: per class, the mean over `method`'s runs and their last `last` log steps of the
+    hard-example shares and of the SSL term's share of the gradient, in and out of the class."""
+    logs = [[r for r in log if "class_hard_fraction_in" in r][-last:]
+            for _, _, log in runs.get(method, [])]
+    logs = [log for log in logs if log]
+    if not logs:
+        return ""
+    classes = list(runs[method][0][1]["per_class_iou"])
+
+    def mean(name, index):
+        return statistics.mean(r[name][index] for log in logs for r in log)
+
+    lines = ["| class | hard (%) in | hard (%) out | SSL share of gradient in | out |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for index, name in enumerate(classes):
+        shares = []
+        for side in ("in", "out"):
+            ssl, bce = (mean(f"class_{term}_gradient_{side}", index) for term in ("ssl", "bce"))
+            shares.append(ssl / (ssl + bce) if ssl + bce else 0.0)
+        lines.append(f"| {name} | {100 * mean('class_hard_fraction_in', index):.2f} | "
+                     f"{100 * mean('class_hard_fraction_out', index):.2f} | "
+                     f"{shares[0]:.2f} | {shares[1]:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_class_statistics(runs, path, method="ssl3", classes=THIN_CLASSES + ("car", "road")):
+    """Per class over training (`method`'s first run): the share of its pixels' examples that
+    are hard, and the SSL term's share of the gradient on them and around them."""
+    logged = [log for _, _, log in runs.get(method, []) if "class_hard_fraction_in" in log[-1]]
+    if not logged:
+        return
+    log = [r for r in logged[0] if "class_hard_fraction_in" in r]
+    names = list(runs[method][0][1]["per_class_iou"])
+    steps = [r["step"] for r in log]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for color, name in enumerate(classes):
+        index = names.index(name)
+        axes[0].plot(steps, [100 * r["class_hard_fraction_in"][index] for r in log],
+                     color=f"C{color}", label=name)
+        for axis, side in zip(axes[1:], ("in", "out")):
+            shares = [r[f"class_ssl_gradient_{side}"][index]
+                      / max(r[f"class_ssl_gradient_{side}"][index]
+                            + r[f"class_bce_gradient_{side}"][index], 1e-12) for r in log]
+            axis.plot(steps, shares, color=f"C{color}", label=name)
+    axes[0].set(xlabel="step", ylabel="hard examples among the class's pixels (%)")
+    axes[1].set(xlabel="step", ylabel="SSL term's share of the gradient", ylim=(0, 1),
+                title="on the class's pixels (pushing it up)")
+    axes[2].set(xlabel="step", ylim=(0, 1), title="on the other pixels (pushing it down)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{METHODS[method]}, per class (seed {runs[method][0][0][4:]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def per_class_table(runs):
@@ -77,15 +181,14 @@ def per_class_table(runs):
     return "\n".join(lines)
 
 
-def plot_curves(runs, path):
+def plot_curves(runs, path, title):
     """Each run's own objective (without weight decay) over the steps; scales differ by loss."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for index, (method, method_runs) in enumerate(runs.items()):
         for seed, _, log in method_runs:
             ax.plot([r["step"] for r in log], [r["loss"] for r in log], color=f"C{index}",
                     label=METHODS[method] if seed == method_runs[0][0] else None, lw=1)
-    ax.set(xlabel="step", ylabel="training loss (each method's own)", yscale="log",
-           title="CamVid 180x240, DeepLabv3 mobilenet_v2 from scratch")
+    ax.set(xlabel="step", ylabel="training loss (each method's own)", yscale="log", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -134,14 +237,14 @@ def plot_error_statistics(runs, path, method="ssl3", smoothing=5):
     plt.close(fig)
 
 
-def plot_predictions(runs_dir, path, methods=("ce", "ssl3"), num_images=4):
+def plot_predictions(study, path, methods=("ce", "ssl3"), num_images=4):
     """Val images rich in thin classes: image, ground truth, one column per method."""
     from deeplab_ssl import checkpoints, inference, visualization
     from deeplab_ssl import model as model_lib
     from deeplab_ssl.datasets import descriptors, input_pipeline
     camvid = descriptors.get_descriptor("camvid")
-    thin = [camvid.class_names.index(c) for c in ("pole", "signsymbol", "pedestrian", "bicyclist")]
-    examples = list(input_pipeline.get_dataset("camvid", "data/camvid_180x240", "val", 1))
+    thin = [camvid.class_names.index(c) for c in THIN_CLASSES]
+    examples = list(input_pipeline.get_dataset("camvid", study["data"], "val", 1))
     # The most thin-class pixels, from frames at least 10 apart: val is a video sequence.
     order = sorted(range(len(examples)),
                    key=lambda i: -int(np.isin(examples[i]["label"].numpy(), thin).sum()))
@@ -155,8 +258,8 @@ def plot_predictions(runs_dir, path, methods=("ce", "ssl3"), num_images=4):
                [visualization.label_to_color_image(e["label"][0, ..., 0].numpy(), colormap)
                 for e in examples]]
     for method in methods:
-        model = model_lib.build_deeplab("mobilenet_v2", camvid.num_classes)
-        checkpoints.restore_model(model, os.path.join(runs_dir, f"{method}_seed0"))
+        model = model_lib.build_deeplab("mobilenet_v2", camvid.num_classes, **study["model"])
+        checkpoints.restore_model(model, os.path.join(study["runs"], f"{method}_seed0"))
         columns.append([visualization.label_to_color_image(
             inference.predict_labels(model, e["image"])[0].numpy(), colormap)
             for e in examples])
@@ -174,20 +277,28 @@ def plot_predictions(runs_dir, path, methods=("ce", "ssl3"), num_images=4):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results", default="results/camvid")
+    parser.add_argument("--study", choices=sorted(STUDIES), default="scratch")
     parser.add_argument("--docs", default="docs")
-    parser.add_argument("--runs", default="runs/camvid")
     args = parser.parse_args()
-    runs = load_runs(args.results)
+    study = STUDIES[args.study]
+    runs = load_runs(study["results"])
     if not runs:
-        raise SystemExit(f"no finished run under {args.results}")
+        raise SystemExit(f"no finished run under {study['results']}")
     print(miou_table(runs), end="\n\n")
-    print(per_class_table(runs))
-    plot_curves(runs, os.path.join(args.docs, "camvid_curves.png"))
-    plot_hard_fraction(runs, os.path.join(args.docs, "camvid_hard_fraction.png"))
-    plot_error_statistics(runs, os.path.join(args.docs, "camvid_error_statistics.png"))
-    if all(os.path.isdir(os.path.join(args.runs, f"{m}_seed0")) for m in ("ce", "ssl3")):
-        plot_predictions(args.runs, os.path.join(args.docs, "camvid_predictions.png"))
+    print(per_class_table(runs), end="\n\n")
+    if args.study == "pretrained":
+        for stage in ("calibration", "sensitivity"):
+            print(settings_table(os.path.join(os.path.dirname(study["results"]), stage)),
+                  end="\n\n")
+        print(class_statistics_table(runs))
+        plot_class_statistics(runs, os.path.join(args.docs,
+                                                 study["prefix"] + "class_statistics.png"))
+    docs = os.path.join(args.docs, study["prefix"])
+    plot_curves(runs, docs + "curves.png", study["title"])
+    plot_hard_fraction(runs, docs + "hard_fraction.png")
+    plot_error_statistics(runs, docs + "error_statistics.png")
+    if all(os.path.isdir(os.path.join(study["runs"], f"{m}_seed0")) for m in ("ce", "ssl3")):
+        plot_predictions(study, docs + "predictions.png")
 
 
 if __name__ == "__main__":
