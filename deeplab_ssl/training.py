@@ -198,8 +198,9 @@ class Trainer:
                        total_loss=loss + regularization)
         if statistics:
             statistic_sums, maxima = self.loss.statistics(labels, logits)
-            metrics["statistic_sums"] = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                                           statistic_sums)
+            # all_reduce fails on an empty structure (a loss without statistics).
+            metrics["statistic_sums"] = context.all_reduce(
+                tf.distribute.ReduceOp.SUM, statistic_sums) if statistic_sums else {}
             # tf.distribute reduces by SUM or MEAN only: gather the replicas' maxima.
             metrics["statistic_maxima"] = {
                 name: tf.reduce_max(context.all_gather(value[None], axis=0), axis=0)

@@ -376,3 +376,12 @@ def test_an_input_error_saves_the_last_good_step_and_training_resumes(tmp_path):
                                options(tmp_path, training_number_of_steps=6,
                                        save_interval_steps=100), strategy=one_cpu())
     assert resumed.train(dataset_fn_of(images, labels, 4)) == 6
+
+
+@pytest.mark.parametrize("loss_name", ["softmax_ce", "bce"])
+def test_losses_without_statistics_train_through_log_steps(tmp_path, loss_name):
+    images, labels = make_data()
+    trainer = training.Trainer(seeded_model_fn(), losses.get_loss(loss_name),
+                               options(tmp_path, training_number_of_steps=3),
+                               strategy=two_cpus())
+    assert trainer.train(dataset_fn_of(images, labels, 4)) == 3
