@@ -5,8 +5,11 @@
 # size (360x480). Builds the records, then trains and evaluates each run of STAGES in order:
 #   calibration  softmax CE, seed 0, in each setting tried for the schedule (below); the
 #                schedule of configs/camvid/pretrained/train.flags was chosen from these on val
-#   study        every method of the frozen schedule, seeds 0-2 (0-4 for CE and SSL (3))
-#   sensitivity  SSL (3) at half and double the learning rate, seed 0 (CE's are calibration runs)
+#   study        every method of the frozen schedule, seeds 0-2 (0-4 for CE and SSL (3)): first
+#                CE and SSL (3), seeds 0-2, then the other methods, then seeds 3 and 4
+#   sensitivity  CE and SSL (3) at half and double the learning rate, seed 0
+#   variants     beyond the paper: the SSL variants (configs/camvid/pretrained/VARIANT.flags),
+#                seeds 0-2
 # Every run keeps its flags, training log, evaluation JSON and wall time under
 # results/camvid_pretrained/STAGE/NAME/seedSEED/; checkpoints stay in runs/ (not committed).
 # Runs whose evaluation exists are skipped, and a killed training resumes from its checkpoint,
@@ -16,9 +19,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
-STAGES=${STAGES:-"calibration study sensitivity"}
+STAGES=${STAGES:-"calibration study sensitivity variants"}
 METHODS=${METHODS:-"ce ssl3 bce topk_ce ssl3_ohem_only"}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
+VARIANTS=${VARIANTS:-""}
 CAMVID=${CAMVID:-../shared/data/camvid}
 CONFIGS=configs/camvid/pretrained
 MODEL=$CONFIGS/deeplabv3plus.flags
@@ -84,17 +88,30 @@ for stage in $STAGES; do
         run calibration "${words[0]}" 0 "$CONFIGS/ce.flags" "${words[@]:1}"
       done ;;
     study)
-      for seed in $SEEDS; do
-        for method in $METHODS; do
-          # Seeds 3 and 4 for softmax CE and SSL (3) only.
-          if [ "$seed" -ge 3 ] && [ "$method" != ce ] && [ "$method" != ssl3 ]; then continue; fi
-          run study "$method" "$seed" "$CONFIGS/$method.flags"
+      # The main comparison first, so that a stopped study has its answer: CE and SSL (3),
+      # seeds 0-2; then the other methods, seeds 0-2; then CE and SSL (3), seeds 3-4.
+      for pass in "ce ssl3|0 1 2" "bce topk_ce ssl3_ohem_only|0 1 2" "ce ssl3|3 4"; do
+        for seed in ${pass#*|}; do
+          for method in ${pass%|*}; do
+            if [[ " $METHODS " == *" $method "* && " $SEEDS " == *" $seed "* ]]; then
+              run study "$method" "$seed" "$CONFIGS/$method.flags"
+            fi
+          done
         done
       done ;;
     sensitivity)
       base=$(grep -oP '^--base_learning_rate=\K.*' "$CONFIGS/train.flags")
       for rate in $(awk "BEGIN {print $base / 2, $base * 2}"); do
-        run sensitivity "ssl3_lr$rate" 0 "$CONFIGS/ssl3.flags" --base_learning_rate="$rate"
+        for method in ce ssl3; do
+          run sensitivity "${method}_lr$rate" 0 "$CONFIGS/$method.flags" \
+            --base_learning_rate="$rate"
+        done
+      done ;;
+    variants)
+      for seed in 0 1 2; do
+        for variant in $VARIANTS; do
+          run variants "$variant" "$seed" "$CONFIGS/$variant.flags"
+        done
       done ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
