@@ -101,6 +101,9 @@ flags.DEFINE_float("ssl_ce_weight", 0.5,
                    "Weight lambda of the BCE term of the SSL and SSIM losses (Eq. 17).")
 flags.DEFINE_boolean("ssl_ohem", True, "SSL: drop the easy examples (Table 3's OHEM).")
 flags.DEFINE_boolean("ssl_reweight", True, "SSL: weight hard examples by e (Table 3).")
+flags.DEFINE_integer("ssl_warmup_steps", 0,
+                     "SSL, beyond the paper: the BCE term alone for this many steps, then "
+                     "Eq. 17 (docs/results.md says when it helps); 0: the paper's loss.")
 flags.DEFINE_float("top_k_percent_pixels", 1.0,
                    "softmax_ce / topk_ce: fraction of the hardest pixels in the loss "
                    "(topk_ce defaults to 0.25 when this flag is not given).")

@@ -302,6 +302,21 @@ def test_class_statistics_split_the_reference_gradient(ohem, reweight):
         assert parts[2:4].numpy().sum() == sums["num_hard"]
 
 
+def test_warmup_steps_give_the_bce_term_alone_then_the_papers_loss():
+    labels, logits = random_batch(5)
+    paper = losses.SSLoss(ignore_label=IGNORE)
+    sums = paper.sums(labels, logits)
+    warmup = losses.SSLoss(ignore_label=IGNORE, warmup_steps=10)
+    with pytest.raises(ValueError, match="loss.step"):
+        warmup(labels, logits)
+    warmup.step = tf.Variable(9, dtype=tf.int64)
+    assert warmup(labels, logits).numpy() == pytest.approx(paper.terms(sums)["bce"].numpy())
+    warmup.step.assign(10)
+    assert warmup(labels, logits).numpy() == pytest.approx(paper(labels, logits).numpy())
+    config = warmup.get_config()
+    assert config["warmup_steps"] == 10 and losses.SSLoss.from_config(config).warmup_steps == 10
+
+
 def test_gradient_is_e_weighted_bce_gradient():
     """d loss / d logits equals that of the BCE reweighted by a CONSTANT e f (hand-built)."""
     labels, logits = random_batch(5)

@@ -31,7 +31,7 @@ _MINING_FLAGS = {"top_k_percent_pixels": "top_k_percent_pixels",
                  "hard_example_mining_step": "hard_example_mining_step"}
 _FLAGS = {
     SSLoss: {**_SSL_WINDOW_FLAGS, "beta": "ssl_beta", "ohem": "ssl_ohem",
-             "reweight": "ssl_reweight"},
+             "reweight": "ssl_reweight", "warmup_steps": "ssl_warmup_steps"},
     SigmoidCrossEntropy: {},
     SoftmaxCrossEntropy: _MINING_FLAGS,
     SSIMLoss: _SSL_WINDOW_FLAGS,

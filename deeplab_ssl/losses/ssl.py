@@ -199,6 +199,12 @@ class SSLoss(base.SumsLoss):
       from_logits: bool, y_pred holds logits (True) or sigmoid probabilities.
       ohem: bool, drop easy examples (f); Table 3's OHEM switch.
       reweight: bool, weight hard examples by e; Table 3's Reweight switch.
+      warmup_steps: int >= 0, beyond the paper: for the first `warmup_steps` training steps the
+        loss is the BCE term alone (ce_weight 1), then Eq. 17. The paper fine-tunes models that
+        already predict every class; from a backbone alone, the SSL term sees no hard example
+        inside the region of a class the model misses and suppresses the class around it
+        (docs/results.md). Needs the training step in `loss.step` (train.py sets it; with
+        `fit`, set `loss.step = optimizer.iterations`). 0: the paper's loss.
       implementation: how the weights are computed, the same numbers either way (to float32
         rounding): "kernel", the CPU kernel of ssl_kernel.py (~2x faster on CPU; built by
         `python -m deeplab_ssl.losses.build_kernel`); "xla", the portable path, XLA-compiled
@@ -210,7 +216,7 @@ class SSLoss(base.SumsLoss):
     """
 
     def __init__(self, window_size=3, sigma=1.5, beta=0.1, c4=0.01, ce_weight=0.5,
-                 ignore_label=255, from_logits=True, ohem=True, reweight=True,
+                 ignore_label=255, from_logits=True, ohem=True, reweight=True, warmup_steps=0,
                  implementation="auto", name="ssl", **kwargs):
         super().__init__(name=name, **kwargs)
         if not 0.0 <= beta < 1.0:
@@ -219,6 +225,8 @@ class SSLoss(base.SumsLoss):
             raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
         if not c4 > 0:
             raise ValueError(f"c4 must be > 0, got {c4}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
                              f"{implementation!r}")
@@ -231,6 +239,7 @@ class SSLoss(base.SumsLoss):
         self.from_logits = from_logits
         self.ohem = ohem
         self.reweight = reweight
+        self.warmup_steps = warmup_steps
         self.implementation = implementation
         self.e_max = max_structural_error(window_size, sigma, c4)
 
@@ -354,8 +363,9 @@ class SSLoss(base.SumsLoss):
         """{name in CLASS_STATISTICS: list of C floats} from class_statistics' sums.
 
         class_hard_fraction_*: the share of the examples that are hard (f = 1; 1 without OHEM);
-        class_bce_gradient_*: ce_weight sum(m |p - y|) / N, the L1 norm of the BCE term's
-        gradient w.r.t. the logits of channel c there; class_ssl_gradient_*: (1 - ce_weight)
+        class_bce_gradient_*: lambda sum(m |p - y|) / N (lambda: current_ce_weight), the L1 norm
+        of the BCE term's gradient w.r.t. the logits of channel c there; class_ssl_gradient_*:
+        (1 - lambda)
         sum(weight |p - y|) / M, the SSL term's. N and M are those of the whole batch: N, the
         valid pixels; M, the hard examples (N C without OHEM). Each 0 where it has no example.
         """
@@ -366,11 +376,12 @@ class SSLoss(base.SumsLoss):
         def ratio(numerator, denominator):
             return np.divide(numerator, denominator, out=np.zeros_like(numerator),
                              where=denominator > 0)
+        ce_weight = float(self.current_ce_weight())
         figures = [ratio(sums[2], sums[0]), ratio(sums[3], sums[1]),
-                   self.ce_weight * ratio(sums[4], num_valid),
-                   self.ce_weight * ratio(sums[5], num_valid),
-                   (1.0 - self.ce_weight) * ratio(sums[6], num_hard),
-                   (1.0 - self.ce_weight) * ratio(sums[7], num_hard)]
+                   ce_weight * ratio(sums[4], num_valid),
+                   ce_weight * ratio(sums[5], num_valid),
+                   (1.0 - ce_weight) * ratio(sums[6], num_hard),
+                   (1.0 - ce_weight) * ratio(sums[7], num_hard)]
         return {name: [float(v) for v in values]
                 for name, values in zip(CLASS_STATISTICS, figures)}
 
@@ -450,9 +461,20 @@ class SSLoss(base.SumsLoss):
         return {"bce": tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"]),
                 "ssl": tf.math.divide_no_nan(sums["ssl_sum"], sums["num_hard"])}
 
+    def current_ce_weight(self):
+        """lambda now: 1 during the warm-up steps, else ce_weight (a float32 scalar)."""
+        if not self.warmup_steps:
+            return tf.constant(self.ce_weight, tf.float32)
+        if self.step is None:
+            raise ValueError("SSLoss(warmup_steps > 0) needs the training step: set "
+                             "loss.step = optimizer.iterations")
+        return tf.where(tf.cast(self.step, tf.int64) < self.warmup_steps, 1.0,
+                        tf.constant(self.ce_weight, tf.float32))
+
     def loss_from_sums(self, sums):
         terms = self.terms(sums)
-        return self.ce_weight * terms["bce"] + (1.0 - self.ce_weight) * terms["ssl"]
+        ce_weight = self.current_ce_weight()
+        return ce_weight * terms["bce"] + (1.0 - ce_weight) * terms["ssl"]
 
     @staticmethod
     def hard_example_fraction(sums, num_classes):
@@ -469,5 +491,5 @@ class SSLoss(base.SumsLoss):
         config.update(window_size=self.window_size, sigma=self.sigma, beta=self.beta,
                       c4=self.c4, ce_weight=self.ce_weight, ignore_label=self.ignore_label,
                       from_logits=self.from_logits, ohem=self.ohem, reweight=self.reweight,
-                      implementation=self.implementation)
+                      warmup_steps=self.warmup_steps, implementation=self.implementation)
         return config
