@@ -114,7 +114,7 @@ def _skip_bad_records(examples):
 
 def _read_through(path):
     """(number of readable records, None) of a shard file, or (records before the damage, the
-    error message) where it is truncated or corrupt."""
+    reader's error message) where it is truncated or corrupt."""
     try:
         return int(tf.data.TFRecordDataset(path).reduce(0, lambda count, _: count + 1)), None
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
@@ -123,7 +123,8 @@ def _read_through(path):
             for _ in tf.data.TFRecordDataset(path):
                 count += 1
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-            return count, error.message
+            # Without TF's "{{function_node ...}}" prefix and "[Op:...]" suffix.
+            return count, re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", error.message, flags=re.S)
         return count, None
 
 
