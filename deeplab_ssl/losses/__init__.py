@@ -2,7 +2,8 @@
 
 Every loss is a keras.losses.Loss with `sums(y_true, y_pred)`, `loss_from_sums(sums)` and
 `terms(sums)`; see base.py and `cross_replica_loss` for the exact loss of a global batch across
-replicas.
+replicas. They are written with keras.ops and run on the TensorFlow, JAX and PyTorch backends;
+backend.py holds what differs between them.
 """
 from deeplab_ssl.losses.affinity import AffinityFieldLoss
 from deeplab_ssl.losses.base import SumsLoss

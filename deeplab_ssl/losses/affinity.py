@@ -5,8 +5,9 @@ network/aaf/losses.py `affinity_loss`, network/aaf/layers.py, pyscripts/train/tr
 (kld_margin 3.0, kld_lambda_1 = kld_lambda_2 = 1.0 in bashscripts/voc12/train_pspnet_affinity.sh).
 """
 import keras
-import tensorflow as tf
+from keras import ops
 
+from deeplab_ssl.losses import backend
 from deeplab_ssl.losses import base
 
 # The 4 offsets (dy, dx) of half the 8-neighbourhood; each pixel pair is visited once here and
@@ -17,7 +18,7 @@ _EPSILON = 1e-4
 
 def _pair_slices(x, dy, dx):
     """(x at pixels a, x at neighbours b = a + (dy, dx)), for pairs inside the image."""
-    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    height, width = ops.shape(x)[1], ops.shape(x)[2]
     x0, x1 = max(0, -dx), max(0, dx)
     return (x[:, :height - dy, x0:width - x1], x[:, dy:, x1:width - x0])
 
@@ -59,14 +60,14 @@ class AffinityFieldLoss(base.SumsLoss):
 
     def sums(self, y_true, y_pred):
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.maximum(labels, 0), logits=logits)
-        probs = tf.nn.softmax(logits)
-        p = tf.clip_by_value(probs, _EPSILON, 1.0)
-        q = tf.clip_by_value(1.0 - probs, _EPSILON, 1.0)
-        log_p, log_q = tf.math.log(p), tf.math.log(q)
-        one_hot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
-        sums = {"ce_sum": tf.reduce_sum(ce * valid[..., 0]), "num_valid": tf.reduce_sum(valid),
+        ce = ops.sparse_categorical_crossentropy(ops.maximum(labels, 0), logits,
+                                                 from_logits=True)
+        probs = ops.softmax(logits)
+        p = ops.clip(probs, _EPSILON, 1.0)
+        q = ops.clip(1.0 - probs, _EPSILON, 1.0)
+        log_p, log_q = ops.log(p), ops.log(q)
+        one_hot = ops.one_hot(labels, ops.shape(logits)[-1], dtype="float32")
+        sums = {"ce_sum": ops.sum(ce * valid[..., 0]), "num_valid": ops.sum(valid),
                 "edge_sum": 0.0, "num_edge": 0.0, "not_edge_sum": 0.0, "num_not_edge": 0.0}
         for dy, dx in _HALF_NEIGHBOURHOOD:
             p_a, p_b = _pair_slices(p, dy, dx)
@@ -80,30 +81,28 @@ class AffinityFieldLoss(base.SumsLoss):
             kl_b_a = p_b * log_p_ratio + q_b * log_q_ratio
             kl_a_b = -(p_a * log_p_ratio + q_a * log_q_ratio)
             pair_valid = valid_a * valid_b
-            edge = pair_valid * tf.abs(one_hot_a - one_hot_b)
+            edge = pair_valid * ops.abs(one_hot_a - one_hot_b)
             not_edge = pair_valid - edge
-            separating = (tf.nn.relu(self.kld_margin - kl_b_a)
-                          + tf.nn.relu(self.kld_margin - kl_a_b))
-            sums["edge_sum"] += tf.reduce_sum(edge * separating)
-            sums["not_edge_sum"] += tf.reduce_sum(not_edge * (kl_b_a + kl_a_b))
-            sums["num_edge"] += 2.0 * tf.reduce_sum(edge)
-            sums["num_not_edge"] += 2.0 * tf.reduce_sum(not_edge)
+            separating = (ops.relu(self.kld_margin - kl_b_a)
+                          + ops.relu(self.kld_margin - kl_a_b))
+            sums["edge_sum"] += ops.sum(edge * separating)
+            sums["not_edge_sum"] += ops.sum(not_edge * (kl_b_a + kl_a_b))
+            sums["num_edge"] += 2.0 * ops.sum(edge)
+            sums["num_not_edge"] += 2.0 * ops.sum(not_edge)
         return sums
 
     def terms(self, sums):
-        return {"ce": tf.math.divide_no_nan(sums["ce_sum"], sums["num_valid"]),
-                "affinity_edge": tf.math.divide_no_nan(sums["edge_sum"], sums["num_edge"]),
-                "affinity_not_edge": tf.math.divide_no_nan(sums["not_edge_sum"],
-                                                           sums["num_not_edge"])}
+        return {"ce": ops.divide_no_nan(sums["ce_sum"], sums["num_valid"]),
+                "affinity_edge": ops.divide_no_nan(sums["edge_sum"], sums["num_edge"]),
+                "affinity_not_edge": ops.divide_no_nan(sums["not_edge_sum"],
+                                                       sums["num_not_edge"])}
 
     def loss_from_sums(self, sums):
         terms = self.terms(sums)
         decay = 1.0
         if self.decay_steps:
-            if self.step is None:
-                raise ValueError("AffinityFieldLoss with decay_steps > 0 needs the training "
-                                 "step: set loss.step = optimizer.iterations")
-            decay = tf.pow(10.0, -tf.cast(self.step, tf.float32) / float(self.decay_steps))
+            step = backend.training_step(self.step, "AffinityFieldLoss(decay_steps > 0)")
+            decay = ops.power(10.0, -ops.cast(step, "float32") / float(self.decay_steps))
         affinity = (self.kld_lambda_1 * terms["affinity_edge"]
                     + self.kld_lambda_2 * terms["affinity_not_edge"])
         return terms["ce"] + decay * affinity

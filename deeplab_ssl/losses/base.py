@@ -13,6 +13,9 @@ training loop logs of it (`sum_statistics`, `statistics`), so the loop needs to 
 """
 import keras
 import tensorflow as tf
+from keras import ops
+
+from deeplab_ssl.losses import backend
 
 
 def labels_logits_and_mask(y_true, y_pred, ignore_label):
@@ -24,52 +27,46 @@ def labels_logits_and_mask(y_true, y_pred, ignore_label):
       ignore_label: int, the label of pixels that take no part in the loss.
 
     Returns:
-      labels: int32 [B, H, W], with ignored pixels set to -1 (so tf.one_hot gives zeros there).
+      labels: int32 [B, H, W], with ignored pixels set to -1 (so one_hot gives zeros there).
       logits: float32 [B, H, W, C].
       valid: float32 [B, H, W, 1], 1 where the label is not ignore_label.
 
     Raises:
       ValueError: on ranks or spatial shapes that do not fit (static shapes).
-      tf.errors.InvalidArgumentError: when a label other than ignore_label is outside [0, C).
+      tf.errors.InvalidArgumentError (TensorFlow) or ValueError: when a label other than
+        ignore_label is outside [0, C) (see backend.check_labels).
     """
-    y_pred = tf.convert_to_tensor(y_pred)
-    y_true = tf.convert_to_tensor(y_true)
-    if y_pred.shape.rank != 4:
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_pred.shape) != 4:
         raise ValueError(f"y_pred must be logits [B, H, W, C]; got shape {y_pred.shape}")
-    if y_true.shape.rank == 4:
+    if len(y_true.shape) == 4:
         if y_true.shape[-1] not in (1, None):
             raise ValueError(f"y_true must be labels [B, H, W] or [B, H, W, 1]; "
                              f"got shape {y_true.shape}")
-        y_true = tf.squeeze(y_true, axis=-1)
-    if y_true.shape.rank != 3:
+        y_true = ops.squeeze(y_true, axis=-1)
+    if len(y_true.shape) != 3:
         raise ValueError(f"y_true must be labels [B, H, W] or [B, H, W, 1]; "
                          f"got shape {y_true.shape}")
-    if not y_true.shape.is_compatible_with(y_pred.shape[:3]):
-        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in [B, H, W]: "
-                         "upsample the logits to the label size first")
-    logits = tf.cast(y_pred, tf.float32)
-    labels = tf.cast(y_true, tf.int32)
-    is_valid = tf.not_equal(labels, ignore_label)
-    labels = tf.where(is_valid, labels, -1)
-    num_classes = tf.shape(logits)[-1]
-    with tf.control_dependencies([
-            tf.debugging.assert_less(labels, num_classes, message=(
-                "y_true has a label >= num_classes (the last dimension of y_pred) that is "
-                "not ignore_label")),
-            tf.debugging.assert_greater_equal(labels, -1, message=(
-                "y_true has a negative label that is not ignore_label"))]):
-        labels = tf.identity(labels)
-    valid = tf.cast(is_valid, tf.float32)[..., None]
+    if any(a is not None and b is not None and a != b
+           for a, b in zip(y_true.shape, y_pred.shape[:3])):
+        raise ValueError(f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} differ "
+                         "in [B, H, W]: upsample the logits to the label size first")
+    logits = ops.cast(y_pred, "float32")
+    labels = ops.cast(y_true, "int32")
+    is_valid = ops.not_equal(labels, ignore_label)
+    labels = backend.check_labels(ops.where(is_valid, labels, -1), ops.shape(logits)[-1])
+    valid = ops.cast(is_valid, "float32")[..., None]
     return labels, logits, valid
 
 
 def sigmoid_logits(y_pred, from_logits):
     """float32 logits [B, H, W, C] from logits or from sigmoid probabilities (clipped to 1e-7)."""
-    y_pred = tf.cast(y_pred, tf.float32)
+    y_pred = ops.cast(y_pred, "float32")
     if from_logits:
         return y_pred
-    probs = tf.clip_by_value(y_pred, 1e-7, 1.0 - 1e-7)
-    return tf.math.log(probs) - tf.math.log1p(-probs)
+    probs = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
+    return ops.log(probs) - ops.log1p(-probs)
 
 
 class SumsLoss(keras.losses.Loss):
@@ -130,14 +127,9 @@ class SumsLoss(keras.losses.Loss):
         if sample_weight is not None:
             raise ValueError(f"{type(self).__name__} takes no sample_weight: invalid pixels are "
                              "given by ignore_label")
-        with tf.name_scope(self.name):
+        with keras.name_scope(self.name):
             loss = self.call(y_true, y_pred)
-        # Keras scales its per-sample losses for tf.distribute in reduce_values, but leaves a
-        # scalar loss unscaled; do it here so fit() behaves as with any Keras loss.
-        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if num_replicas > 1:
-            loss = loss * (1.0 / num_replicas)
-        return loss
+        return backend.replica_scale(loss)
 
 
 def cross_replica_loss(loss, y_true, y_pred):
@@ -160,6 +152,7 @@ def cross_replica_loss(loss, y_true, y_pred):
     """
     if not isinstance(loss, SumsLoss):
         raise TypeError(f"cross_replica_loss needs a SumsLoss, got {type(loss).__name__}")
+    backend.require_tensorflow("cross_replica_loss (tf.distribute)")
     context = tf.distribute.get_replica_context()
     if context is None:
         raise ValueError("cross_replica_loss must be called in a replica context "

@@ -4,8 +4,8 @@ Local statistics are weighted means over a k x k window centred on each pixel, c
 VALID pixels only: mean(x) = conv(w, m * x) / conv(w, m), m the valid mask. The convolution is
 depthwise with zero padding ('SAME'), so pixels outside the image count as invalid too.
 """
+import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 # Measured on 2 CPU cores (benchmarks/loss_bench.py --conv): a k x k depthwise convolution is
@@ -47,32 +47,30 @@ def local_sums(x, window_size, sigma, in_xla=False):
     Args:
       x: float32 [B, H, W, n].
       window_size, sigma: see gaussian_window.
-      in_xla: bool, the caller is compiled with XLA (tf.function(jit_compile=True), JAX). The
-        sums are then written with keras.ops as shifted, weighted adds of x, a k x 1 then a
-        1 x k pass, which XLA fuses with the element-wise work around them; XLA's depthwise
-        convolution is ~10x slower than TF's on CPU. Outside XLA, TF's depthwise convolution
-        is faster than such adds (one pass over memory per add). Both are exact to float32
-        rounding.
+      in_xla: bool, the caller is compiled with XLA (tf.function(jit_compile=True); on the JAX
+        backend always). The sums are then written as shifted, weighted adds of x, a k x 1
+        then a 1 x k pass, which XLA fuses with the element-wise work around them; XLA's
+        depthwise convolution is ~10x slower than TF's on CPU. Outside XLA (TensorFlow's
+        graphs, PyTorch), a depthwise convolution is faster than such adds (one pass over
+        memory per add). Both are exact to float32 rounding.
 
     Returns:
       float32 [B, H, W, n]: sum_i w_i x_i over the window centred on each pixel.
     """
     weights = gaussian_1d(window_size, sigma).astype(np.float32)
-    if in_xla:
+    if in_xla or keras.backend.backend() == "jax":
         return _shifted_sums(x, weights)
     channels = x.shape[-1]
     if channels is None:
         raise ValueError(f"local_sums needs a static channel count; got shape {x.shape}")
-    strides = [1, 1, 1, 1]
+
+    def depthwise(x, window):  # window: float32 [kh, kw], the same for every channel.
+        kernel = np.tile(window[:, :, None, None], [1, 1, channels, 1])
+        return ops.depthwise_conv(x, kernel, strides=1, padding="same")
     if window_size <= _LARGEST_FULL_WINDOW:
-        window = gaussian_window(window_size, sigma)[:, :, None, None]
-        window = tf.tile(tf.constant(window), [1, 1, channels, 1])
-        return tf.nn.depthwise_conv2d(x, window, strides, "SAME")
+        return depthwise(x, gaussian_window(window_size, sigma))
     # The 2-D Gaussian is separable: a k x 1 then a 1 x k pass.
-    column = tf.tile(tf.constant(weights[:, None, None, None]), [1, 1, channels, 1])
-    row = tf.tile(tf.constant(weights[None, :, None, None]), [1, 1, channels, 1])
-    x = tf.nn.depthwise_conv2d(x, column, strides, "SAME")
-    return tf.nn.depthwise_conv2d(x, row, strides, "SAME")
+    return depthwise(depthwise(x, weights[:, None]), weights[None, :])
 
 
 def _shifted_sums(x, weights):
@@ -102,7 +100,7 @@ def masked_local_means(tensors, valid, window_size, sigma):
     # One convolution per map: one convolution over the concatenated maps was measured 2-4x
     # slower on CPU (benchmarks/loss_bench.py --conv), the concat and split copies dominating.
     # conv(w, m) >= w_c > 0 at valid pixels; m / conv(w, m) zeroes the invalid ones for free.
-    inverse_weight = tf.math.divide_no_nan(valid, local_sums(valid, window_size, sigma))
+    inverse_weight = ops.divide_no_nan(valid, local_sums(valid, window_size, sigma))
     return [local_sums(t, window_size, sigma) * inverse_weight for t in tensors]
 
 

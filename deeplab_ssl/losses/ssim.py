@@ -1,6 +1,6 @@
 """SSIM losses of the paper's Eq. 7 (1 - SSIM) and Eq. 9 (1 - contrast-structure), baselines."""
 import keras
-import tensorflow as tf
+from keras import ops
 
 from deeplab_ssl.losses import base
 from deeplab_ssl.losses import cross_entropy
@@ -52,31 +52,31 @@ class SSIMLoss(base.SumsLoss):
     def sums(self, y_true, y_pred):
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
         logits = base.sigmoid_logits(logits, self.from_logits)
-        one_hot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
+        one_hot = ops.one_hot(labels, ops.shape(logits)[-1], dtype="float32")
         (bce_sum,) = cross_entropy.sigmoid_cross_entropy_sums(logits, labels, [valid])
-        probs = tf.sigmoid(logits) * valid
+        probs = ops.sigmoid(logits) * valid
         # y is binary and zero at invalid pixels: y^2 = y, y p = m y p.
         mu_y, mu_p, mean_p2, mean_yp = local_stats.masked_local_means(
             [one_hot, probs, probs * probs, one_hot * probs], valid, self.window_size,
             self.sigma)
-        var_y = tf.maximum(mu_y - tf.square(mu_y), 0.0)
-        var_p = tf.maximum(mean_p2 - tf.square(mu_p), 0.0)
+        var_y = ops.maximum(mu_y - ops.square(mu_y), 0.0)
+        var_p = ops.maximum(mean_p2 - ops.square(mu_p), 0.0)
         covariance = mean_yp - mu_y * mu_p
         structure = (2.0 * covariance + self.c2) / (var_y + var_p + self.c2)
         if self.contrast_structure_only:
             ssim = structure
         else:
             ssim = structure * (2.0 * mu_y * mu_p + self.c1) / (
-                tf.square(mu_y) + tf.square(mu_p) + self.c1)
+                ops.square(mu_y) + ops.square(mu_p) + self.c1)
         return {
             "bce_sum": bce_sum,
-            "num_valid": tf.reduce_sum(valid),
-            "ssim_sum": tf.reduce_sum((1.0 - ssim) * valid),
+            "num_valid": ops.sum(valid),
+            "ssim_sum": ops.sum((1.0 - ssim) * valid),
         }
 
     def terms(self, sums):
-        return {"bce": tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"]),
-                "ssim": tf.math.divide_no_nan(sums["ssim_sum"], sums["num_valid"])}
+        return {"bce": ops.divide_no_nan(sums["bce_sum"], sums["num_valid"]),
+                "ssim": ops.divide_no_nan(sums["ssim_sum"], sums["num_valid"])}
 
     def loss_from_sums(self, sums):
         terms = self.terms(sums)

@@ -1,9 +1,10 @@
 """The structural similarity loss (SSL) of Zhao et al. 2019, paper Sec. 3.2-3.3, Eqs. 10-17.
 
 The example weights come one of two ways, the same numbers to float32 rounding: the CPU kernel
-(ssl_kernel.py), where it is built, or the portable path (`_weights_and_sums`, keras.ops),
-XLA-compiled for the whole batch. Either way the gradient is cross_entropy's BCE gradient with
-the weights as constants.
+(ssl_kernel.py, TensorFlow only), where it is built, or the portable path (`_weights_and_sums`,
+keras.ops), XLA-compiled for the whole batch (TensorFlow, JAX; PyTorch runs it op by op).
+Either way the gradient is the BCE's with the weights as constants: cross_entropy's
+hand-written one on TensorFlow, the backend's autodiff on the others.
 """
 import math
 
@@ -11,8 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
-from tensorflow.python.ops import control_flow_util  # Private: see _in_xla_context.
 
+from deeplab_ssl.losses import backend
 from deeplab_ssl.losses import base
 from deeplab_ssl.losses import cross_entropy
 from deeplab_ssl.losses import local_stats
@@ -100,10 +101,12 @@ def _weights_and_sums(labels, logits, valid, window_size, sigma, c4, threshold, 
 
 
 # XLA fuses the window sums (shifted adds) and the ~30 element-wise passes of the weights into
-# a few loops, for the whole batch. Inside a caller's XLA compilation (Keras' jit_compile) the
-# function is compiled as part of the caller's.
-_xla_normalized_maps = tf.function(_normalized_maps, jit_compile=True)
-_xla_weights_and_sums = tf.function(_weights_and_sums, jit_compile=True)
+# a few loops, for the whole batch. Inside a caller's XLA compilation (Keras' jit_compile, a
+# jitted JAX step) the function is compiled as part of the caller's.
+_WINDOW_ARGUMENTS = ("window_size", "sigma", "c4")
+_xla_normalized_maps = backend.xla_function(_normalized_maps, _WINDOW_ARGUMENTS)
+_xla_weights_and_sums = backend.xla_function(
+    _weights_and_sums, _WINDOW_ARGUMENTS + ("threshold", "reweight"))
 
 
 def _bce_sums_with_gradient(logits, labels, weights, forward_sums):
@@ -115,7 +118,13 @@ def _bce_sums_with_gradient(logits, labels, weights, forward_sums):
       labels: int32 [B, H, W], -1 at invalid pixels.
       weights: list of float32 [B, H, W, 1 or C], constants of the gradient.
       forward_sums: list of float32 scalars, sum(weights[i] * BCE).
+
+    On JAX and PyTorch, the sums and their gradient are the backend's autodiff of the BCE sums
+    (cross_entropy.sigmoid_cross_entropy_sums), `forward_sums` unused: XLA (JAX) drops their
+    computation from a compiled step.
     """
+    if not backend.is_tensorflow():
+        return cross_entropy.sigmoid_cross_entropy_sums(logits, labels, weights)
     weights = [tf.stop_gradient(w) for w in weights]
 
     @tf.custom_gradient
@@ -124,15 +133,6 @@ def _bce_sums_with_gradient(logits, labels, weights, forward_sums):
             return cross_entropy.weighted_bce_gradient(list(upstream), weights, logits, labels)
         return [tf.identity(tf.stop_gradient(s)) for s in forward_sums], gradient
     return sums(logits)
-
-
-def _in_xla_context():
-    """True while tracing inside a function compiled with XLA (e.g. Keras' jit_compile=True).
-
-    TF has no public way to ask; this private one is long-standing (Keras 2's LSTM chose its
-    implementation with it). If TF removes it, importing this module fails, loudly.
-    """
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _map_images(image_fn, batch, output_signature):
@@ -208,10 +208,11 @@ class SSLoss(base.SumsLoss):
       implementation: how the weights are computed, the same numbers either way (to float32
         rounding): "kernel", the CPU kernel of ssl_kernel.py (~2x faster on CPU; built by
         `python -m deeplab_ssl.losses.build_kernel`); "xla", the portable path, XLA-compiled
-        (CPU and GPU); "auto", the kernel when it is built, no GPU is visible and the caller
-        does not compile the loss with XLA (the kernel has no XLA version), else "xla". The
+        (CPU and GPU); "auto", the kernel when Keras runs on TensorFlow, it is built, no GPU
+        is visible and the caller does not compile the loss with XLA (the kernel has no XLA
+        version), else "xla" (always on JAX and PyTorch, where "kernel" is refused). The
         statistics (structural_error, error_statistics, class_statistics) take the portable
-        path.
+        path; error_statistics and class_statistics need the TensorFlow backend.
       name, reduction, dtype: as keras.losses.Loss (the loss is always a scalar).
     """
 
@@ -230,6 +231,8 @@ class SSLoss(base.SumsLoss):
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
                              f"{implementation!r}")
+        if implementation == "kernel":
+            backend.require_tensorflow("SSLoss(implementation='kernel'), the CPU kernel,")
         self.window_size = window_size
         self.sigma = sigma
         self.beta = beta
@@ -249,8 +252,8 @@ class SSLoss(base.SumsLoss):
         Args:
           y_true, y_pred: as for the loss.
         """
-        labels, logits, valid = self._labels_logits_and_mask(y_true, tf.stop_gradient(y_pred))
-        _, y_nor, p_nor = self._normalized_maps(labels, logits, valid)
+        labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
+        _, y_nor, p_nor = self._normalized_maps(labels, ops.stop_gradient(logits), valid)
         return y_nor, p_nor
 
     def structural_error(self, y_true, y_pred):
@@ -260,7 +263,7 @@ class SSLoss(base.SumsLoss):
           y_true, y_pred: as for the loss.
         """
         y_nor, p_nor = self.normalized_maps(y_true, y_pred)
-        return tf.abs(y_nor - p_nor)
+        return ops.abs(y_nor - p_nor)
 
     def error_statistics(self, y_true, y_pred, num_bins=ERROR_HISTOGRAM_BINS):
         """The statistics of the paper's Fig. 3 for a batch, in two parts that combine.
@@ -277,7 +280,11 @@ class SSLoss(base.SumsLoss):
           maxima: float32 [5], the maxima of y_nor, -y_nor, p_nor, -p_nor and e.
           sums: float32 [2 + num_bins], the sum of e, the number of valid examples, and the
             histogram of e (counts; values above e_max fall in the last bin).
+
+        Raises:
+          ValueError: on a backend other than TensorFlow (tf.map_fn over the images).
         """
+        backend.require_tensorflow("SSLoss.error_statistics")
         labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
         logits = tf.stop_gradient(logits)
         bin_width = self.e_max / num_bins if self.e_max > 0 else 1.0
@@ -334,7 +341,11 @@ class SSLoss(base.SumsLoss):
           float32 [8, C], additive over pieces of a batch, rows: the number of examples in
           and out; the hard examples (f) in and out; the sum of m |p - y| in and out; the sum
           of weight |p - y| in and out.
+
+        Raises:
+          ValueError: on a backend other than TensorFlow (tf.map_fn over the images).
         """
+        backend.require_tensorflow("SSLoss.class_statistics")
         labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
         logits = tf.stop_gradient(logits)
         threshold = self.beta * self.e_max if self.ohem else None
@@ -406,21 +417,22 @@ class SSLoss(base.SumsLoss):
 
     def _normalized_maps(self, labels, logits, valid):
         """y, y_nor and p_nor, float32 [B, H, W, C], from _labels_logits_and_mask's tensors."""
-        return _xla_normalized_maps(labels, tf.sigmoid(logits), valid, self.window_size,
+        return _xla_normalized_maps(labels, ops.sigmoid(logits), valid, self.window_size,
                                     self.sigma, self.c4)
 
     def sums(self, y_true, y_pred):
         labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
-        num_valid = tf.reduce_sum(valid)
+        num_valid = ops.sum(valid)
+        num_examples = num_valid * ops.cast(ops.shape(logits)[-1], "float32")  # N C
         if not (self.ohem or self.reweight):
             # weight = f = m: the SSL term is the BCE sum over M = N C.
             (bce_sum,) = cross_entropy.sigmoid_cross_entropy_sums(logits, labels, [valid])
             return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": bce_sum,
-                    "num_hard": num_valid * tf.cast(tf.shape(logits)[-1], tf.float32)}
-        weight, sums = self._weights_and_sums(labels, tf.stop_gradient(logits), valid)
-        bce_sum, ssl_sum, num_hard = tf.unstack(sums)
+                    "num_hard": num_examples}
+        weight, sums = self._weights_and_sums(labels, ops.stop_gradient(logits), valid)
+        bce_sum, ssl_sum, num_hard = sums[0], sums[1], sums[2]
         if not self.ohem:
-            num_hard = num_valid * tf.cast(tf.shape(logits)[-1], tf.float32)
+            num_hard = num_examples
         bce_sum, ssl_sum = _bce_sums_with_gradient(logits, labels, [valid, weight],
                                                    [bce_sum, ssl_sum])
         return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": ssl_sum,
@@ -440,16 +452,19 @@ class SSLoss(base.SumsLoss):
           sums: float32 [3], sum(m BCE), sum(weight BCE), M over the batch (M = 0 without OHEM).
         """
         threshold = self.beta * self.e_max if self.ohem else None
-        if self._uses_kernel(_in_xla_context()):
+        if self._uses_kernel():
             return ssl_kernel.ssl_weights(
                 logits, labels, valid, local_stats.gaussian_1d(self.window_size, self.sigma),
                 self.c4, self.ohem, threshold or 0.0, self.reweight)
         return _xla_weights_and_sums(labels, logits, valid, self.window_size, self.sigma,
                                      self.c4, threshold, self.reweight)
 
-    def _uses_kernel(self, in_xla):
+    def _uses_kernel(self):
         """Whether the weights come from the kernel, which has no XLA version: "auto" takes the
-        XLA path inside a caller's XLA compilation."""
+        XLA path inside a caller's XLA compilation, and on backends other than TensorFlow."""
+        if not backend.is_tensorflow():
+            return False  # implementation="kernel" is refused when the loss is made.
+        in_xla = backend.in_tensorflow_xla()
         if self.implementation == "auto":
             return ssl_kernel.available() and not in_xla
         if self.implementation == "kernel" and in_xla:
@@ -458,18 +473,16 @@ class SSLoss(base.SumsLoss):
         return self.implementation == "kernel"
 
     def terms(self, sums):
-        return {"bce": tf.math.divide_no_nan(sums["bce_sum"], sums["num_valid"]),
-                "ssl": tf.math.divide_no_nan(sums["ssl_sum"], sums["num_hard"])}
+        return {"bce": ops.divide_no_nan(sums["bce_sum"], sums["num_valid"]),
+                "ssl": ops.divide_no_nan(sums["ssl_sum"], sums["num_hard"])}
 
     def current_ce_weight(self):
         """lambda now: 1 during the warm-up steps, else ce_weight (a float32 scalar)."""
         if not self.warmup_steps:
-            return tf.constant(self.ce_weight, tf.float32)
-        if self.step is None:
-            raise ValueError("SSLoss(warmup_steps > 0) needs the training step: set "
-                             "loss.step = optimizer.iterations")
-        return tf.where(tf.cast(self.step, tf.int64) < self.warmup_steps, 1.0,
-                        tf.constant(self.ce_weight, tf.float32))
+            return ops.convert_to_tensor(self.ce_weight, "float32")
+        step = backend.training_step(self.step, "SSLoss(warmup_steps > 0)")
+        return ops.where(ops.cast(step, "int32") < self.warmup_steps, 1.0,
+                         ops.convert_to_tensor(self.ce_weight, "float32"))
 
     def loss_from_sums(self, sums):
         terms = self.terms(sums)
@@ -484,7 +497,7 @@ class SSLoss(base.SumsLoss):
           sums: the dict of `sums` (or of base.cross_replica_loss's global sums).
           num_classes: int C.
         """
-        return tf.math.divide_no_nan(sums["num_hard"], sums["num_valid"] * float(num_classes))
+        return ops.divide_no_nan(sums["num_hard"], sums["num_valid"] * float(num_classes))
 
     def get_config(self):
         config = super().get_config()
