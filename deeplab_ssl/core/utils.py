@@ -5,22 +5,74 @@ Every layer is named after the TF-slim variable scope deeplab gives it, with `/`
 `resnet_v1_101/block1/unit_1/bottleneck_v1/conv1` is the Keras layer
 `resnet_v1_101.block1.unit_1.bottleneck_v1.conv1` and its batch norm
 `resnet_v1_101.block1.unit_1.bottleneck_v1.conv1.BatchNorm`. `deeplab_ssl.checkpoints` relies on
-this to map deeplab / TF-slim checkpoints onto the model by variable name.
+this to map deeplab / TF-slim checkpoints onto the model by variable name. On the PyTorch
+backend `/` is written as `-`: Keras registers each variable there as a torch parameter named by
+its path (`layer name/kernel`), and torch refuses `.` in parameter names.
 """
 import collections
 
 import keras
+import numpy as np
 import tensorflow as tf
+from keras import ops
+
+
+def _scope_separator():
+    """What stands for `/` in layer names: `.`, or `-` on PyTorch (see the module docstring)."""
+    return "-" if keras.backend.backend() == "torch" else "."
 
 
 def layer_name(scope):
     """Keras layer name of a TF-slim scope such as `aspp1_depthwise` or `decoder/decoder_conv0`."""
-    return scope.replace("/", ".")
+    return scope.replace("/", _scope_separator())
 
 
 def slim_scope(name):
     """TF-slim scope of a Keras layer name made by `layer_name` (the inverse mapping)."""
-    return name.replace(".", "/")
+    return name.replace(_scope_separator(), "/")
+
+
+def _align_corners_sources(in_size, out_size):
+    """Where output pixel i of an align-corners bilinear resize reads, as TensorFlow's
+    ResizeBilinear computes it (resize_bilinear_op.cc, float32): position x = i * scale with
+    scale = (in_size - 1) / (out_size - 1) (0 for out_size 1), read between floor(x) and
+    min(ceil(x), in_size - 1) with weight x - floor(x) on the second.
+
+    Returns:
+      lower, upper: numpy int32 [out_size]; lerp: numpy float32 [out_size].
+    """
+    scale = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0)
+    positions = np.arange(out_size, dtype=np.float32) * scale
+    lower = np.floor(positions)
+    upper = np.minimum(np.ceil(positions), in_size - 1)
+    return lower.astype(np.int32), upper.astype(np.int32), positions - lower
+
+
+def resize_bilinear(images, size):
+    """Align-corners bilinear resizing with keras.ops, for static sizes: TensorFlow's
+    ResizeBilinear(align_corners=True), the same float32 numbers (the same products and sums,
+    in the same order), on any Keras backend.
+
+    A gather of the two source columns of each output column and their interpolation, then
+    the same over rows: top + (bottom - top) * lerp_y with top = left + (right - left) * lerp_x,
+    TF's formula.
+
+    Args:
+      images: [B, h, w, C], any float dtype, h and w static.
+      size: (H, W) Python ints.
+
+    Returns:
+      float32 [B, H, W, C].
+    """
+    images = ops.cast(images, "float32")
+    left, right, lerp_x = _align_corners_sources(images.shape[2], size[1])
+    top, bottom, lerp_y = _align_corners_sources(images.shape[1], size[0])
+    # Tensors, not NumPy arrays: NumPy's operators would take a torch tensor over.
+    lerp_x, lerp_y = ops.convert_to_tensor(lerp_x[:, None]), ops.convert_to_tensor(lerp_y)
+    x_left, x_right = ops.take(images, left, axis=2), ops.take(images, right, axis=2)
+    rows = x_left + (x_right - x_left) * lerp_x
+    top_rows, bottom_rows = ops.take(rows, top, axis=1), ops.take(rows, bottom, axis=1)
+    return top_rows + (bottom_rows - top_rows) * lerp_y[:, None, None]
 
 
 @keras.saving.register_keras_serializable(package="deeplab_ssl")
@@ -28,8 +80,11 @@ class ResizeBilinear(keras.layers.Layer):
     """Bilinear resizing to the spatial size of a reference tensor, as deeplab does it.
 
     deeplab resizes with `tf.image.resize_bilinear(..., align_corners=True)` everywhere (image
-    pooling, decoder, logits); the same op (ResizeBilinear) is used here so that its checkpoints
-    give the same outputs. Works for any (dynamic) height and width.
+    pooling, decoder, logits). On TensorFlow the same op (ResizeBilinear) is used, so that its
+    checkpoints give the same outputs, for any (dynamic) height and width; it is faster on CPU
+    than `resize_bilinear`'s gathers (benchmarks/resize_bench.py, docs/benchmarks.md). On JAX
+    and PyTorch, whose shapes are static when the layer runs, `resize_bilinear` computes the
+    same numbers with keras.ops.
 
     Call arguments:
         inputs: pair (images [B, h, w, C], reference [B, H, W, ...]), any float dtype.
@@ -40,9 +95,12 @@ class ResizeBilinear(keras.layers.Layer):
 
     def call(self, inputs):
         images, reference = inputs
-        size = tf.shape(reference)[1:3]
-        resized = tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True)
-        return tf.cast(resized, self.compute_dtype)
+        if keras.backend.backend() == "tensorflow":
+            size = tf.shape(reference)[1:3]
+            resized = tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True)
+        else:
+            resized = resize_bilinear(images, tuple(reference.shape[1:3]))
+        return ops.cast(resized, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         images_shape, reference_shape = input_shape
