@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_out
 DEMO_EXTRAS := tflite
-TEST_EXTRAS := test,crf,tflite
+TEST_EXTRAS := test,crf,tflite,jax
 
 .PHONY: install demo test clean
 

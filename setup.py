@@ -32,5 +32,8 @@ setuptools.setup(
         "crf": ["pydensecrf2"],  # eval.py --crf_iterations; builds from source (C++ compiler).
         # LiteRT, the interpreter of .tflite files (eval.py --tflite_path, predict); 2.3 tested.
         "tflite": ["ai-edge-litert"],
+        # The losses and models on Keras' JAX backend (KERAS_BACKEND=jax), CPU; for NVIDIA
+        # GPUs add 'jax[cuda12]'. tests/test_backends.py runs on it; 0.10 tested.
+        "jax": ["jax"],
     },
 )
