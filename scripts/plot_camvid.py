@@ -86,7 +86,8 @@ def miou_table(runs):
         miou = _mean_std(mious)
         accuracy = _mean_std([100 * e["pixel_accuracy"] for _, e, _ in method_runs])
         std = f"{miou[1]:.2f}" if len(method_runs) > 1 else "-"
-        t = "" if method == "ce" else f"{welch_t(mious, ce):+.1f}"
+        t = welch_t(mious, ce)
+        t = "" if method == "ce" else "-" if t != t else f"{t:+.1f}"  # t != t: NaN, 1 seed
         lines.append(f"| {METHODS[method]} | {len(method_runs)} | {miou[0]:.2f} | {std} | {t} | "
                      f"{accuracy[0]:.2f} |")
     return "\n".join(lines)
@@ -205,6 +206,7 @@ def plot_hard_fraction(runs, path):
             ax.plot([r["step"] for r in log], [100 * r["hard_example_fraction"] for r in log],
                     color=f"C{index}", lw=1,
                     label=METHODS[method] if seed == method_runs[0][0] else None)
+    ax.axhline(1.5, color="gray", ls="--", lw=1, label="paper, late in training (~1.5%)")
     ax.set(xlabel="step", ylabel="hard examples (%)",
            title="Proportion of hard examples, beta = 0.1 (paper's Fig. 4)")
     ax.legend(fontsize=8)
