@@ -21,6 +21,7 @@ Needs matplotlib (`pip install -e '.[plot]'`).
 import argparse
 import glob
 import json
+import math
 import os
 import statistics
 
@@ -87,7 +88,7 @@ def miou_table(runs):
         accuracy = _mean_std([100 * e["pixel_accuracy"] for _, e, _ in method_runs])
         std = f"{miou[1]:.2f}" if len(method_runs) > 1 else "-"
         t = welch_t(mious, ce)
-        t = "" if method == "ce" else "-" if t != t else f"{t:+.1f}"  # t != t: NaN, 1 seed
+        t = "" if method == "ce" else "-" if math.isnan(t) else f"{t:+.1f}"
         lines.append(f"| {METHODS[method]} | {len(method_runs)} | {miou[0]:.2f} | {std} | {t} | "
                      f"{accuracy[0]:.2f} |")
     return "\n".join(lines)
