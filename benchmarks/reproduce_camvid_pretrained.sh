@@ -30,8 +30,9 @@ DATA=data/camvid  # --dataset_dir of $MODEL
 OUT=results/camvid_pretrained
 
 # The settings tried for the schedule, softmax CE, seed 0: NAME and the flags that differ from
-# train.flags. Each takes 17-19 minutes of training on 2 free AVX-512 cores (40-55 on AVX2 ones): frozen batch norm
-# statistics run 800 steps at crop 321; trained ones cost 1.45x a step, so 500 steps at 321, or
+# train.flags. Each takes 17-19 minutes of training on 2 free AVX-512 cores (40-55 on AVX2
+# ones): frozen batch norm statistics run 800 steps at crop 321; trained ones cost 1.45x a
+# step, so 500 steps at 321, or
 # 900 at 257 (the same full-size images, smaller crops).
 FROZEN="--train_batch_size=8 --training_number_of_steps=800 --nofine_tune_batch_norm"
 TRAINED="--train_batch_size=8 --fine_tune_batch_norm --batch_norm_decay=0.99"
