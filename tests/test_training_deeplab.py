@@ -95,17 +95,23 @@ def test_two_replicas_match_one_with_the_deeplab_model(demo_dir, tmp_path):
                                    losses.SSLoss(ignore_label=DEMO.ignore_label),
                                    options(tmp_path / name), strategy=strategy)
         iterator = trainer.make_iterator(dataset_fn_of(demo_dir, 4, augment=False))
+        initial = [w.numpy() for w in trainer.model.weights]
         metrics = [trainer.train_step(trainer.next_batch(iterator))]
-        weights = [w.numpy() for w in trainer.model.weights]
+        updates = [w.numpy() - w0 for w, w0 in zip(trainer.model.weights, initial)]
         metrics.append(trainer.train_step(trainer.next_batch(iterator)))
-        runs.append((metrics, weights))
-    (metrics_one, weights_one), (metrics_two, weights_two) = runs
+        runs.append((metrics, updates))
+    (metrics_one, updates_one), (metrics_two, updates_two) = runs
     for one, two in zip(metrics_one, metrics_two):
-        for key in ("loss", "regularization_loss", "bce_sum", "num_hard"):
-            assert one[key] == pytest.approx(two[key], rel=1e-4), key
-    # After the first step: the second adds float rounding of its own (~1e-6).
-    for one, two in zip(weights_one, weights_two):
-        np.testing.assert_allclose(one, two, rtol=1e-4, atol=1e-6)
+        # The replicas round differently (different batch shapes), so a pixel whose e lies
+        # within rounding of the threshold may change sides: a few hard examples of ~4,500,
+        # which move the loss by ~1e-4 of itself (measured up to 1.6e-4 at the second step).
+        assert one["regularization_loss"] == pytest.approx(two["regularization_loss"], rel=1e-4)
+        for key in ("loss", "bce_sum", "num_hard"):
+            assert one[key] == pytest.approx(two[key], rel=2e-3), key
+    # The first step's update, per variable: those few examples move it by up to 2e-4 of its
+    # norm; replicas whose gradients were not summed would be off by a half.
+    for weight, one, two in zip(trainer.model.weights, updates_one, updates_two):
+        assert np.linalg.norm(one - two) <= 2e-3 * np.linalg.norm(one) + 1e-7, weight.path
 
 
 def test_compile_and_fit_train_the_same_model(demo_dir):
