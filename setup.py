@@ -27,7 +27,8 @@ setuptools.setup(
         "importlib_resources",  # TFDS needs it for builders defined outside TFDS.
     ],
     extras_require={
-        "test": ["pytest", "tf-slim"],  # tf-slim: the reference ResNet of a model test.
+        # tf-slim: the reference ResNet of a model test; pytest-xdist: `make test` on 2 workers.
+        "test": ["pytest", "pytest-xdist", "tf-slim"],
         "plot": ["matplotlib"],
         "crf": ["pydensecrf2"],  # eval.py --crf_iterations; builds from source (C++ compiler).
         # LiteRT, the interpreter of .tflite files (eval.py --tflite_path, predict); 2.3 tested.
