@@ -6,8 +6,8 @@ Reads RESULTS/METHOD/seedN/{eval_val.json, train_log.jsonl} (benchmarks/reproduc
 benchmarks/reproduce_camvid_pretrained.sh) and prints the markdown tables of docs/results.md:
 mean and standard deviation of val mIoU per method (the layout of the paper's Table 2, with
 Welch's t against softmax CE) and per-class IoU (Table 4); for the pretrained study also the
-calibration and sensitivity tables and, per class, where the SSL's hard examples and gradient
-are. Writes in --docs, named after the study (camvid_ or camvid_pretrained_):
+calibration and sensitivity tables, its variants beyond the paper (RESULTS/../variants) in the
+first two tables and, per class, where the SSL's hard examples and gradient are. Writes in --docs, named after the study (camvid_ or camvid_pretrained_):
 - curves.png: each method's training loss;
 - hard_fraction.png: proportion of hard examples of the SSL runs (the paper's Fig. 4);
 - error_statistics.png: y_nor, p_nor and e over training (Fig. 3), once an SSL (3) run
@@ -285,6 +285,8 @@ def main():
     args = parser.parse_args()
     study = STUDIES[args.study]
     runs = load_runs(study["results"])
+    if args.study == "pretrained":  # The variants beyond the paper, after the paper's methods.
+        runs.update(load_runs(os.path.join(os.path.dirname(study["results"]), "variants")))
     if not runs:
         raise SystemExit(f"no finished run under {study['results']}")
     print(miou_table(runs), end="\n\n")
@@ -293,7 +295,10 @@ def main():
         for stage in ("calibration", "sensitivity"):
             print(settings_table(os.path.join(os.path.dirname(study["results"]), stage)),
                   end="\n\n")
-        print(class_statistics_table(runs))
+        for method in ("ssl3", "ssl3_warmup"):
+            if method in runs:
+                print(f"{METHODS[method]}:", class_statistics_table(runs, method), sep="\n",
+                      end="\n\n")
         plot_class_statistics(runs, os.path.join(args.docs,
                                                  study["prefix"] + "class_statistics.png"))
     docs = os.path.join(args.docs, study["prefix"])
