@@ -7,7 +7,8 @@ benchmarks/reproduce_camvid_pretrained.sh) and prints the markdown tables of doc
 mean and standard deviation of val mIoU per method (the layout of the paper's Table 2, with
 Welch's t against softmax CE) and per-class IoU (Table 4); for the pretrained study also the
 calibration and sensitivity tables, its variants beyond the paper (RESULTS/../variants) in the
-first two tables and, per class, where the SSL's hard examples and gradient are. Writes in --docs, named after the study (camvid_ or camvid_pretrained_):
+first two tables and, per class, where the SSL's hard examples and gradient are. Writes in
+--docs, named after the study (camvid_ or camvid_pretrained_):
 - curves.png: each method's training loss;
 - hard_fraction.png: proportion of hard examples of the SSL runs (the paper's Fig. 4);
 - error_statistics.png: y_nor, p_nor and e over training (Fig. 3), once an SSL (3) run
