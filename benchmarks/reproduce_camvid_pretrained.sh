@@ -111,7 +111,9 @@ for stage in $STAGES; do
     variants)
       for seed in 0 1 2; do
         for variant in $VARIANTS; do
-          run variants "$variant" "$seed" "$CONFIGS/$variant.flags"
+          if [[ " $SEEDS " == *" $seed "* ]]; then
+            run variants "$variant" "$seed" "$CONFIGS/$variant.flags"
+          fi
         done
       done ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
