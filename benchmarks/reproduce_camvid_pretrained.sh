@@ -76,6 +76,9 @@ run() {
   { cat "$flagfile"; printf '%s\n' "$@" "--seed=$seed"; } > "$out/flags"
   cp "$logdir/train_log.jsonl" "$out/"
   echo "$trained" > "$out/train_seconds"
+  # A seed reproduces only on the same CPU type (the kernels differ with AVX-512 and AVX2).
+  { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs
+    grep -q avx512f /proc/cpuinfo && echo avx512 || echo avx2; nproc; } > "$out/cpu"
   local json
   json=$(ls -t "$logdir"/model.ckpt-*.eval_val_ms1.json | head -1)
   cp "$json" "$out/eval_val.json.tmp" && mv "$out/eval_val.json.tmp" "$out/eval_val.json"
