@@ -57,6 +57,9 @@ camvid = descriptors.get_descriptor('camvid')
     --splits=train,val
 fi
 
+# wanted LIST WORD: whether the space-separated LIST (e.g. $SEEDS) holds WORD.
+wanted() { [[ " $1 " == *" $2 "* ]]; }
+
 # run STAGE NAME SEED FLAGFILE [FLAG...]: trains, evaluates on val, keeps the results.
 run() {
   local stage=$1 name=$2 seed=$3 flagfile=$4
@@ -97,7 +100,7 @@ for stage in $STAGES; do
       for pass in "ce ssl3|0 1 2" "bce topk_ce ssl3_ohem_only|0 1 2" "ce ssl3|3 4"; do
         for seed in ${pass#*|}; do
           for method in ${pass%|*}; do
-            if [[ " $METHODS " == *" $method "* && " $SEEDS " == *" $seed "* ]]; then
+            if wanted "$METHODS" "$method" && wanted "$SEEDS" "$seed"; then
               run study "$method" "$seed" "$CONFIGS/$method.flags"
             fi
           done
@@ -114,7 +117,7 @@ for stage in $STAGES; do
     variants)
       for seed in 0 1 2; do
         for variant in $VARIANTS; do
-          if [[ " $SEEDS " == *" $seed "* ]]; then
+          if wanted "$SEEDS" "$seed"; then
             run variants "$variant" "$seed" "$CONFIGS/$variant.flags"
           fi
         done
