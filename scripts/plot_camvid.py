@@ -31,6 +31,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.stats  # noqa: E402
 
 # Methods in the order of the tables, with the names the tables use.
 METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)",
@@ -70,17 +71,18 @@ def _mean_std(values):
 
 
 def welch_t(a, b):
-    """Welch's t of the means of samples a and b (positive where a's is larger), or NaN."""
+    """Welch's t of the means of samples a and b (positive where a's is larger) and its
+    two-sided p-value, or NaNs with fewer than 2 values in either."""
     if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    standard_error = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-    return (statistics.mean(a) - statistics.mean(b)) / standard_error
+        return float("nan"), float("nan")
+    result = scipy.stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
 
 
 def miou_table(runs):
-    """Markdown: method, runs, mean and std of val mIoU, Welch's t against softmax CE, pixel
-    accuracy (%)."""
-    lines = ["| method | seeds | val mIoU (%) | std | t vs CE | pixel accuracy (%) |",
+    """Markdown: method, runs, mean and std of val mIoU, Welch's t against softmax CE (and its
+    p-value), pixel accuracy (%)."""
+    lines = ["| method | seeds | val mIoU (%) | std | t vs CE (p) | pixel accuracy (%) |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     ce = [100 * e["miou"] for _, e, _ in runs.get("ce", [])]
     for method, method_runs in runs.items():
@@ -88,8 +90,8 @@ def miou_table(runs):
         miou = _mean_std(mious)
         accuracy = _mean_std([100 * e["pixel_accuracy"] for _, e, _ in method_runs])
         std = f"{miou[1]:.2f}" if len(method_runs) > 1 else "-"
-        t = welch_t(mious, ce)
-        t = "" if method == "ce" else "-" if math.isnan(t) else f"{t:+.1f}"
+        t, p = welch_t(mious, ce)
+        t = "" if method == "ce" else "-" if math.isnan(t) else f"{t:+.1f} ({p:.2f})"
         lines.append(f"| {METHODS[method]} | {len(method_runs)} | {miou[0]:.2f} | {std} | {t} | "
                      f"{accuracy[0]:.2f} |")
     return "\n".join(lines)
