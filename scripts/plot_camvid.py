@@ -15,8 +15,9 @@ first two tables and, per class, where the SSL's hard examples and gradient are.
   logged them;
 - class_statistics.png (pretrained): per class, the share of hard examples and of the SSL
   term's gradient over training;
-- predictions.png: val images with ground truth, softmax CE and SSL predictions, where the
-  checkpoints of seed 0 are still in the study's runs/ folder.
+- predictions.png: val images with ground truth and the predictions of softmax CE, top-k CE
+  (where its checkpoint is there) and SSL (3), seed --predictions_seed (0), where those
+  checkpoints are still in the study's runs/ folder.
 Needs matplotlib (`pip install -e '.[plot]'`).
 """
 import argparse
@@ -243,8 +244,9 @@ def plot_error_statistics(runs, path, method="ssl3", smoothing=5):
     plt.close(fig)
 
 
-def plot_predictions(study, path, methods=("ce", "ssl3"), num_images=4):
-    """Val images rich in thin classes: image, ground truth, one column per method."""
+def plot_predictions(study, path, methods, seed, num_images=4):
+    """Val images rich in thin classes: image, ground truth, one column per method (its run of
+    the given seed)."""
     from deeplab_ssl import checkpoints, inference, visualization
     from deeplab_ssl import model as model_lib
     from deeplab_ssl.datasets import descriptors, input_pipeline
@@ -265,11 +267,11 @@ def plot_predictions(study, path, methods=("ce", "ssl3"), num_images=4):
                 for e in examples]]
     for method in methods:
         model = model_lib.build_deeplab("mobilenet_v2", camvid.num_classes, **study["model"])
-        checkpoints.restore_model(model, os.path.join(study["runs"], f"{method}_seed0"))
+        checkpoints.restore_model(model, os.path.join(study["runs"], f"{method}_seed{seed}"))
         columns.append([visualization.label_to_color_image(
             inference.predict_labels(model, e["image"])[0].numpy(), colormap)
             for e in examples])
-    titles = ["image", "ground truth"] + [METHODS[m] for m in methods]
+    titles = ["image", "ground truth"] + [f"{METHODS[m]}, seed {seed}" for m in methods]
     fig, axes = plt.subplots(num_images, len(columns), figsize=(3 * len(columns), 2.3 * num_images))
     for col, (title, pictures) in enumerate(zip(titles, columns)):
         for row, picture in enumerate(pictures):
@@ -285,6 +287,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--study", choices=sorted(STUDIES), default="scratch")
     parser.add_argument("--docs", default="docs")
+    parser.add_argument("--predictions_seed", type=int, default=0,
+                        help="the seed whose checkpoints predictions.png shows")
     args = parser.parse_args()
     study = STUDIES[args.study]
     runs = load_runs(study["results"])
@@ -308,8 +312,11 @@ def main():
     plot_curves(runs, docs + "curves.png", study["title"])
     plot_hard_fraction(runs, docs + "hard_fraction.png")
     plot_error_statistics(runs, docs + "error_statistics.png")
-    if all(os.path.isdir(os.path.join(study["runs"], f"{m}_seed0")) for m in ("ce", "ssl3")):
-        plot_predictions(study, docs + "predictions.png")
+    seed = args.predictions_seed
+    methods = [m for m in ("ce", "topk_ce", "ssl3")
+               if os.path.isdir(os.path.join(study["runs"], f"{m}_seed{seed}"))]
+    if "ce" in methods and "ssl3" in methods:
+        plot_predictions(study, docs + "predictions.png", methods, seed)
 
 
 if __name__ == "__main__":
