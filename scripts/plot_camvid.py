@@ -92,7 +92,7 @@ def miou_table(runs):
         accuracy = _mean_std([100 * e["pixel_accuracy"] for _, e, _ in method_runs])
         std = f"{miou[1]:.2f}" if len(method_runs) > 1 else "-"
         t, p = welch_t(mious, ce)
-        t = "" if method == "ce" else "-" if math.isnan(t) else f"{t:+.1f} ({p:.2f})"
+        t = "" if method == "ce" else "-" if math.isnan(t) else f"{t:+.1f} ({p:.2g})"
         lines.append(f"| {METHODS[method]} | {len(method_runs)} | {miou[0]:.2f} | {std} | {t} | "
                      f"{accuracy[0]:.2f} |")
     return "\n".join(lines)
