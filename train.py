@@ -8,6 +8,7 @@ workers, and resumes from the last checkpoint in --train_logdir when started aga
 See docs/training.md.
 """
 import dataclasses
+import os
 import sys
 
 import deeplab_ssl  # noqa: F401  First: it quiets TensorFlow's C++ logs before TF loads.
@@ -19,6 +20,9 @@ from deeplab_ssl import common, distribute, losses, train_utils, training
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import input_pipeline
+
+# train_logdir's record of every flag of the run, as resolved; a flagfile (--flagfile=...).
+RESOLVED_FLAGS_NAME = "train.flags"
 
 # Logs, checkpoints and the distribution.
 flags.DEFINE_string("train_logdir", None, "Where the checkpoints and logs are stored.")
@@ -149,6 +153,10 @@ def make_trainer(strategy):
 
     model_options = common.model_options(descriptor.num_classes, FLAGS.train_logdir)
     common.write_model_options(FLAGS.train_logdir, model_options)
+    # Every flag's value as resolved (flagfiles read, defaults filled in): the run's record,
+    # and a flagfile that reruns it.
+    common.write_text(os.path.join(FLAGS.train_logdir, RESOLVED_FLAGS_NAME),
+                      FLAGS.flags_into_string())
 
     def model_fn():
         keras.utils.set_random_seed(FLAGS.seed)

@@ -25,6 +25,9 @@ STAGES=${STAGES:-"calibration study sensitivity variants"}
 METHODS=${METHODS:-"ce ssl3 bce topk_ce ssl3_ohem_only ssl7"}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 VARIANTS=${VARIANTS:-"ssl3_warmup"}
+# The contest of losses, each at its own learning rate (stages grid and seeds).
+GRID_METHODS=${GRID_METHODS:-"ce topk_ce"}
+FIVE_SEEDS=${FIVE_SEEDS:-"ce topk_ce"}  # Methods that get seeds 3 and 4 too.
 CAMVID=${CAMVID:-../shared/data/camvid}
 CONFIGS=configs/camvid/pretrained
 MODEL=$CONFIGS/deeplabv3plus.flags
@@ -71,22 +74,70 @@ run() {
   if [ -f "$out/eval_val.json" ]; then return; fi
   echo "== $stage $name seed $seed"
   mkdir -p "$out"
+  # A resumed training appends to train.log, and its seconds add to those of the killed one,
+  # which ended at train.log's last write (to within a --log_steps interval).
+  local seconds=0
+  if [ -f "$out/train_started" ]; then
+    seconds=$(( $(cat "$out/train_seconds_before" 2>/dev/null || echo 0)
+                + $(stat -c %Y "$out/train.log") - $(cat "$out/train_started") ))
+    echo "$seconds" > "$out/train_seconds_before"
+  fi
+  date +%s > "$out/train_started"
   local start=$SECONDS
   "$PY" train.py --flagfile="$flagfile" "$@" --seed="$seed" --train_logdir="$logdir" 2>&1 \
-    | tee "$out/train.log" | grep -E "step [0-9]+/|Error" || true
+    | tee -a "$out/train.log" | grep -E "step [0-9]+/|Error" || true
   [ -f "$logdir/checkpoint" ] || { echo "training $stage $name seed $seed failed" >&2; exit 1; }
-  local trained=$((SECONDS - start))
+  echo $((seconds + SECONDS - start)) > "$out/train_seconds"
+  rm -f "$out/train_started" "$out/train_seconds_before"
   "$PY" eval.py --flagfile="$MODEL" --checkpoint_dir="$logdir" --eval_split=val \
     --max_number_of_evaluations=1 > "$out/eval.log" 2>&1
   { cat "$flagfile"; printf '%s\n' "$@" "--seed=$seed"; } > "$out/flags"
+  cp "$logdir/train.flags" "$out/"  # Every flag as train.py resolved it.
   cp "$logdir/train_log.jsonl" "$out/"
-  echo "$trained" > "$out/train_seconds"
   # A seed reproduces only on the same CPU type (the kernels differ with AVX-512 and AVX2).
   { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs
     grep -q avx512f /proc/cpuinfo && echo avx512 || echo avx2; nproc; } > "$out/cpu"
   local json
   json=$(ls -t "$logdir"/model.ckpt-*.eval_val_ms1.json | head -1)
   cp "$json" "$out/eval_val.json.tmp" && mv "$out/eval_val.json.tmp" "$out/eval_val.json"
+}
+
+# rate_dir METHOD RATE: the results folder of METHOD's runs at learning rate RATE: the study's
+# at the frozen rate of train.flags, the sensitivity stage's where it ran that rate (CE and
+# SSL (3), seed 0), else the grid's.
+BASE_RATE=$(grep -oP '^--base_learning_rate=\K.*' "$CONFIGS/train.flags")
+RATES="0.005 0.01 0.02 0.04 0.08"
+rate_dir() {
+  if [ "$2" = "$BASE_RATE" ]; then echo "$OUT/study/$1"
+  elif [ -d "$OUT/sensitivity/${1}_lr$2" ]; then echo "$OUT/sensitivity/${1}_lr$2"
+  else echo "$OUT/grid/${1}_lr$2"; fi
+}
+
+# rate_run METHOD RATE SEED: trains and evaluates METHOD at RATE (where not done yet).
+rate_run() {
+  local dir
+  dir=$(rate_dir "$1" "$2")
+  run "$(basename "$(dirname "$dir")")" "$(basename "$dir")" "$3" "$CONFIGS/$1.flags" \
+    --base_learning_rate="$2"
+}
+
+# rate_miou METHOD RATE: val mIoU of seed 0 at RATE, -1 where that run is missing.
+rate_miou() {
+  local json
+  json=$(rate_dir "$1" "$2")/seed0/eval_val.json
+  if [ -f "$json" ]; then
+    "$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['miou'])" "$json"
+  else echo -1; fi
+}
+
+# best_rate METHOD: the rate with the best val mIoU of seed 0, or none.
+best_rate() {
+  local rate best=none best_miou=-1 miou
+  for rate in $RATES; do
+    miou=$(rate_miou "$1" "$rate")
+    if awk "BEGIN {exit !($miou > $best_miou)}"; then best=$rate best_miou=$miou; fi
+  done
+  echo "$best"
 }
 
 for stage in $STAGES; do
@@ -122,6 +173,29 @@ for stage in $STAGES; do
           if wanted "$SEEDS" "$seed"; then
             run variants "$variant" "$seed" "$CONFIGS/$variant.flags"
           fi
+        done
+      done ;;
+    grid)
+      # Each method's learning rate, from seed 0 on val: 0.01, 0.02 and 0.04; 0.005 where 0.01
+      # beats 0.02; 0.08 where 0.04 beats both.
+      for method in $GRID_METHODS; do
+        for rate in 0.01 0.02 0.04; do rate_run "$method" "$rate" 0; done
+        if awk "BEGIN {exit !($(rate_miou "$method" 0.01) > $(rate_miou "$method" 0.02))}"; then
+          rate_run "$method" 0.005 0
+        fi
+        if [ "$(best_rate "$method")" = 0.04 ]; then rate_run "$method" 0.08 0; fi
+      done ;;
+    seeds)
+      # Each method at its best rate of the grid: seeds 1-2, then seeds 3-4 of SEEDS_1_TO_4.
+      for pass in "1 2" "3 4"; do
+        for method in $GRID_METHODS; do
+          rate=$(best_rate "$method")
+          [ "$rate" != none ] || { echo "no grid for $method: run STAGES=grid first" >&2; exit 1; }
+          for seed in $pass; do
+            if wanted "$SEEDS" "$seed" && { [ "$seed" -le 2 ] || wanted "$FIVE_SEEDS" "$method"; }; then
+              rate_run "$method" "$rate" "$seed"
+            fi
+          done
         done
       done ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;

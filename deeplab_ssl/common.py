@@ -141,14 +141,18 @@ def read_model_options(train_logdir):
         return json.load(f)
 
 
-def write_model_options(train_logdir, options):
-    """Writes `options` as train_logdir/model_options.json (temporary name, then renamed)."""
-    os.makedirs(train_logdir, exist_ok=True)
-    path = os.path.join(train_logdir, MODEL_OPTIONS_NAME)
-    temporary = f"{path}.tmp{os.getpid()}"  # Every worker of a cluster writes it.
+def write_text(path, text):
+    """Writes `text` to `path` under a temporary name, then renames it: never half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.tmp{os.getpid()}"  # Every worker of a cluster may write it.
     with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(options, f, indent=2)
+        f.write(text)
     os.replace(temporary, path)
+
+
+def write_model_options(train_logdir, options):
+    """Writes `options` as train_logdir/model_options.json."""
+    write_text(os.path.join(train_logdir, MODEL_OPTIONS_NAME), json.dumps(options, indent=2))
 
 
 def model_options(num_classes, train_logdir=None):

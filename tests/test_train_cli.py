@@ -52,6 +52,10 @@ def test_deterministic_runs_with_the_same_seed_are_the_same(demo_dir, tmp_path):
     assert len(logs[0]) == 6 and logs[0] == logs[1]
     with open(os.path.join(logdir, "model_options.json")) as f:  # For eval, vis and export.
         assert json.load(f)["depth_multiplier"] == 0.25
+    with open(os.path.join(logdir, "train.flags")) as f:  # The run's flags, as resolved.
+        resolved = f.read().splitlines()
+    assert {"--seed=3", "--deterministic", "--training_number_of_steps=6",
+            "--loss=ssl", f"--train_logdir={logdir}"} <= set(resolved)
     assert weights[0].keys() == weights[1].keys()
     for name, value in weights[0].items():
         assert (value == weights[1][name]).all(), name
