@@ -96,7 +96,10 @@ flags.DEFINE_float("last_layer_gradient_multiplier", 1.0,
 flags.DEFINE_enum("loss", "ssl", losses.LOSS_NAMES,
                   "ssl (the paper's Eq. 17), bce (sigmoid CE), softmax_ce (deeplab's), topk_ce "
                   "(softmax CE on the top_k_percent_pixels hardest pixels), ssim7 / ssim9 "
-                  "(Eq. 7 / Eq. 9 + BCE), affinity (softmax CE + affinity field loss).")
+                  "(Eq. 7 / Eq. 9 + BCE), affinity (softmax CE + affinity field loss); beyond "
+                  "the paper, ssl_softmax (the SSL's structural weight on softmax CE), "
+                  "ssl_softmax_topk (and on the top 25% of the pixels), "
+                  "ssl_softmax_topk_balanced (and normalised per class).")
 flags.DEFINE_integer("ssl_window_size", 3,
                      "Region size k of the SSL and the SSIM losses (odd; paper: 1 to 11).")
 flags.DEFINE_float("ssl_sigma", 1.5, "Std of the Gaussian window of the SSL and SSIM losses.")
@@ -108,9 +111,13 @@ flags.DEFINE_boolean("ssl_reweight", True, "SSL: weight hard examples by e (Tabl
 flags.DEFINE_integer("ssl_warmup_steps", 0,
                      "SSL, beyond the paper: the BCE term alone for this many steps, then "
                      "Eq. 17 (docs/results.md says when it helps); 0: the paper's loss.")
+flags.DEFINE_boolean("ssl_class_balanced", False,
+                     "ssl_softmax*: the structural term normalised per class of the labels "
+                     "(ssl_softmax_topk_balanced defaults to True).")
 flags.DEFINE_float("top_k_percent_pixels", 1.0,
-                   "softmax_ce / topk_ce: fraction of the hardest pixels in the loss "
-                   "(topk_ce defaults to 0.25 when this flag is not given).")
+                   "softmax_ce / topk_ce / ssl_softmax*: fraction of the hardest pixels in the "
+                   "CE term (topk_ce and ssl_softmax_topk* default to 0.25 when this flag is "
+                   "not given).")
 flags.DEFINE_integer("hard_example_mining_step", 0,
                      "softmax_ce / topk_ce: step at which mining reaches top_k_percent_pixels.")
 flags.DEFINE_float("affinity_kld_margin", 3.0, "Affinity field loss: separating-force margin.")

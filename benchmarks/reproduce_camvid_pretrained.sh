@@ -12,21 +12,34 @@
 #                calibration left open whether 0.02 beats 0.01 at crop 257)
 #   variants     beyond the paper: the SSL variants (configs/camvid/pretrained/VARIANT.flags),
 #                seeds 0-2
-# Every run keeps its flags, training log, evaluation JSON and wall time under
-# results/camvid_pretrained/STAGE/NAME/seedSEED/; checkpoints stay in runs/ (not committed).
+#   grid         the contest of losses (GRID_METHODS): each method's learning rate, chosen on
+#                val with seed 0 from 0.01, 0.02, 0.04 (0.005 where 0.01 beats 0.02, 0.08
+#                where 0.04 beats the others); a rate's runs that the stages above made are
+#                reused (results/camvid_pretrained/grid/METHOD_lrRATE/ holds the others)
+#   seeds        each method of GRID_METHODS at its chosen rate: seeds 1-2, then seeds 3-4 of
+#                FIVE_SEEDS
+# Every run keeps its flags (as given in `flags`, as train.py resolved them in `train.flags`),
+# its whole train.log, its training log (train_log.jsonl), evaluation JSON, wall time and CPU
+# under results/camvid_pretrained/STAGE/NAME/seedSEED/; checkpoints stay in runs/ (not
+# committed).
 # Runs whose evaluation exists are skipped, and a killed training resumes from its checkpoint,
 # so the command also resumes a stopped study. The runs are deterministic (--deterministic):
 # the same seed gives the same numbers on the same machine and TensorFlow.
-# STAGES, METHODS and SEEDS (environment) choose a subset, e.g. STAGES=study METHODS=ce SEEDS=0.
+# STAGES, METHODS, GRID_METHODS and SEEDS (environment) choose a subset, e.g.
+#   STAGES=study METHODS=ce SEEDS=0, or STAGES=grid GRID_METHODS=topk_ce.
+# Bash reads a script as it runs it: to edit this file during a study, run a copy of it,
+#   bash -c "$(cat benchmarks/reproduce_camvid_pretrained.sh)" benchmarks/reproduce_camvid_pretrained.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
-STAGES=${STAGES:-"calibration study sensitivity variants"}
+STAGES=${STAGES:-"calibration study sensitivity variants grid seeds"}
 METHODS=${METHODS:-"ce ssl3 bce topk_ce ssl3_ohem_only ssl7"}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 VARIANTS=${VARIANTS:-"ssl3_warmup"}
-# The contest of losses, each at its own learning rate (stages grid and seeds).
-GRID_METHODS=${GRID_METHODS:-"ce topk_ce"}
+# The contest of losses, each at its own learning rate (stages grid and seeds): the two
+# strongest baselines first, then the structure-aware variants beyond the paper, then the
+# paper's SSL and its base.
+GRID_METHODS=${GRID_METHODS:-"ce topk_ce ssl_softmax_topk ssl_softmax_topk_balanced ssl_softmax ssl3 bce"}
 FIVE_SEEDS=${FIVE_SEEDS:-"ce topk_ce"}  # Methods that get seeds 3 and 4 too.
 CAMVID=${CAMVID:-../shared/data/camvid}
 CONFIGS=configs/camvid/pretrained

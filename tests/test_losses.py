@@ -37,9 +37,11 @@ def np_window_sum(x, window):
 
 
 def np_ssl_reference(labels, logits, window_size=3, sigma=1.5, beta=0.1, c4=0.01,
-                     ce_weight=0.5, ohem=True, reweight=True, return_normalized=False):
+                     ce_weight=0.5, ohem=True, reweight=True, return_normalized=False,
+                     probabilities="sigmoid"):
     """Returns (loss, d loss / d logits, e, threshold, sums) in float64, then y_nor and p_nor
-    if return_normalized."""
+    if return_normalized. probabilities="softmax": e of the softmax probabilities (the loss
+    and its gradient are then meaningless; SoftmaxSSLoss's reference uses e)."""
     labels = np.asarray(labels)
     logits = np.asarray(logits, np.float64)
     batch, height, width, num_classes = logits.shape
@@ -48,6 +50,9 @@ def np_ssl_reference(labels, logits, window_size=3, sigma=1.5, beta=0.1, c4=0.01
     e_max = 2 * (1 - w_c) / (math.sqrt(w_c * (1 - w_c)) + c4)
     valid = (labels != IGNORE).astype(np.float64)
     probs = 1.0 / (1.0 + np.exp(-logits))
+    if probabilities == "softmax":
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
     error = np.zeros_like(logits)
     targets = np.zeros_like(logits)
     y_nor, p_nor = np.zeros_like(logits), np.zeros_like(logits)
@@ -347,13 +352,15 @@ def two_replicas():
         ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
-def test_cross_replica_loss_equals_global_batch_on_two_replicas():
+# Losses whose loss of the global batch is exact across replicas (top-k mining is per replica).
+@pytest.mark.parametrize("loss", [losses.SSLoss(), losses.SoftmaxSSLoss(class_balanced=True)],
+                         ids=["ssl", "ssl_softmax_balanced"])
+def test_cross_replica_loss_equals_global_batch_on_two_replicas(loss):
     """Loss value on every replica AND summed gradients equal the single-device global batch."""
     strategy = two_replicas()
     labels, features = random_batch(7, shape=(4, 10, 9, 3))
     # Replica 0 gets mostly ignored pixels, so per-replica averaging would be wrong.
     labels[:2, :, 2:] = IGNORE
-    loss = losses.SSLoss()
     with strategy.scope():
         scale = tf.Variable([1.0, -0.5, 2.0])
         bias = tf.Variable([0.1, 0.2, -0.3])

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from deeplab_ssl import losses
 from test_losses import IGNORE, loss_and_gradient, np_gaussian_window, np_window_sum
-from test_losses import random_batch
+from test_losses import np_ssl_reference, random_batch
 
 
 def np_softmax(logits):
@@ -194,3 +194,59 @@ def test_get_loss_defaults_and_overrides():
     assert losses.get_loss("ssim9").contrast_structure_only
     assert not losses.get_loss("ssim7").contrast_structure_only
     assert losses.get_loss("ssl", window_size=7).window_size == 7
+
+
+def np_softmax_ssl_reference(labels, logits, top_k_percent_pixels=1.0, class_balanced=False,
+                             ce_weight=0.5):
+    """SoftmaxSSLoss's loss and gradient from its docstring's definition, in float64."""
+    _, _, error, threshold, _ = np_ssl_reference(labels, logits, probabilities="softmax")
+    is_hard = error > threshold  # e is 0 at ignored pixels
+    weight, num_hard = (error * is_hard).sum(-1), is_hard.sum(-1)
+    pixel_ce = np_softmax_ce(labels, logits)
+    valid = labels != IGNORE
+    if top_k_percent_pixels == 1.0:
+        ce_coefficient = valid / valid.sum()
+    else:
+        k = int(np.float32(top_k_percent_pixels) * np.float32(pixel_ce.size))
+        chosen = np.zeros(pixel_ce.size)
+        chosen[np.argsort(-pixel_ce.ravel())[:k]] = 1.0
+        chosen = chosen.reshape(pixel_ce.shape)
+        ce_coefficient = chosen / np.count_nonzero(chosen * pixel_ce)
+    structural_coefficient = np.zeros_like(pixel_ce)
+    if class_balanced:
+        classes = [c for c in range(logits.shape[-1]) if num_hard[labels == c].sum() > 0]
+        for c in classes:
+            structural_coefficient[labels == c] = (
+                weight[labels == c] / num_hard[labels == c].sum() / len(classes))
+    else:
+        structural_coefficient = weight / num_hard.sum()
+    coefficient = ce_weight * ce_coefficient + (1 - ce_weight) * structural_coefficient
+    targets = np.eye(logits.shape[-1])[np.where(valid, labels, 0)] * valid[..., None]
+    gradient = coefficient[..., None] * (np_softmax(np.asarray(logits, np.float64)) - targets)
+    return (coefficient * pixel_ce).sum(), gradient
+
+
+@pytest.mark.parametrize("name", ["ssl_softmax", "ssl_softmax_topk",
+                                  "ssl_softmax_topk_balanced"])
+def test_softmax_ssl_variants_match_numpy_reference(name):
+    labels, logits = random_batch(5, shape=(2, 12, 13, 5))
+    loss = losses.get_loss(name)
+    expected, expected_gradient = np_softmax_ssl_reference(
+        labels, logits, loss.top_k_percent_pixels, loss.class_balanced)
+    value, gradient = loss_and_gradient(loss, labels, logits)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-9)
+    # The structural term is not empty, and class balancing changes it here.
+    terms = {k: float(v) for k, v in loss.terms(loss.sums(labels, logits)).items()}
+    assert terms["ssl"] > 0
+    other = losses.SoftmaxSSLoss(top_k_percent_pixels=loss.top_k_percent_pixels,
+                                 class_balanced=not loss.class_balanced)
+    assert float(other(labels, logits)) != pytest.approx(value, rel=1e-3)
+
+
+def test_softmax_ssl_with_lambda_one_is_its_cross_entropy():
+    labels, logits = random_batch(8)
+    for top_k in (1.0, 0.25):
+        value = losses.SoftmaxSSLoss(ce_weight=1.0, top_k_percent_pixels=top_k)(labels, logits)
+        expected = losses.SoftmaxCrossEntropy(top_k_percent_pixels=top_k)(labels, logits)
+        np.testing.assert_allclose(value, expected, rtol=1e-6)

@@ -378,7 +378,7 @@ def test_an_input_error_saves_the_last_good_step_and_training_resumes(tmp_path):
     assert resumed.train(dataset_fn_of(images, labels, 4)) == 6
 
 
-@pytest.mark.parametrize("loss_name", ["softmax_ce", "bce"])
+@pytest.mark.parametrize("loss_name", ["softmax_ce", "bce", "ssl_softmax_topk_balanced"])
 def test_losses_without_statistics_train_through_log_steps(tmp_path, loss_name):
     images, labels = make_data()
     trainer = training.Trainer(seeded_model_fn(), losses.get_loss(loss_name),

@@ -12,6 +12,7 @@ from deeplab_ssl.losses.cross_entropy import SigmoidCrossEntropy
 from deeplab_ssl.losses.cross_entropy import SoftmaxCrossEntropy
 from deeplab_ssl.losses.ssim import SSIMLoss
 from deeplab_ssl.losses.ssl import SSLoss
+from deeplab_ssl.losses.ssl_softmax import SoftmaxSSLoss
 
 # name -> (class, default keyword arguments); get_loss's kwargs override the defaults.
 _LOSSES = {
@@ -23,6 +24,12 @@ _LOSSES = {
     "ssim7": (SSIMLoss, {"contrast_structure_only": False}),
     "ssim9": (SSIMLoss, {"contrast_structure_only": True}),
     "affinity": (AffinityFieldLoss, {}),
+    # Beyond the paper (ssl_softmax.py): the SSL's structural weight on softmax CE, then also
+    # on deeplab's top 25% of the pixels, then also normalised per class.
+    "ssl_softmax": (SoftmaxSSLoss, {}),
+    "ssl_softmax_topk": (SoftmaxSSLoss, {"top_k_percent_pixels": 0.25}),
+    "ssl_softmax_topk_balanced": (SoftmaxSSLoss, {"top_k_percent_pixels": 0.25,
+                                                  "class_balanced": True}),
 }
 LOSS_NAMES = tuple(_LOSSES)
 # The train.py flag of each constructor argument, per loss class.
@@ -37,6 +44,9 @@ _FLAGS = {
     SoftmaxCrossEntropy: _MINING_FLAGS,
     SSIMLoss: _SSL_WINDOW_FLAGS,
     AffinityFieldLoss: {"kld_margin": "affinity_kld_margin"},
+    SoftmaxSSLoss: {**_SSL_WINDOW_FLAGS, "beta": "ssl_beta",
+                    "top_k_percent_pixels": "top_k_percent_pixels",
+                    "class_balanced": "ssl_class_balanced"},
 }
 
 
@@ -74,5 +84,5 @@ def arguments_from_flags(name, flag_values):
 
 
 __all__ = ["AffinityFieldLoss", "LOSS_NAMES", "SSIMLoss", "SSLoss", "SigmoidCrossEntropy",
-           "SoftmaxCrossEntropy", "SumsLoss", "arguments_from_flags", "cross_replica_loss",
+           "SoftmaxCrossEntropy", "SoftmaxSSLoss", "SumsLoss", "arguments_from_flags", "cross_replica_loss",
            "get_loss"]

@@ -122,6 +122,21 @@ class SigmoidCrossEntropy(base.SumsLoss):
         return config
 
 
+def pixel_cross_entropy(labels, logits, valid):
+    """Softmax cross entropy of each pixel, -log softmax(logits)[label], 0 at invalid pixels.
+
+    Args:
+      labels: int32 [B, H, W], -1 at invalid pixels.
+      logits: float32 [B, H, W, C].
+      valid: float32 [B, H, W, 1].
+
+    Returns:
+      float32 [B, H, W].
+    """
+    return valid[..., 0] * ops.sparse_categorical_crossentropy(
+        ops.maximum(labels, 0), logits, from_logits=True)
+
+
 def _largest(values, k):
     """The k largest of `values` (float32 [N]), in any order, or zeros in their place.
 
@@ -179,9 +194,15 @@ class SoftmaxCrossEntropy(base.SumsLoss):
 
     def sums(self, y_true, y_pred):
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
-        valid = valid[..., 0]
-        pixel_losses = valid * ops.sparse_categorical_crossentropy(
-            ops.maximum(labels, 0), logits, from_logits=True)
+        return self.mined_sums(pixel_cross_entropy(labels, logits, valid), valid)
+
+    def mined_sums(self, pixel_losses, valid):
+        """The sums of the loss, {"ce_sum", "num_present"}.
+
+        Args:
+          pixel_losses: float32 [B, H, W], `pixel_cross_entropy`.
+          valid: float32 [B, H, W, 1].
+        """
         if self.top_k_percent_pixels == 1.0:
             return {"ce_sum": ops.sum(pixel_losses), "num_present": ops.sum(valid)}
         pixel_losses = ops.reshape(pixel_losses, [-1])

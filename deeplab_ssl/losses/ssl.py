@@ -31,7 +31,17 @@ def max_structural_error(window_size, sigma, c4):
     return 2.0 * (1.0 - w_c) / (math.sqrt(w_c * (1.0 - w_c)) + c4)
 
 
-def _normalized_maps(labels, probs, valid, window_size, sigma, c4):
+def check_arguments(beta, c4, ce_weight):
+    """Raises ValueError naming beta, c4 or ce_weight where it is out of its range."""
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    if not c4 > 0:
+        raise ValueError(f"c4 must be > 0, got {c4}")
+    if not 0.0 <= ce_weight <= 1.0:
+        raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
+
+
+def structural_maps(labels, probs, valid, window_size, sigma, c4):
     """y (one-hot), y_nor and p_nor of the SSLoss docstring, with keras.ops (any backend).
 
     Args:
@@ -84,7 +94,7 @@ def _weights_and_sums(labels, logits, valid, window_size, sigma, c4, threshold, 
       sums: float32 [3]: sum(m BCE), sum(weight BCE), M (0 without OHEM).
     """
     probs = ops.sigmoid(logits)
-    one_hot, y_nor, p_nor = _normalized_maps(labels, probs, valid, window_size, sigma, c4)
+    one_hot, y_nor, p_nor = structural_maps(labels, probs, valid, window_size, sigma, c4)
     error = ops.abs(y_nor - p_nor)
     if threshold is None:
         weight = error
@@ -104,7 +114,7 @@ def _weights_and_sums(labels, logits, valid, window_size, sigma, c4, threshold, 
 # a few loops, for the whole batch. Inside a caller's XLA compilation (Keras' jit_compile, a
 # jitted JAX step) the function is compiled as part of the caller's.
 _WINDOW_ARGUMENTS = ("window_size", "sigma", "c4")
-_xla_normalized_maps = backend.xla_function(_normalized_maps, _WINDOW_ARGUMENTS)
+_xla_structural_maps = backend.xla_function(structural_maps, _WINDOW_ARGUMENTS)
 _xla_weights_and_sums = backend.xla_function(
     _weights_and_sums, _WINDOW_ARGUMENTS + ("threshold", "reweight"))
 
@@ -220,12 +230,7 @@ class SSLoss(base.SumsLoss):
                  ignore_label=255, from_logits=True, ohem=True, reweight=True, warmup_steps=0,
                  implementation="auto", name="ssl", **kwargs):
         super().__init__(name=name, **kwargs)
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta must be in [0, 1), got {beta}")
-        if not 0.0 <= ce_weight <= 1.0:
-            raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
-        if not c4 > 0:
-            raise ValueError(f"c4 must be > 0, got {c4}")
+        check_arguments(beta, c4, ce_weight)
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if implementation not in IMPLEMENTATIONS:
@@ -417,7 +422,7 @@ class SSLoss(base.SumsLoss):
 
     def _normalized_maps(self, labels, logits, valid):
         """y, y_nor and p_nor, float32 [B, H, W, C], from _labels_logits_and_mask's tensors."""
-        return _xla_normalized_maps(labels, ops.sigmoid(logits), valid, self.window_size,
+        return _xla_structural_maps(labels, ops.sigmoid(logits), valid, self.window_size,
                                     self.sigma, self.c4)
 
     def sums(self, y_true, y_pred):
