@@ -14,7 +14,7 @@ import sys
 import deeplab_ssl  # noqa: F401  First: it quiets TensorFlow's C++ logs before TF loads.
 import keras
 import tensorflow as tf
-from absl import app, flags
+from absl import app, flags, logging
 
 from deeplab_ssl import common, distribute, losses, train_utils, training
 from deeplab_ssl import model as model_lib
@@ -118,6 +118,13 @@ flags.DEFINE_float("top_k_percent_pixels", 1.0,
                    "softmax_ce / topk_ce / ssl_softmax*: fraction of the hardest pixels in the "
                    "CE term (topk_ce and ssl_softmax_topk* default to 0.25 when this flag is "
                    "not given).")
+flags.DEFINE_list("class_weights", None,
+                  "softmax_ce / topk_ce: the weight of each class's pixels, C numbers "
+                  "(deeplab's per-class loss_weight), e.g. 1,1,5.")
+flags.DEFINE_enum("class_weighting", "none", ["none", "median_frequency"],
+                  "softmax_ce / topk_ce: median_frequency weighs each class by the median "
+                  "class frequency over its own, from the --train_split's labels (SegNet's "
+                  "CamVid weights); the weights are logged.")
 flags.DEFINE_integer("hard_example_mining_step", 0,
                      "softmax_ce / topk_ce: step at which mining reaches top_k_percent_pixels.")
 flags.DEFINE_float("affinity_kld_margin", 3.0, "Affinity field loss: separating-force margin.")
@@ -142,12 +149,46 @@ def train_options():
     return training.TrainOptions(**{name: FLAGS[name].value for name in fields})
 
 
-def make_loss(ignore_label):
+def class_weights(descriptor):
+    """C floats from --class_weights or --class_weighting, or None (no weights).
+
+    Raises:
+        ValueError: naming the flag (both given, a number that is none, a count that differs
+            from the dataset's classes, a loss that takes no weights).
+    """
+    if FLAGS.class_weights is None and FLAGS.class_weighting == "none":
+        return None
+    if FLAGS.loss not in ("softmax_ce", "topk_ce"):
+        raise ValueError(f"--class_weights and --class_weighting apply to softmax_ce and "
+                         f"topk_ce, not --loss={FLAGS.loss}")
+    if FLAGS.class_weights is not None:
+        if FLAGS.class_weighting != "none":
+            raise ValueError("give --class_weights or --class_weighting, not both")
+        try:
+            weights = [float(w) for w in FLAGS.class_weights]
+        except ValueError:
+            raise ValueError(f"--class_weights={','.join(FLAGS.class_weights)} holds a value "
+                             "that is not a number") from None
+        if len(weights) != descriptor.num_classes:
+            raise ValueError(f"--class_weights has {len(weights)} weights, --dataset="
+                             f"{descriptor.name} {descriptor.num_classes} classes")
+        return weights
+    weights = train_utils.median_frequency_weights(*input_pipeline.label_histogram(
+        descriptor, FLAGS.dataset_dir, FLAGS.train_split))
+    logging.info("Median frequency class weights of split %r: %s", FLAGS.train_split,
+                 ", ".join(f"{name} {w:.3f}" for name, w in zip(descriptor.class_names, weights)))
+    return weights
+
+
+def make_loss(descriptor):
     """The loss named by --loss with its flags."""
     name = FLAGS.loss
     try:
-        return losses.get_loss(name, ignore_label=ignore_label,
-                               **losses.arguments_from_flags(name, FLAGS))
+        arguments = losses.arguments_from_flags(name, FLAGS)
+        weights = class_weights(descriptor)
+        if weights is not None:
+            arguments["class_weights"] = weights
+        return losses.get_loss(name, ignore_label=descriptor.ignore_label, **arguments)
     except ValueError as error:
         raise ValueError(f"--loss={name} with its flags: {error}") from error
 
@@ -174,7 +215,7 @@ def make_trainer(strategy):
             train_utils.set_batch_norm_decay(model, FLAGS.batch_norm_decay)
         return model
 
-    return training.Trainer(model_fn, make_loss(descriptor.ignore_label), options,
+    return training.Trainer(model_fn, make_loss(descriptor), options,
                             strategy=strategy, colormap=descriptor.colormap)
 
 

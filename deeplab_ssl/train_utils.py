@@ -1,5 +1,6 @@
 """deeplab's utils/train_utils.py: the learning rate, gradient multipliers, initial weights."""
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -139,3 +140,26 @@ def gradient_multipliers(variables, last_layer_gradient_multiplier=1.0,
         multipliers.append(multiplier)
     return multipliers
 
+
+def median_frequency_weights(pixel_counts, image_pixel_counts):
+    """Median frequency balancing (Eigen and Fergus 2015; SegNet's and ENet's CamVid weights).
+
+    freq_c = pixels of class c / labelled pixels of the images where c appears, and
+    w_c = median over the classes of freq / freq_c, so a class at the median frequency weighs
+    1 and rarer classes more. A class absent from the data gets 0 (it has no pixel to weigh).
+
+    Args:
+        pixel_counts, image_pixel_counts: arrays [C], from input_pipeline.label_histogram.
+
+    Returns:
+        list of C floats.
+    """
+    pixel_counts = np.asarray(pixel_counts, np.float64)
+    image_pixel_counts = np.asarray(image_pixel_counts, np.float64)
+    present = pixel_counts > 0
+    if not present.any():
+        raise ValueError("median frequency weights of a split without labelled pixels")
+    frequency = pixel_counts[present] / image_pixel_counts[present]
+    weights = np.zeros_like(pixel_counts)
+    weights[present] = np.median(frequency) / frequency
+    return weights.tolist()

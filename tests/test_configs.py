@@ -6,9 +6,9 @@ import os
 import pytest
 from absl import flags
 
-from deeplab_ssl import common
+from deeplab_ssl import common, train_utils
 from deeplab_ssl.core import feature_extractor
-from deeplab_ssl.datasets import descriptors
+from deeplab_ssl.datasets import descriptors, input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(path, ROOT)
@@ -39,6 +39,7 @@ def _load_train_module():
 
 
 train = _load_train_module()
+DEMO = descriptors.get_descriptor("demo")
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_flagfile_parses_into_valid_training_settings(parse, path):
         f.train_logdir = "unused"
     descriptor.split_size(f.train_split)
     train.train_options()  # Raises naming a bad flag.
-    train.make_loss(descriptor.ignore_label)
+    train.make_loss(descriptor)
     assert min(train.crop_size()) > 0
 
 
@@ -188,7 +189,7 @@ def test_loss_errors_name_the_flags(parse):
     parse("configs/demo_train.flags")
     FLAGS.ssl_beta = 1.5
     with pytest.raises(ValueError, match="--loss=ssl"):
-        train.make_loss(255)
+        train.make_loss(DEMO)
 
 
 def test_one_crop_size_is_square(parse):
@@ -210,9 +211,34 @@ def test_the_last_crop_size_counts(parse):
 def test_loss_flags_map_to_constructor_arguments(parse):
     parse("configs/demo_train.flags")
     FLAGS(["train.py", "--loss=topk_ce"])
-    assert train.make_loss(255).top_k_percent_pixels == 0.25  # topk_ce's own default.
+    assert train.make_loss(DEMO).top_k_percent_pixels == 0.25  # topk_ce's own default.
     FLAGS(["train.py", "--top_k_percent_pixels=0.5"])
-    assert train.make_loss(255).top_k_percent_pixels == 0.5
+    assert train.make_loss(DEMO).top_k_percent_pixels == 0.5
     FLAGS(["train.py", "--loss=ssl", "--ssl_window_size=7", "--nossl_reweight"])
-    loss = train.make_loss(11)
+    loss = train.make_loss(descriptors.get_descriptor("camvid"))
     assert (loss.window_size, loss.reweight, loss.ohem, loss.ignore_label) == (7, False, True, 11)
+
+
+def test_class_weights_from_the_flags(parse, demo_dir):
+    parse("configs/demo_train.flags")
+    FLAGS(["train.py", "--loss=softmax_ce", "--class_weights=" + ",".join(["1"] * 9 + ["2.5"])])
+    assert train.make_loss(DEMO).class_weights == [1.0] * 9 + [2.5]
+    FLAGS(["train.py", "--class_weights=1,2"])
+    with pytest.raises(ValueError, match="--class_weights has 2 weights, --dataset=demo 10"):
+        train.make_loss(DEMO)
+    FLAGS(["train.py", "--class_weights=1,x"])
+    with pytest.raises(ValueError, match="not a number"):
+        train.make_loss(DEMO)
+    FLAGS(["train.py", "--class_weighting=median_frequency"])
+    with pytest.raises(ValueError, match="not both"):
+        train.make_loss(DEMO)
+    FLAGS.class_weights = None
+    FLAGS.dataset_dir = demo_dir
+    FLAGS(["train.py", "--loss=topk_ce"])
+    loss = train.make_loss(DEMO)
+    assert loss.top_k_percent_pixels == 0.25
+    assert loss.class_weights == train_utils.median_frequency_weights(
+        *input_pipeline.label_histogram(DEMO, demo_dir, "train"))
+    FLAGS(["train.py", "--loss=ssl"])
+    with pytest.raises(ValueError, match="apply to softmax_ce and topk_ce"):
+        train.make_loss(DEMO)

@@ -290,3 +290,22 @@ def test_a_custom_dataset_comes_from_the_builders_description(tmp_path):
     assert descriptor.split_size("train") == 3 and len(descriptor.class_names) == 8
     with pytest.raises(ValueError, match="--num_classes"):
         descriptors.get_descriptor("custom", str(tmp_path))
+
+
+def test_label_histogram_counts_classes_and_the_labelled_pixels_of_their_images(tmp_path):
+    labels = []
+    examples = []
+    for i, size in enumerate(sizes(3)):
+        image, label = example_arrays(i, *size)
+        label[:3] = IGNORE
+        labels.append(label[..., 0])
+        examples.append(serialize(f"image_{i}.png", image, label))
+    directory = write_split(str(tmp_path), "val", examples, num_shards=2)
+    pixel_counts, image_pixel_counts = input_pipeline.label_histogram(
+        descriptors.get_descriptor(DATASET), directory, "val")
+    expected_pixels = sum(np.bincount(label[label != IGNORE], minlength=21) for label in labels)
+    expected_images = sum(np.where(np.bincount(label[label != IGNORE], minlength=21) > 0,
+                                   (label != IGNORE).sum(), 0) for label in labels)
+    np.testing.assert_array_equal(pixel_counts, expected_pixels)
+    np.testing.assert_array_equal(image_pixel_counts, expected_images)
+    assert pixel_counts[8:].sum() == 0 and pixel_counts[:8].min() > 0

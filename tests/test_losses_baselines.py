@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_ssl import losses
+from deeplab_ssl import losses, train_utils
 from test_losses import IGNORE, loss_and_gradient, np_gaussian_window, np_window_sum
 from test_losses import np_ssl_reference, random_batch
 
@@ -250,3 +250,27 @@ def test_softmax_ssl_with_lambda_one_is_its_cross_entropy():
         value = losses.SoftmaxSSLoss(ce_weight=1.0, top_k_percent_pixels=top_k)(labels, logits)
         expected = losses.SoftmaxCrossEntropy(top_k_percent_pixels=top_k)(labels, logits)
         np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+def test_class_weighted_cross_entropy_is_deeplabs_loss_weight():
+    labels, logits = random_batch(3)
+    weights = np.array([0.5, 1.0, 2.0, 4.0])
+    valid = labels != IGNORE
+    weighted = np_softmax_ce(labels, logits) * weights[np.where(valid, labels, 0)] * valid
+    loss = losses.SoftmaxCrossEntropy(class_weights=weights.tolist())
+    # deeplab divides the weighted sum by the number of valid pixels.
+    assert loss(labels, logits).numpy() == pytest.approx(weighted.sum() / valid.sum(), rel=1e-5)
+    top_k = np.sort(weighted.ravel())[::-1][:int(np.float32(0.25) * np.float32(weighted.size))]
+    mined = losses.SoftmaxCrossEntropy(class_weights=weights.tolist(), top_k_percent_pixels=0.25)
+    assert mined(labels, logits).numpy() == pytest.approx(top_k.sum() / np.count_nonzero(top_k),
+                                                         rel=1e-5)
+    with pytest.raises(ValueError, match="class_weights has 3 weights"):
+        losses.SoftmaxCrossEntropy(class_weights=[1, 1, 1])(labels, logits)
+    with pytest.raises(ValueError, match=">= 0"):
+        losses.SoftmaxCrossEntropy(class_weights=[1, -1, 1, 1])
+
+
+def test_median_frequency_weights_by_hand():
+    # freq = 10/100, 30/100, (absent), 5/50: median 0.1.
+    weights = train_utils.median_frequency_weights([10, 30, 0, 5], [100, 100, 0, 50])
+    np.testing.assert_allclose(weights, [1.0, 1.0 / 3.0, 0.0, 1.0])

@@ -391,3 +391,35 @@ def get_dataset(dataset_name, dataset_dir, split, batch_size, crop_size=None, is
         **preprocess_options(crop_size, min_resize_value, max_resize_value, resize_factor,
                              min_scale_factor, max_scale_factor, scale_factor_step_size,
                              mean_pixel, descriptor.ignore_label))
+
+
+def label_histogram(descriptor, dataset_dir, split):
+    """Per class, its pixels in the split and the labelled pixels of the images that show it.
+
+    What median frequency balancing needs (train_utils.median_frequency_weights). Reads the
+    whole split once (CamVid's 367 training labels: a few seconds).
+
+    Args:
+        descriptor: datasets.descriptors.DatasetDescriptor.
+        dataset_dir: str, folder of the split's shards.
+        split: str.
+
+    Returns:
+        (pixel_counts, image_pixel_counts): int64 numpy arrays [num_classes]; pixels labelled
+        ignore_label count in neither.
+    """
+    num_classes = descriptor.num_classes
+
+    def counts(example):
+        labels = tf.reshape(tf.cast(example["label"], tf.int32), [-1])
+        labels = tf.boolean_mask(labels, tf.not_equal(labels, descriptor.ignore_label))
+        histogram = tf.math.bincount(labels, minlength=num_classes, maxlength=num_classes,
+                                     dtype=tf.int64)
+        shown = tf.where(histogram > 0, tf.reduce_sum(histogram), tf.zeros_like(histogram))
+        return histogram, shown
+
+    zeros = tf.zeros([num_classes], tf.int64)
+    pixel_counts, image_pixel_counts = get_dataset(descriptor, dataset_dir, split, 1).map(
+        counts).reduce((zeros, zeros), lambda total, image: (total[0] + image[0],
+                                                             total[1] + image[1]))
+    return pixel_counts.numpy(), image_pixel_counts.numpy()

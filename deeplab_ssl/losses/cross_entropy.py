@@ -165,12 +165,17 @@ class SoftmaxCrossEntropy(base.SumsLoss):
       ratio = min(1, step / hard_example_mining_step) (ratio = 1 if hard_example_mining_step
       is 0), k = int((ratio * top_k_percent_pixels + 1 - ratio) * N); the k largest pixel losses
       (ignored pixels have loss 0) are summed and divided by how many of them are non-zero.
+    - class_weights (deeplab's per-class `loss_weight`): each pixel's CE is multiplied by the
+      weight of its label before the above (the division stays by the number of valid pixels,
+      or of non-zero mined losses, as in deeplab).
     Sums: ce_sum, num_present. Under tf.distribute each replica mines its own top k, as each
     deeplab clone did; the sums are then added.
 
     Args:
       ignore_label: int, label of pixels excluded from the loss.
       top_k_percent_pixels: float in (0, 1], fraction of pixels kept by hard mining.
+      class_weights: None, or C floats >= 0, the weight of each class's pixels (e.g.
+        train_utils.median_frequency_weights).
       hard_example_mining_step: int, the step at which mining reaches top_k_percent_pixels
         (linear from 100% at step 0); 0 mines top_k_percent_pixels from the start.
       step: the training step, a scalar tf.Variable such as optimizer.iterations, read at each
@@ -180,8 +185,12 @@ class SoftmaxCrossEntropy(base.SumsLoss):
     """
 
     def __init__(self, ignore_label=255, top_k_percent_pixels=1.0, hard_example_mining_step=0,
-                 step=None, name="softmax_cross_entropy", **kwargs):
+                 step=None, class_weights=None, name="softmax_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
+        if class_weights is not None:
+            class_weights = [float(w) for w in class_weights]
+            if min(class_weights, default=0.0) < 0:
+                raise ValueError(f"class_weights must be >= 0, got {class_weights}")
         if not 0.0 < top_k_percent_pixels <= 1.0:
             raise ValueError(f"top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
         if hard_example_mining_step < 0:
@@ -191,10 +200,18 @@ class SoftmaxCrossEntropy(base.SumsLoss):
         self.top_k_percent_pixels = top_k_percent_pixels
         self.hard_example_mining_step = hard_example_mining_step
         self.step = step
+        self.class_weights = class_weights
 
     def sums(self, y_true, y_pred):
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
-        return self.mined_sums(pixel_cross_entropy(labels, logits, valid), valid)
+        pixel_losses = pixel_cross_entropy(labels, logits, valid)
+        if self.class_weights is not None:
+            if len(self.class_weights) != logits.shape[-1]:
+                raise ValueError(f"class_weights has {len(self.class_weights)} weights, the "
+                                 f"logits {logits.shape[-1]} classes")
+            pixel_losses *= ops.take(ops.convert_to_tensor(self.class_weights, "float32"),
+                                     ops.maximum(labels, 0))
+        return self.mined_sums(pixel_losses, valid)
 
     def mined_sums(self, pixel_losses, valid):
         """The sums of the loss, {"ce_sum", "num_present"}.
@@ -236,5 +253,6 @@ class SoftmaxCrossEntropy(base.SumsLoss):
         config = super().get_config()
         config.update(ignore_label=self.ignore_label,
                       top_k_percent_pixels=self.top_k_percent_pixels,
-                      hard_example_mining_step=self.hard_example_mining_step)
+                      hard_example_mining_step=self.hard_example_mining_step,
+                      class_weights=self.class_weights)
         return config
