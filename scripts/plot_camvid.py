@@ -7,7 +7,9 @@ benchmarks/reproduce_camvid_pretrained.sh) and prints the markdown tables of doc
 mean and standard deviation of val mIoU per method (the layout of the paper's Table 2, with
 Welch's t against softmax CE) and per-class IoU (Table 4); for the pretrained study also the
 calibration and sensitivity tables, its variants beyond the paper (RESULTS/../variants) in the
-first two tables and, per class, where the SSL's hard examples and gradient are. Writes in
+first two tables, per class where the SSL's hard examples and gradient are, and the contest of
+losses (issue 28): the learning rate grid of each method (seed 0) and each method at its best
+rate over its seeds, with Welch's t against CE and against the best baseline. Writes in
 --docs, named after the study (camvid_ or camvid_pretrained_):
 - curves.png: each method's training loss;
 - hard_fraction.png: proportion of hard examples of the SSL runs (the paper's Fig. 4);
@@ -38,7 +40,18 @@ import scipy.stats  # noqa: E402
 METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)",
            "ssim7_3": "SSIM Eq. 7 (3)", "ssl1": "SSL (1)", "ssl3": "SSL (3)", "ssl7": "SSL (7)",
            "ssl3_ohem_only": "SSL (3), OHEM only", "ssl3_reweight_only": "SSL (3), reweight only",
-           "ssl3_warmup": "SSL (3) after BCE warm-up (beyond the paper)"}
+           "ssl3_warmup": "SSL (3) after BCE warm-up (beyond the paper)",
+           "ssl_softmax": "SSL on softmax CE (beyond the paper)",
+           "ssl_softmax_topk": "SSL on top-k CE (beyond the paper)",
+           "ssl_softmax_topk_balanced": "SSL on top-k CE, per class (beyond the paper)",
+           "ce_median_frequency": "softmax CE, median frequency weights",
+           "lovasz": "Lovasz-softmax", "rmi": "RMI"}
+# The learning rates of the contest's grid (benchmarks/reproduce_camvid_pretrained.sh), and the
+# frozen rate of the study (configs/camvid/pretrained/train.flags).
+RATES = ("0.005", "0.01", "0.02", "0.04", "0.08")
+BASE_RATE = "0.01"
+# The baselines of the contest: users' choices without a structural term.
+BASELINES = ("ce", "topk_ce", "bce", "ce_median_frequency", "lovasz", "rmi")
 # Per study: results, checkpoints and data folders, model options, and the pictures' names.
 STUDIES = {
     "scratch": dict(results="results/camvid", runs="runs/camvid", data="data/camvid_180x240",
@@ -52,10 +65,10 @@ STUDIES = {
 THIN_CLASSES = ("pole", "signsymbol", "pedestrian", "bicyclist", "fence")
 
 
-def load_runs(results_dir):
-    """{method: [(seed, eval dict, [log lines])]} of the finished runs, in METHODS order."""
+def load_runs(results_dir, methods=METHODS):
+    """{method: [(seed, eval dict, [log lines])]} of the finished runs, in `methods` order."""
     runs = {}
-    for method in METHODS:
+    for method in methods:
         for path in sorted(glob.glob(os.path.join(results_dir, method, "seed*", "eval_val.json"))):
             folder = os.path.dirname(path)
             with open(path) as f:
@@ -283,6 +296,75 @@ def plot_predictions(study, path, methods, seed, num_images=4):
     plt.close(fig)
 
 
+def rate_folder(results, method, rate):
+    """The folder of `method`'s runs at learning `rate` (as reproduce_camvid_pretrained.sh's
+    rate_dir): the study's at the frozen rate, the sensitivity stage's where it ran that rate,
+    else the grid's. `results`: the pretrained study's results/camvid_pretrained."""
+    if rate == BASE_RATE:
+        return os.path.join(results, "study", method)
+    sensitivity = os.path.join(results, "sensitivity", f"{method}_lr{rate}")
+    return sensitivity if os.path.isdir(sensitivity) else os.path.join(
+        results, "grid", f"{method}_lr{rate}")
+
+
+def load_rate_runs(results, method, rate):
+    """[(seed, eval dict, [log lines])] of `method` at `rate`, seeds in order."""
+    folder = rate_folder(results, method, rate)
+    return load_runs(os.path.dirname(folder), methods=[os.path.basename(folder)]).get(
+        os.path.basename(folder), [])
+
+
+def best_rates(results):
+    """{method: (best rate, {rate: val mIoU % of seed 0})} of the methods with a grid."""
+    grid = {}
+    for method in METHODS:
+        mious = {}
+        for rate in RATES:
+            seed0 = [e for seed, e, _ in load_rate_runs(results, method, rate) if seed == "seed0"]
+            if seed0:
+                mious[rate] = 100 * seed0[0]["miou"]
+        if len(mious) >= 2:  # A grid, not the study's one rate.
+            grid[method] = (max(mious, key=mious.get), mious)
+    return grid
+
+
+def grid_table(grid):
+    """Markdown: val mIoU (%) of seed 0 per method and learning rate, the best in bold."""
+    lines = ["| method | " + " | ".join(f"lr {rate}" for rate in RATES) + " |",
+             "| --- |" + " ---: |" * len(RATES)]
+    for method, (best, mious) in grid.items():
+        cells = [("**{:.2f}**" if rate == best else "{:.2f}").format(mious[rate])
+                 if rate in mious else "" for rate in RATES]
+        lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def contest_table(results, grid):
+    """Markdown: each method at its best rate, over its seeds: mean and std of val mIoU,
+    Welch's t against softmax CE and against the best baseline (both at their best rates),
+    and the thin classes' IoU; and the runs by method ({method: runs})."""
+    runs = {method: load_rate_runs(results, method, best) for method, (best, _) in grid.items()}
+    mious = {method: [100 * e["miou"] for _, e, _ in method_runs]
+             for method, method_runs in runs.items()}
+    baselines = [m for m in BASELINES if m in mious]
+    best_baseline = max(baselines, key=lambda m: statistics.mean(mious[m]), default=None)
+    lines = ["| method | lr | seeds | val mIoU (%) | std | t vs CE (p) | t vs "
+             f"{METHODS.get(best_baseline, '-')} (p) | " + " | ".join(THIN_CLASSES) + " |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(THIN_CLASSES)]
+    for method, values in mious.items():
+        mean, std = _mean_std(values)
+        tests = []
+        for other in ("ce", best_baseline):
+            t, p = welch_t(values, mious.get(other, []))
+            tests.append("" if method == other or math.isnan(t) else f"{t:+.1f} ({p:.2g})")
+        thin = " | ".join("{:.1f}".format(statistics.mean(
+            100 * (e["per_class_iou"][c] or 0) for _, e, _ in runs[method])) for c in THIN_CLASSES)
+        std = f"{std:.2f}" if len(values) > 1 else "-"
+        lines.append(f"| {METHODS[method]} | {grid[method][0]} | {len(values)} | {mean:.2f} | "
+                     f"{std} | {tests[0]} | {tests[1]} | {thin} |")
+    return "\n".join(lines), runs
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--study", choices=sorted(STUDIES), default="scratch")
@@ -308,6 +390,13 @@ def main():
                       end="\n\n")
         plot_class_statistics(runs, os.path.join(args.docs,
                                                  study["prefix"] + "class_statistics.png"))
+        results = os.path.dirname(study["results"])
+        grid = best_rates(results)
+        if grid:
+            print("Learning rate grid (seed 0):", grid_table(grid), sep="\n", end="\n\n")
+            table, contest_runs = contest_table(results, grid)
+            print("Each method at its best rate:", table, sep="\n", end="\n\n")
+            print(per_class_table(contest_runs), end="\n\n")
     docs = os.path.join(args.docs, study["prefix"])
     plot_curves(runs, docs + "curves.png", study["title"])
     plot_hard_fraction(runs, docs + "hard_fraction.png")
