@@ -103,12 +103,21 @@ def create_demo_label_colormap():
     return colormap
 
 
+def create_drive_label_colormap():
+    """DRIVE's vessel maps as published: vessels white on black; uint8 [256, 3], pascal's
+    colors beyond (the ignore label outside the field of view among them)."""
+    colormap = create_pascal_label_colormap(256)
+    colormap[:2] = [(0, 0, 0), (255, 255, 255)]
+    return colormap
+
+
 _COLORMAP_FACTORIES = {
     "pascal": create_pascal_label_colormap,
     "cityscapes": create_cityscapes_label_colormap,
     "ade20k": lambda: np.asarray(_ADE20K_COLORS, dtype=np.uint8),
     "camvid": lambda: np.asarray(_CAMVID_COLORS, dtype=np.uint8),
     "demo": create_demo_label_colormap,
+    "drive": create_drive_label_colormap,
 }
 
 COLORMAP_NAMES = tuple(sorted(_COLORMAP_FACTORIES))

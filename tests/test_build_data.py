@@ -10,7 +10,8 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplab_ssl.datasets import (build_camvid_data, build_cityscapes_data, build_data,
-                                  build_folder_data, build_voc2012_data, descriptors, records)
+                                  build_drive_data, build_folder_data, build_voc2012_data,
+                                  descriptors, records)
 
 H, W = 12, 16
 
@@ -352,3 +353,53 @@ def test_folder_command_line_with_dataset_flag(tmp_path):
              output_dir=tmp_path / "out")
     read = _read(str(tmp_path / "out"), "val")
     assert sorted(read) == ["a", "b", "c"] and read["a"][0].shape == (6, 8, 3)
+
+
+def _write_drive(root, folder, numbers):
+    """DRIVE's layout: TIFF images, GIF vessel maps (0 / 255) and GIF field-of-view masks.
+
+    Returns {image name: expected label}: 1 vessel, 0 background, 255 outside the field of view.
+    """
+    expected = {}
+    for number in numbers:
+        rng = np.random.default_rng(int(number))
+        vessels = np.where(rng.random((H, W)) < 0.2, 255, 0).astype(np.uint8)
+        mask = np.full((H, W), 255, np.uint8)
+        mask[:2] = mask[:, :3] = 0  # Outside the field of view.
+        for sub, name, array in (("images", f"{number}_{folder}.tif", _image(int(number))),
+                                 ("1st_manual", f"{number}_manual1.gif", vessels),
+                                 ("mask", f"{number}_{folder}_mask.gif", mask)):
+            _save(array, str(root / folder / sub / name))
+        expected[f"{number}_{folder}"] = np.where(mask == 0, 255, vessels // 255)
+    return expected
+
+
+def test_drive_layout_builds_its_splits_with_the_field_of_view_ignored(tmp_path):
+    root = tmp_path / "DRIVE"
+    training = _write_drive(root, "training", [str(n) for n in range(34, 41)])
+    test = _write_drive(root, "test", ["01", "02"])
+    out = tmp_path / "out"
+    written = build_drive_data.build_drive(str(root), str(out), progress=False)
+    assert sorted(written) == ["test", "train", "trainval", "val"]
+    val_names = [f"{n}_training" for n in build_drive_data.VAL_IMAGES]
+    assert sorted(_read(str(out), "val")) == val_names
+    assert sorted(_read(str(out), "train")) == ["34_training", "35_training"]
+    assert sorted(_read(str(out), "trainval")) == sorted(training)
+    for name, (image, label) in {**_read(str(out), "trainval"), **_read(str(out), "test")}.items():
+        number, folder = name.split("_")
+        np.testing.assert_array_equal(image, _image(int(number)))  # TIFF -> lossless PNG.
+        np.testing.assert_array_equal(label, {**training, **test}[name])
+    assert set(np.unique(label)) == {0, 1, 255}
+    _run_cli("build_drive_data", drive_root=root, splits="val", output_dir=tmp_path / "cli")
+    _same_shards(out, tmp_path / "cli", names=["val-00000-of-00001.tfrecord"])
+
+
+def test_drive_missing_files_are_named(tmp_path):
+    root = tmp_path / "DRIVE"
+    _write_drive(root, "training", ["36"])
+    os.remove(root / "training" / "mask" / "36_training_mask.gif")
+    with pytest.raises(ValueError, match=r"36_training_mask\.gif is missing"):
+        build_drive_data.build_drive(str(root), str(tmp_path / "out"), progress=False)
+    with pytest.raises(ValueError, match=r"no DRIVE images in .*test"):
+        build_drive_data.build_drive(str(root), str(tmp_path / "out"), splits=["test"],
+                                     progress=False)

@@ -92,7 +92,7 @@ def _read_sbd_mat(path):
         raise ValueError(f"cannot read SBD label {path} (GTcls.Segmentation): {e}") from e
 
 
-def _read_image(path):
+def read_image(path):
     """(raw file bytes, loaded PIL image); ValueError naming the file if unreadable."""
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
@@ -174,7 +174,7 @@ def encode_pair(image_path, label_path, num_classes, ignore_label, name=None, si
     Raises:
         ValueError naming the file: unreadable file, size mismatch, label value out of range.
     """
-    data, image = _read_image(image_path)
+    data, image = read_image(image_path)
     label = read_label(label_path)
     if label_map is not None:
         label = label_map[label]

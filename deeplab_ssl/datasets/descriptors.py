@@ -138,6 +138,10 @@ DATASETS = {
             "camvid"),
         DatasetDescriptor(
             "demo", 10, 255, {"train": 400, "val": 100}, _DEMO_CLASSES, "demo"),
+        # Retinal vessels (build_drive_data): 255 outside the field of view.
+        DatasetDescriptor(
+            "drive", 2, 255, {"train": 15, "val": 5, "trainval": 20, "test": 20},
+            ("background", "vessel"), "drive"),
     )
 }
 
