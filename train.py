@@ -96,7 +96,8 @@ flags.DEFINE_float("last_layer_gradient_multiplier", 1.0,
 flags.DEFINE_enum("loss", "ssl", losses.LOSS_NAMES,
                   "ssl (the paper's Eq. 17), bce (sigmoid CE), softmax_ce (deeplab's), topk_ce "
                   "(softmax CE on the top_k_percent_pixels hardest pixels), ssim7 / ssim9 "
-                  "(Eq. 7 / Eq. 9 + BCE), affinity (softmax CE + affinity field loss); beyond "
+                  "(Eq. 7 / Eq. 9 + BCE), affinity (softmax CE + affinity field loss), "
+                  "lovasz (Lovasz-softmax, the IoU's convex surrogate); beyond "
                   "the paper, ssl_softmax (the SSL's structural weight on softmax CE), "
                   "ssl_softmax_topk (and on the top 25% of the pixels), "
                   "ssl_softmax_topk_balanced (and normalised per class).")
@@ -128,6 +129,8 @@ flags.DEFINE_enum("class_weighting", "none", ["none", "median_frequency"],
 flags.DEFINE_integer("hard_example_mining_step", 0,
                      "softmax_ce / topk_ce: step at which mining reaches top_k_percent_pixels.")
 flags.DEFINE_float("affinity_kld_margin", 3.0, "Affinity field loss: separating-force margin.")
+flags.DEFINE_boolean("lovasz_per_image", False,
+                     "lovasz: the mean of each image's Lovasz-softmax loss, not the batch's.")
 
 FLAGS = flags.FLAGS
 
