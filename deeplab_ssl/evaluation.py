@@ -1,4 +1,5 @@
-"""Evaluation: streaming confusion matrix, mIoU, dense CRF, and the reports eval.py writes.
+"""Evaluation: streaming confusion matrix, mIoU, dense CRF, and the reports eval.py writes;
+for two-class datasets (DRIVE's vessels) also F1, sensitivity, specificity, accuracy and AUC.
 
 Predictions come from `deeplab_ssl.inference` (single scale, multi-scale, flipped), the same
 path that vis.py and the exported SavedModel use.
@@ -43,9 +44,67 @@ def confusion_matrix(labels, predictions, num_classes, ignore_label):
         num_classes=num_classes, dtype=tf.int64)
 
 
+# Bins of the foreground probability's histograms, for the AUC of two-class datasets.
+PROBABILITY_BINS = 1000
+
+
+def foreground_statistics(labels, foreground_probabilities, predictions, ignore_label):
+    """What the two-class metrics need of one batch, in additive parts (class 1: foreground).
+
+    Args:
+        labels: integer ground truth [B, H, W] or [B, H, W, 1].
+        foreground_probabilities: float32 [B, H, W], the probability of class 1.
+        predictions: integer predictions [B, H, W].
+        ignore_label: int; ground-truth pixels with this value are not counted.
+
+    Returns:
+        dict of "probability_histogram": int64 [2, PROBABILITY_BINS], the histograms of the
+        foreground probability over the background (row 0) and foreground (row 1) pixels;
+        "image_f1": float32 [2], the sum of the images' foreground F1 and the number of images
+        that have one (a foreground pixel in the ground truth or the prediction).
+    """
+    labels = tf.reshape(tf.cast(labels, tf.int32), tf.shape(predictions))
+    valid = tf.not_equal(labels, ignore_label)
+    bins = tf.clip_by_value(tf.cast(foreground_probabilities * PROBABILITY_BINS, tf.int32), 0,
+                            PROBABILITY_BINS - 1)
+    histogram = tf.stack([tf.math.bincount(
+        tf.boolean_mask(bins, tf.logical_and(valid, tf.equal(labels, label))),
+        minlength=PROBABILITY_BINS, maxlength=PROBABILITY_BINS, dtype=tf.int64)
+        for label in (0, 1)])
+    truth = tf.cast(tf.logical_and(valid, tf.equal(labels, 1)), tf.float32)
+    predicted = tf.cast(tf.logical_and(valid, tf.equal(predictions, 1)), tf.float32)
+    true_positives = tf.reduce_sum(truth * predicted, axis=[1, 2])
+    # 2 TP + FP + FN = |truth| + |predicted|.
+    denominator = tf.reduce_sum(truth, axis=[1, 2]) + tf.reduce_sum(predicted, axis=[1, 2])
+    image_f1 = tf.math.divide_no_nan(2.0 * true_positives, denominator)
+    has_f1 = tf.cast(denominator > 0, tf.float32)
+    return {"probability_histogram": histogram,
+            "image_f1": tf.stack([tf.reduce_sum(image_f1 * has_f1), tf.reduce_sum(has_f1)])}
+
+
+def batch_statistics(labels, probabilities, predictions, num_classes, ignore_label):
+    """The additive statistics of one batch: "confusion" (`confusion_matrix`), and for two-class
+    datasets those of `foreground_statistics`.
+
+    Args:
+        labels: integer ground truth [B, H, W] or [B, H, W, 1].
+        probabilities: float32 [B, H, W, C].
+        predictions: integer predictions [B, H, W].
+        num_classes, ignore_label: ints.
+
+    Returns:
+        dict of tensors that add up over batches and replicas.
+    """
+    statistics = {"confusion": confusion_matrix(labels, predictions, num_classes, ignore_label)}
+    if num_classes == 2:
+        statistics.update(foreground_statistics(labels, probabilities[..., 1], predictions,
+                                                ignore_label))
+    return statistics
+
+
 def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
              add_flipped_images=False, strategy=None, crf_iterations=0):
-    """Accumulates the confusion matrix of `model` over a whole dataset.
+    """Accumulates the statistics of `model` over a whole dataset (`batch_statistics`).
 
     Args:
         model: keras.Model as for `inference.predict_probabilities`, built under the scope of
@@ -62,10 +121,16 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
             (`dense_crf`, needs pydensecrf2) on the host, one replica.
 
     Returns:
-        numpy int64 [C, C] confusion matrix (rows: ground truth, columns: prediction).
+        dict of numpy arrays, the sums of `batch_statistics`: "confusion", int64 [C, C] (rows:
+        ground truth, columns: prediction), and for two classes "probability_histogram" and
+        "image_f1" (with a CRF, the histogram is of the network's probabilities).
     """
     strategy = strategy or tf.distribute.get_strategy()
-    total = np.zeros((num_classes, num_classes), dtype=np.int64)
+    totals = {}
+
+    def add(statistics):
+        for name, value in statistics.items():
+            totals[name] = totals.get(name, 0) + value.numpy()
 
     if crf_iterations > 0:
         predict = tf.function(
@@ -73,34 +138,47 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
                                                          add_flipped_images),
             reduce_retracing=True)
         for batch in dataset:
-            probabilities = predict(batch["image"]).numpy()
+            probabilities = predict(batch["image"])
             predictions = np.stack([
                 dense_crf(image, probability, crf_iterations)
-                for image, probability in zip(batch["image"].numpy(), probabilities)])
-            total += confusion_matrix(batch["label"], predictions, num_classes,
-                                      ignore_label).numpy()
-        return total
+                for image, probability in zip(batch["image"].numpy(), probabilities.numpy())])
+            add(batch_statistics(batch["label"], probabilities, predictions, num_classes,
+                                 ignore_label))
+        return totals
 
-    def replica_confusion(images, labels):
-        def batch_confusion():
-            predictions = inference.predict_labels(model, images, eval_scales,
-                                                   add_flipped_images)
-            return confusion_matrix(labels, predictions, num_classes, ignore_label)
+    def replica_statistics(images, labels):
+        def statistics():
+            probabilities = inference.predict_probabilities(model, images, eval_scales,
+                                                            add_flipped_images)
+            predictions = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+            return batch_statistics(labels, probabilities, predictions, num_classes,
+                                    ignore_label)
 
         # The last batch can leave a replica without images; TF's CPU convolutions fail on
         # empty batches, so those replicas count nothing.
-        return tf.cond(tf.shape(images)[0] > 0, batch_confusion,
-                       lambda: tf.zeros([num_classes, num_classes], tf.int64))
+        shapes = tf.nest.map_structure(
+            lambda spec: tf.zeros(spec.shape, spec.dtype),
+            batch_statistics_spec(num_classes))
+        return tf.cond(tf.shape(images)[0] > 0, statistics, lambda: shapes)
 
     @tf.function(reduce_retracing=True)
     def step(images, labels):
-        per_replica = strategy.run(replica_confusion, (images, labels))
+        per_replica = strategy.run(replica_statistics, (images, labels))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     pairs = dataset.map(lambda batch: (batch["image"], batch["label"]))
     for images, labels in strategy.experimental_distribute_dataset(pairs):
-        total += step(images, labels).numpy()
-    return total
+        add(step(images, labels))
+    return totals
+
+
+def batch_statistics_spec(num_classes):
+    """{name: tf.TensorSpec} of `batch_statistics` for `num_classes` classes."""
+    spec = {"confusion": tf.TensorSpec([num_classes, num_classes], tf.int64)}
+    if num_classes == 2:
+        spec.update(probability_histogram=tf.TensorSpec([2, PROBABILITY_BINS], tf.int64),
+                    image_f1=tf.TensorSpec([2], tf.float32))
+    return spec
 
 
 def dense_crf(image, probabilities, iterations, gaussian_sxy=3, gaussian_compat=3,
@@ -172,6 +250,47 @@ def segmentation_metrics(confusion, class_names, ignore_label=None):
     }
 
 
+# The two-class metrics of `foreground_metrics`, in the order of the reports.
+FOREGROUND_METRICS = ("f1", "mean_image_f1", "sensitivity", "specificity", "accuracy", "auc")
+
+
+def histogram_auc(negatives, positives):
+    """The area under the ROC curve from histograms of a score over the negatives and the
+    positives (the same bins, in increasing order of score): the probability that a positive
+    scores above a negative, ties (a shared bin) counting one half. Exact to the share of
+    pairs that share a bin. NaN without a positive or a negative."""
+    negatives = np.asarray(negatives, np.float64)
+    positives = np.asarray(positives, np.float64)
+    if not negatives.sum() or not positives.sum():
+        return math.nan
+    below = np.cumsum(negatives) - negatives  # Negatives in lower bins.
+    return float(np.sum(positives * (below + 0.5 * negatives))
+                 / (positives.sum() * negatives.sum()))
+
+
+def foreground_metrics(statistics):
+    """The metrics of two-class tasks (DRIVE's), of class 1 over the valid pixels, pooled over
+    the split: F1 (= Dice), sensitivity, specificity, accuracy, AUC of its probability; and the
+    mean over the images of their F1 (images without a foreground pixel in the ground truth or
+    the prediction left out). NaN where undefined.
+
+    Args:
+        statistics: the dict `evaluate` returns for a two-class dataset.
+
+    Returns:
+        dict {name in FOREGROUND_METRICS: float}.
+    """
+    (tn, fp), (fn, tp) = np.asarray(statistics["confusion"], np.float64)
+
+    def ratio(numerator, denominator):
+        return float(numerator / denominator) if denominator else math.nan
+    f1_sum, f1_count = statistics["image_f1"]
+    return {"f1": ratio(2 * tp, 2 * tp + fp + fn), "mean_image_f1": ratio(f1_sum, f1_count),
+            "sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
+            "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+            "auc": histogram_auc(*statistics["probability_histogram"])}
+
+
 def format_table(metrics, title=""):
     """The metrics as a printable table: one row per class, IoU in percent, then mIoU."""
     names = list(metrics["per_class_iou"])
@@ -184,6 +303,10 @@ def format_table(metrics, title=""):
     lines.append("-" * (width + 9))
     lines.append(f"{'mIoU':<{width}}  {100 * metrics['miou']:7.2f}")
     lines.append(f"{'pixel accuracy':<{width}}  {100 * metrics['pixel_accuracy']:7.2f}")
+    if "f1" in metrics:
+        foreground = names[1]
+        lines.append(f"{foreground} (class 1), over the split:")
+        lines.extend(f"  {name:<{width}}  {metrics[name]:.4f}" for name in FOREGROUND_METRICS)
     return "\n".join(lines)
 
 
@@ -228,6 +351,7 @@ def write_results(metrics, path_prefix, extra=None):
     row["pixel_accuracy"] = f"{100 * metrics['pixel_accuracy']:.2f}"
     for name, iou in metrics["per_class_iou"].items():
         row[name] = "" if iou is None else f"{100 * iou:.2f}"
+    row.update((name, f"{metrics[name]:.4f}") for name in FOREGROUND_METRICS if name in metrics)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(row))
     writer.writeheader()
@@ -237,13 +361,17 @@ def write_results(metrics, path_prefix, extra=None):
 
 
 def write_summaries(writer, metrics, step):
-    """TensorBoard scalars: `miou`, `pixel_accuracy` and `iou/<class name>` at `step`."""
+    """TensorBoard scalars: `miou`, `pixel_accuracy`, `iou/<class name>` and the two-class
+    metrics as `foreground/<name>` at `step`."""
     with writer.as_default(step=step):
         tf.summary.scalar("miou", metrics["miou"])
         tf.summary.scalar("pixel_accuracy", metrics["pixel_accuracy"])
         for name, iou in metrics["per_class_iou"].items():
             if iou is not None:
                 tf.summary.scalar(f"iou/{name.replace(' ', '_')}", iou)
+        for name in FOREGROUND_METRICS:
+            if name in metrics:
+                tf.summary.scalar(f"foreground/{name}", metrics[name])
     writer.flush()
 
 
@@ -325,12 +453,16 @@ def evaluate_checkpoint(model, checkpoint_path, dataset, descriptor, split, eval
         summary_writer: optional tf.summary writer.
 
     Returns:
-        the metrics dict of `segmentation_metrics`.
+        the metrics dict of `segmentation_metrics`, with `foreground_metrics` for two-class
+        datasets.
     """
     checkpoints.restore_model(model, checkpoint_path, model_options)
-    confusion = evaluate(model, dataset, descriptor.num_classes, descriptor.ignore_label,
-                         eval_scales, add_flipped_images, strategy, crf_iterations)
-    metrics = segmentation_metrics(confusion, descriptor.class_names, descriptor.ignore_label)
+    statistics = evaluate(model, dataset, descriptor.num_classes, descriptor.ignore_label,
+                          eval_scales, add_flipped_images, strategy, crf_iterations)
+    metrics = segmentation_metrics(statistics["confusion"], descriptor.class_names,
+                                   descriptor.ignore_label)
+    if descriptor.num_classes == 2:
+        metrics.update(foreground_metrics(statistics))
     print(format_table(metrics, f"{descriptor.name} {split}: {checkpoint_path} "
                                 f"(scales {list(eval_scales)}, flipped {add_flipped_images})"))
     prefix = results_path_prefix(checkpoint_path, split, eval_scales, add_flipped_images,

