@@ -97,7 +97,8 @@ flags.DEFINE_enum("loss", "ssl", losses.LOSS_NAMES,
                   "ssl (the paper's Eq. 17), bce (sigmoid CE), softmax_ce (deeplab's), topk_ce "
                   "(softmax CE on the top_k_percent_pixels hardest pixels), ssim7 / ssim9 "
                   "(Eq. 7 / Eq. 9 + BCE), affinity (softmax CE + affinity field loss), "
-                  "lovasz (Lovasz-softmax, the IoU's convex surrogate); beyond "
+                  "lovasz (Lovasz-softmax, the IoU's convex surrogate), rmi (region mutual "
+                  "information + BCE); beyond "
                   "the paper, ssl_softmax (the SSL's structural weight on softmax CE), "
                   "ssl_softmax_topk (and on the top 25% of the pixels), "
                   "ssl_softmax_topk_balanced (and normalised per class).")
@@ -106,7 +107,8 @@ flags.DEFINE_integer("ssl_window_size", 3,
 flags.DEFINE_float("ssl_sigma", 1.5, "Std of the Gaussian window of the SSL and SSIM losses.")
 flags.DEFINE_float("ssl_beta", 0.1, "Hard-example threshold factor beta of the SSL (Eq. 11).")
 flags.DEFINE_float("ssl_ce_weight", 0.5,
-                   "Weight lambda of the BCE term of the SSL and SSIM losses (Eq. 17).")
+                   "Weight lambda of the CE term of the SSL, its softmax variants, and the SSIM "
+                   "and RMI losses (Eq. 17).")
 flags.DEFINE_boolean("ssl_ohem", True, "SSL: drop the easy examples (Table 3's OHEM).")
 flags.DEFINE_boolean("ssl_reweight", True, "SSL: weight hard examples by e (Table 3).")
 flags.DEFINE_integer("ssl_warmup_steps", 0,
@@ -129,6 +131,10 @@ flags.DEFINE_enum("class_weighting", "none", ["none", "median_frequency"],
 flags.DEFINE_integer("hard_example_mining_step", 0,
                      "softmax_ce / topk_ce: step at which mining reaches top_k_percent_pixels.")
 flags.DEFINE_float("affinity_kld_margin", 3.0, "Affinity field loss: separating-force margin.")
+flags.DEFINE_integer("rmi_radius", 3, "rmi: the side R of the regions (the authors' 3).")
+flags.DEFINE_integer("rmi_pool_size", 4,
+                     "rmi: average pooling (kernel and stride) before the regions (the authors' "
+                     "4).")
 flags.DEFINE_boolean("lovasz_per_image", False,
                      "lovasz: the mean of each image's Lovasz-softmax loss, not the batch's.")
 

@@ -11,6 +11,7 @@ from deeplab_ssl.losses.base import cross_replica_loss
 from deeplab_ssl.losses.cross_entropy import SigmoidCrossEntropy
 from deeplab_ssl.losses.cross_entropy import SoftmaxCrossEntropy
 from deeplab_ssl.losses.lovasz import LovaszSoftmaxLoss
+from deeplab_ssl.losses.rmi import RMILoss
 from deeplab_ssl.losses.ssim import SSIMLoss
 from deeplab_ssl.losses.ssl import SSLoss
 from deeplab_ssl.losses.ssl_softmax import SoftmaxSSLoss
@@ -26,6 +27,7 @@ _LOSSES = {
     "ssim9": (SSIMLoss, {"contrast_structure_only": True}),
     "affinity": (AffinityFieldLoss, {}),
     "lovasz": (LovaszSoftmaxLoss, {}),
+    "rmi": (RMILoss, {}),
     # Beyond the paper (ssl_softmax.py): the SSL's structural weight on softmax CE, then also
     # on deeplab's top 25% of the pixels, then also normalised per class.
     "ssl_softmax": (SoftmaxSSLoss, {}),
@@ -47,6 +49,8 @@ _FLAGS = {
     SSIMLoss: _SSL_WINDOW_FLAGS,
     AffinityFieldLoss: {"kld_margin": "affinity_kld_margin"},
     LovaszSoftmaxLoss: {"per_image": "lovasz_per_image"},
+    RMILoss: {"radius": "rmi_radius", "pool_size": "rmi_pool_size",
+              "ce_weight": "ssl_ce_weight"},
     SoftmaxSSLoss: {**_SSL_WINDOW_FLAGS, "beta": "ssl_beta",
                     "top_k_percent_pixels": "top_k_percent_pixels",
                     "class_balanced": "ssl_class_balanced"},
@@ -86,6 +90,6 @@ def arguments_from_flags(name, flag_values):
             if flag_values[flag].present or argument not in defaults}
 
 
-__all__ = ["AffinityFieldLoss", "LOSS_NAMES", "LovaszSoftmaxLoss", "SSIMLoss", "SSLoss", "SigmoidCrossEntropy",
+__all__ = ["AffinityFieldLoss", "LOSS_NAMES", "LovaszSoftmaxLoss", "RMILoss", "SSIMLoss", "SSLoss", "SigmoidCrossEntropy",
            "SoftmaxCrossEntropy", "SoftmaxSSLoss", "SumsLoss", "arguments_from_flags", "cross_replica_loss",
            "get_loss"]
