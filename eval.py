@@ -1,4 +1,4 @@
-"""Evaluates DeepLab checkpoints: mIoU, per-class IoU and pixel accuracy over a split.
+r"""Evaluates DeepLab checkpoints: mIoU, per-class IoU and pixel accuracy over a split.
 
 Evaluates one checkpoint (--checkpoint_path), or watches a training folder (--checkpoint_dir,
 alias --train_logdir) and evaluates each new checkpoint. Results are printed, written next to
@@ -14,7 +14,7 @@ import deeplab_ssl  # noqa: F401  First: it quiets TensorFlow's C++ logs before 
 import tensorflow as tf
 from absl import app, flags
 
-from deeplab_ssl import common, evaluation, tflite
+from deeplab_ssl import common, errors, evaluation, tflite
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import input_pipeline
@@ -79,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

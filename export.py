@@ -1,4 +1,4 @@
-"""Exports a DeepLab checkpoint as a SavedModel for serving, or as a TFLite model for phones.
+r"""Exports a DeepLab checkpoint as a SavedModel for serving, or as a TFLite model for phones.
 
 --export_format=saved_model (TensorFlow Serving, predict.py; see deeplab_ssl/serving.py and
 docs/serving.md): `serving_default` takes `images` uint8 [B, H, W, 3], `serving_encoded` takes
@@ -16,9 +16,9 @@ uint8 [1, H, W, 3] -> `SemanticPredictions` int32 [1, H, W]; --quantize=float16 
     python export.py --flagfile=configs/demo.flags --checkpoint_dir=train_logdir \
         --export_format=tflite --crop_size=128,160 --quantize=int8 --export_path=model.tflite
 """
-from absl import app, flags
+from absl import flags
 
-from deeplab_ssl import common, serving, tflite
+from deeplab_ssl import common, errors, serving, tflite
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import input_pipeline
 
@@ -73,7 +73,7 @@ def _representative_images(descriptor, crop_size, pad_value):
             descriptor, FLAGS.dataset_dir, FLAGS.representative_split, 1, is_training=False,
             mean_pixel=pad_value)
     except ValueError as error:
-        raise ValueError(f"--representative_split={FLAGS.representative_split}: {error}") from error
+        raise errors.UserError(f"--representative_split={FLAGS.representative_split}: {error}") from error
     return tflite.representative_images(dataset, FLAGS.num_representative, crop_size, pad_value)
 
 
@@ -99,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

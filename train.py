@@ -1,4 +1,4 @@
-"""Trains DeepLabv3 / v3+ with the SSL or a baseline loss, with deeplab's train.py flags.
+r"""Trains DeepLabv3 / v3+ with the SSL or a baseline loss, with deeplab's train.py flags.
 
     python train.py --flagfile=configs/pascal_voc/deeplabv3_ssl3_stage1.flags \
         --dataset_dir=/data/pascal_voc_seg/tfrecord
@@ -9,14 +9,13 @@ See docs/training.md.
 """
 import dataclasses
 import os
-import sys
 
 import deeplab_ssl  # noqa: F401  First: it quiets TensorFlow's C++ logs before TF loads.
 import keras
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
-from deeplab_ssl import common, distribute, losses, train_utils, training
+from deeplab_ssl import common, distribute, errors, losses, train_utils, training
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import input_pipeline
@@ -168,19 +167,19 @@ def class_weights(descriptor):
     if FLAGS.class_weights is None and FLAGS.class_weighting == "none":
         return None
     if FLAGS.loss not in ("softmax_ce", "topk_ce"):
-        raise ValueError(f"--class_weights and --class_weighting apply to softmax_ce and "
-                         f"topk_ce, not --loss={FLAGS.loss}")
+        raise errors.UserError(f"--class_weights and --class_weighting apply to softmax_ce and "
+                               f"topk_ce, not --loss={FLAGS.loss}")
     if FLAGS.class_weights is not None:
         if FLAGS.class_weighting != "none":
-            raise ValueError("give --class_weights or --class_weighting, not both")
+            raise errors.UserError("give --class_weights or --class_weighting, not both")
         try:
             weights = [float(w) for w in FLAGS.class_weights]
         except ValueError:
-            raise ValueError(f"--class_weights={','.join(FLAGS.class_weights)} holds a value "
-                             "that is not a number") from None
+            raise errors.UserError(f"--class_weights={','.join(FLAGS.class_weights)} holds a value "
+                                   "that is not a number") from None
         if len(weights) != descriptor.num_classes:
-            raise ValueError(f"--class_weights has {len(weights)} weights, --dataset="
-                             f"{descriptor.name} {descriptor.num_classes} classes")
+            raise errors.UserError(f"--class_weights has {len(weights)} weights, --dataset="
+                                   f"{descriptor.name} {descriptor.num_classes} classes")
         return weights
     weights = train_utils.median_frequency_weights(*input_pipeline.label_histogram(
         descriptor, FLAGS.dataset_dir, FLAGS.train_split))
@@ -199,7 +198,7 @@ def make_loss(descriptor):
             arguments["class_weights"] = weights
         return losses.get_loss(name, ignore_label=descriptor.ignore_label, **arguments)
     except ValueError as error:
-        raise ValueError(f"--loss={name} with its flags: {error}") from error
+        raise errors.UserError(f"--loss={name} with its flags: {error}") from error
 
 
 def make_trainer(strategy):
@@ -209,7 +208,7 @@ def make_trainer(strategy):
     options = train_options()
 
     model_options = common.model_options(descriptor.num_classes, FLAGS.train_logdir)
-    common.write_model_options(FLAGS.train_logdir, model_options)
+    common.write_model_options(FLAGS.train_logdir, model_options, descriptor)
     # Every flag's value as resolved (flagfiles read, defaults filled in): the run's record,
     # and a flagfile that reruns it.
     common.write_text(os.path.join(FLAGS.train_logdir, RESOLVED_FLAGS_NAME),
@@ -248,9 +247,14 @@ def main(argv):
     try:
         make_trainer(strategy).train(dataset_fn)
     except training.NonFiniteLossError as error:
-        sys.exit(f"train.py: {error}")
+        errors.refuse(error)
+    except tf.errors.DataLossError:
+        # A shard damaged since the start (TensorFlow names no file): reading the split
+        # through names it, and says what to do.
+        input_pipeline.complete_shards(FLAGS.dataset_dir, FLAGS.train_split)
+        raise
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["train_logdir", "dataset_dir"])
-    app.run(main)
+    errors.run(main)

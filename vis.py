@@ -1,4 +1,4 @@
-"""Writes colored predictions of a DeepLab checkpoint over a split, as deeplab's vis.py.
+r"""Writes colored predictions of a DeepLab checkpoint over a split, as deeplab's vis.py.
 
 For each image: `vis_logdir/segmentation_results/%06d_image.png`, `%06d_prediction.png` (in the
 dataset's colormap) and `%06d_panel.png` (image | ground truth | prediction | overlay); with
@@ -8,9 +8,9 @@ dataset's colormap) and `%06d_panel.png` (image | ground truth | prediction | ov
     python vis.py --flagfile=configs/demo.flags --checkpoint_dir=train_logdir \
         --vis_split=val --vis_logdir=vis_out
 """
-from absl import app, flags
+from absl import flags
 
-from deeplab_ssl import common, visualization
+from deeplab_ssl import common, errors, visualization
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import input_pipeline
 
@@ -50,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -5,11 +5,44 @@ Public API: `build_deeplab` (the models), `SSLoss` and `get_loss` (the loss fami
 `losses`, `model`, `datasets`, `training`, `evaluation`, `visualization`, `serving`.
 """
 import os
+import re
+import sys
 
-# Before TensorFlow is imported: on a machine without NVIDIA's driver, TF's C++ ERROR line
-# "failed call to cuInit" is noise (its Python errors still show). A value set by the user wins.
-if not os.path.exists("/proc/driver/nvidia"):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow's start-up lines that say nothing on a machine without NVIDIA's driver: absl's
+# pre-InitializeLog warning, the oneDNN notice, "Could not find cuda drivers", the cuInit
+# failure, the CPU-feature notice (TF_CPP_MIN_LOG_LEVEL does not hide them all).
+_STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|"
+    r"Could not find cuda drivers|failed call to cuInit|cpu_feature_guard|"
+    r"To enable the following instructions")
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow and lists its devices with the C-level stderr captured, then prints
+    what was captured but _STARTUP_NOISE: a failing import is still shown whole."""
+    import tempfile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _STARTUP_NOISE.search(line)))
+
+
+# Before TensorFlow is imported. On a machine with NVIDIA's driver every line may matter; a
+# TF_CPP_MIN_LOG_LEVEL set by the user, or absl's --verbosity on the command line, shows them.
+if not os.path.exists("/proc/driver/nvidia") and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # And later C++ noise (the cuInit ERROR line).
+    if not any(arg.startswith(("--verbosity", "-v")) for arg in sys.argv[1:]):
+        _import_tensorflow_quietly()
 
 from deeplab_ssl.losses import SSLoss  # noqa: E402
 from deeplab_ssl.losses import cross_replica_loss  # noqa: E402

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from deeplab_ssl import errors
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import utils
 
@@ -102,11 +103,11 @@ def resolve_checkpoint(checkpoint_path):
     if tf.io.gfile.isdir(checkpoint_path):
         latest = tf.train.latest_checkpoint(checkpoint_path)
         if latest is None:
-            raise FileNotFoundError(f"no checkpoint in folder {checkpoint_path!r}")
+            raise errors.UserError(f"no checkpoint in folder {checkpoint_path!r}")
         return latest
     if not tf.io.gfile.exists(checkpoint_path + ".index"):
-        raise FileNotFoundError(f"no checkpoint {checkpoint_path!r} (missing "
-                                f"{checkpoint_path + '.index'})")
+        raise errors.UserError(f"no checkpoint {checkpoint_path!r} (missing "
+                               f"{checkpoint_path + '.index'})")
     return checkpoint_path
 
 
@@ -158,10 +159,13 @@ def restore_model(model, checkpoint_path, model_options=None):
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
         options = ", ".join(f"{name}={value}" for name, value in (model_options or {}).items())
-        raise ValueError(
-            f"checkpoint {checkpoint_path!r} does not match the model built from the flags "
-            f"({options or 'not given'}); check model_variant, decoder_output_stride, "
-            f"atrous_rates and the dataset's num_classes: {error}") from error
+        # The first line of TensorFlow's error: the rest lists every variable.
+        detail = str(error).strip().split("\n")[0]
+        raise errors.UserError(
+            f"checkpoint {checkpoint_path!r} does not match the model built from "
+            f"{options or 'the default model flags'}; check model_variant, depth_multiplier, "
+            f"decoder_output_stride, atrous_rates and the dataset's num_classes ({detail})"
+        ) from error
     return checkpoint_path
 
 
@@ -229,19 +233,19 @@ def load_slim_checkpoint(model, checkpoint_path, initialize_last_layer=True,
     report.loaded = [name for name, _ in assignments]
     report.unused = sorted(set(shapes) - set(report.loaded) - set(report.skipped))
     if report.wrong_shape:
-        raise ValueError("Nothing assigned: variables of checkpoint %s do not fit the model "
-                         "(another num_classes? use initialize_last_layer=False).\n%s"
-                         % (path, report))
+        raise errors.UserError("Nothing assigned: variables of checkpoint %s do not fit the model "
+                               "(another num_classes? use initialize_last_layer=False).\n%s"
+                               % (path, report))
     if not assignments:
         if _OBJECT_GRAPH_KEY in shapes:
-            raise ValueError("%s is an object-based checkpoint (e.g. from train.py), not a "
-                             "TF-slim one: restore it with tf.train.Checkpoint(model=model)."
-                             % path)
-        raise ValueError("Nothing assigned: no variable of model %s in checkpoint %s (another "
-                         "model_variant?).\n%s" % (model.name, path, report))
+            raise errors.UserError("%s is an object-based checkpoint (e.g. from train.py), not a "
+                                   "TF-slim one: restore it with tf.train.Checkpoint(model=model)."
+                                   % path)
+        raise errors.UserError("Nothing assigned: no variable of model %s in checkpoint %s "
+                               "(another model_variant?).\n%s" % (model.name, path, report))
     if report.missing and not ignore_missing_vars:
-        raise ValueError("Nothing assigned: model variables missing from checkpoint %s.\n%s"
-                         % (path, report))
+        raise errors.UserError("Nothing assigned: model variables missing from checkpoint %s.\n%s"
+                               % (path, report))
     for name, variable in assignments:
         variable.assign(reader.get_tensor(name))
     return report
@@ -259,9 +263,9 @@ def load_weights(model, path):
         ValueError: naming the file when its weights do not fit the model.
     """
     if not os.path.exists(path):
-        raise FileNotFoundError("Weights file %s not found." % path)
+        raise errors.UserError("Weights file %s not found." % path)
     try:
         model.load_weights(path)
     except (ValueError, KeyError) as error:
-        raise ValueError("Weights file %s does not fit model %s: %s"
-                         % (path, model.name, error)) from error
+        raise errors.UserError("Weights file %s does not fit model %s: %s"
+                               % (path, model.name, error)) from error

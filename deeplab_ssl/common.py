@@ -11,7 +11,7 @@ import os
 
 from absl import app, flags
 
-from deeplab_ssl import checkpoints
+from deeplab_ssl import checkpoints, errors
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.datasets import descriptors
 
@@ -95,7 +95,16 @@ def define_inference_flags():
 
 def dataset_descriptor():
     """The descriptors.DatasetDescriptor of --dataset, --dataset_dir, --num_classes and
-    --ignore_label (raises ValueError naming what is missing)."""
+    --ignore_label (raises UserError naming what is missing).
+
+    For eval, vis and export, where none of --dataset, --num_classes and --ignore_label is
+    given, the dataset that train.py described in the checkpoints' folder (dataset.json)."""
+    dataset_flags = ("dataset", "num_classes", "ignore_label")
+    if "checkpoint_dir" in FLAGS and not any(FLAGS[name].present for name in dataset_flags):
+        path = FLAGS.checkpoint_path or FLAGS.checkpoint_dir
+        trained = descriptors.read_description(training_folder(path)) if path else None
+        if trained is not None:
+            return trained
     return descriptors.get_descriptor(FLAGS.dataset, FLAGS.dataset_dir, FLAGS.num_classes,
                                       FLAGS.ignore_label)
 
@@ -150,9 +159,12 @@ def write_text(path, text):
     os.replace(temporary, path)
 
 
-def write_model_options(train_logdir, options):
-    """Writes `options` as train_logdir/model_options.json."""
+def write_model_options(train_logdir, options, descriptor):
+    """Writes `options` as train_logdir/model_options.json and the dataset's `descriptor` as
+    train_logdir/dataset.json: what eval, vis and export take where their flags are not given."""
     write_text(os.path.join(train_logdir, MODEL_OPTIONS_NAME), json.dumps(options, indent=2))
+    write_text(os.path.join(train_logdir, descriptors.DESCRIPTION_NAME),
+               json.dumps(descriptor.to_json(), indent=2) + "\n")
 
 
 def model_options(num_classes, train_logdir=None):
@@ -177,13 +189,13 @@ def model_options(num_classes, train_logdir=None):
     trained = read_model_options(train_logdir) if train_logdir else None
     for name, value in (trained or {}).items():
         if name == "num_classes" and value != num_classes:
-            raise ValueError(
+            raise errors.UserError(
                 f"the checkpoints of {train_logdir} have {value} classes, --dataset="
                 f"{FLAGS.dataset} has {num_classes}")
         if name in INFERENCE_OPTIONS and FLAGS[name].present:
             continue  # E.g. deeplab's export at output stride 8 of a model trained at 16.
         if name != "num_classes" and FLAGS[name].present and options[name] != value:
-            raise ValueError(
+            raise errors.UserError(
                 f"--{name}={options[name]} differs from {value}, the value the checkpoints of "
                 f"{train_logdir} were trained with ({MODEL_OPTIONS_NAME}): drop the flag to use "
                 "the training's")

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from deeplab_ssl import checkpoints, inference
+from deeplab_ssl import checkpoints, errors, inference
 
 
 def confusion_matrix(labels, predictions, num_classes, ignore_label):
@@ -402,10 +402,10 @@ def checkpoints_to_evaluate(checkpoint_path=None, checkpoint_dir=None, eval_inte
         yield checkpoints.resolve_checkpoint(checkpoint_path)
         return
     if not checkpoint_dir:
-        raise ValueError("give --checkpoint_path (one checkpoint) or --checkpoint_dir "
-                         "(a training folder to watch)")
+        raise errors.UserError("give --checkpoint_path (one checkpoint) or --checkpoint_dir "
+                               "(a training folder to watch)")
     if not tf.io.gfile.isdir(checkpoint_dir):
-        raise FileNotFoundError(f"no folder {checkpoint_dir!r} (--checkpoint_dir)")
+        raise errors.UserError(f"no folder {checkpoint_dir!r} (--checkpoint_dir)")
     if max_number_of_evaluations == 1:
         yield checkpoints.resolve_checkpoint(checkpoint_dir)
         return

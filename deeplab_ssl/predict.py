@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from deeplab_ssl import serving, tflite, visualization
+from deeplab_ssl import errors, serving, tflite, visualization
 
 FLAGS = flags.FLAGS
 
@@ -50,13 +50,13 @@ def predict_files(model_path, image_paths, output_dir, colormap, also_save_raw_p
     written = []
     for path in image_paths:
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"no image file {path}")
+            raise errors.UserError(f"no image file {path}")
         try:
             image = tf.io.decode_image(tf.io.read_file(path), channels=3,
                                        expand_animations=False).numpy()
             prediction = predict(image[np.newaxis])[0]
         except (tf.errors.InvalidArgumentError, ValueError) as error:
-            raise ValueError(f"cannot predict {path}: {error}") from error
+            raise errors.UserError(f"cannot predict {path}: {error}") from error
         name = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
         colored = visualization.label_to_color_image(prediction, colormap)
         visualization.save_png(colored, f"{name}_prediction.png")
@@ -95,4 +95,4 @@ def define_flags():
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    errors.run(main)

@@ -33,7 +33,7 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
-from deeplab_ssl import evaluation, inference, serving
+from deeplab_ssl import errors, evaluation, inference, serving
 
 QUANTIZATIONS = ("none", "float16", "int8")
 SIGNATURE_KEY = "serving_default"
@@ -73,7 +73,7 @@ def representative_images(dataset, num_images, crop_size, pad_value):
     images = [model_input(batch["image"], crop_size, pad_value)[0]
               for batch in dataset.take(num_images)]
     if not images:
-        raise ValueError("no representative image: the --representative_split is empty")
+        raise errors.UserError("no representative image: the --representative_split is empty")
     return images
 
 
@@ -124,9 +124,10 @@ def export_tflite(model, path, crop_size, pad_value=(127.5, 127.5, 127.5), eval_
         ValueError: an unknown `quantize` (naming --quantize), or "int8" without images.
     """
     if quantize not in QUANTIZATIONS:
-        raise ValueError(f"--quantize={quantize} is not one of {', '.join(QUANTIZATIONS)}")
+        raise errors.UserError(f"--quantize={quantize} is not one of {', '.join(QUANTIZATIONS)}")
     if quantize == "int8" and not representative:
-        raise ValueError("--quantize=int8 needs representative images (--representative_split)")
+        raise errors.UserError(
+            "--quantize=int8 needs representative images (--representative_split)")
 
     def predict(images):
         probabilities = inference.predict_probabilities(
@@ -181,7 +182,7 @@ class Segmenter:
             raise ImportError("running .tflite files needs LiteRT: pip install ai-edge-litert "
                               "(or pip install 'deeplab-ssl[tflite]')") from error
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no .tflite file {path}")
+            raise errors.UserError(f"no .tflite file {path}")
         with open(path, "rb") as f:
             content = f.read()
         metadata = read_metadata(content)
@@ -189,8 +190,8 @@ class Segmenter:
                                   num_threads=num_threads or os.cpu_count())
         signatures = interpreter.get_signature_list()
         if metadata is None or SIGNATURE_KEY not in signatures:
-            raise ValueError(f"{path} is not a TFLite model of export.py (no {METADATA_NAME!r} "
-                             f"metadata or {SIGNATURE_KEY!r} signature)")
+            raise errors.UserError(f"{path} is not a TFLite model of export.py (no "
+                                   f"{METADATA_NAME!r} metadata or {SIGNATURE_KEY!r} signature)")
         self.path = path
         self.pad_value = metadata["pad_value"]
         self.has_probabilities = (serving.PROBABILITIES_KEY in
@@ -216,7 +217,7 @@ class Segmenter:
         images = np.asarray(images)
         expected = (1, *self.crop_size, 3)
         if images.dtype != np.uint8 or images.shape != expected:
-            raise ValueError(
+            raise errors.UserError(
                 f"{self.path} takes images uint8 {list(expected)} (the --crop_size it was "
                 f"exported with); got {images.dtype} {list(images.shape)}: Segmenter.predict "
                 "fits other sizes")
@@ -250,7 +251,7 @@ class Segmenter:
             return {key: value.numpy()
                     for key, value in serving.predictions(probabilities, True).items()}
         if not np.array_equal(fitted_size, size):
-            raise ValueError(
+            raise errors.UserError(
                 f"{self.path} runs at {list(self.crop_size)} and has no probabilities to resize "
                 f"back to an image of {size.numpy().tolist()}: export it with "
                 "--include_probabilities, or give images no larger than that")

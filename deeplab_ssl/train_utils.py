@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from deeplab_ssl import checkpoints
+from deeplab_ssl import checkpoints, errors
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import utils
 
@@ -27,14 +27,14 @@ class DeepLabLearningRate(keras.optimizers.schedules.LearningRateSchedule):
                  learning_power=0.9, slow_start_step=0, slow_start_learning_rate=1e-4,
                  learning_rate_decay_step=2000, learning_rate_decay_factor=0.1):
         if learning_policy not in LEARNING_POLICIES:
-            raise ValueError(
+            raise errors.UserError(
                 f"--learning_policy={learning_policy!r} is not one of {LEARNING_POLICIES}")
         if not 0 <= slow_start_step < training_number_of_steps:
-            raise ValueError(
+            raise errors.UserError(
                 f"--slow_start_step={slow_start_step} must be >= 0 and smaller than "
                 f"--training_number_of_steps={training_number_of_steps}")
         if learning_policy == "step" and learning_rate_decay_step < 1:
-            raise ValueError(
+            raise errors.UserError(
                 f"--learning_rate_decay_step={learning_rate_decay_step} must be >= 1")
         self.base_learning_rate = float(base_learning_rate)
         self.training_number_of_steps = int(training_number_of_steps)
@@ -75,7 +75,7 @@ class DeepLabLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 def set_batch_norm_decay(model, decay):
     """Sets the moving-average decay (keras `momentum`) of every batch norm layer of `model`."""
     if not 0 <= decay < 1:
-        raise ValueError(f"--batch_norm_decay={decay} must be in [0, 1)")
+        raise errors.UserError(f"--batch_norm_decay={decay} must be in [0, 1)")
     for layer in getattr(model, "layers", []):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = decay
@@ -105,7 +105,7 @@ def initialize_from_checkpoint(model, tf_initial_checkpoint, initialize_last_lay
     path = checkpoints.resolve_checkpoint(tf_initial_checkpoint)
     if checkpoints.is_object_based(path):
         if not initialize_last_layer:
-            raise ValueError(
+            raise errors.UserError(
                 f"--tf_initial_checkpoint={tf_initial_checkpoint} is a train.py checkpoint, "
                 "which restores the whole model: --initialize_last_layer=false needs a "
                 "deeplab / TF-slim checkpoint")
@@ -158,7 +158,7 @@ def median_frequency_weights(pixel_counts, image_pixel_counts):
     image_pixel_counts = np.asarray(image_pixel_counts, np.float64)
     present = pixel_counts > 0
     if not present.any():
-        raise ValueError("median frequency weights of a split without labelled pixels")
+        raise errors.UserError("median frequency weights of a split without labelled pixels")
     frequency = pixel_counts[present] / image_pixel_counts[present]
     weights = np.zeros_like(pixel_counts)
     weights[present] = np.median(frequency) / frequency

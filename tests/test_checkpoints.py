@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_ssl import checkpoints
+from deeplab_ssl import checkpoints, errors
 from deeplab_ssl.model import build_deeplab
 
 OPTIONS = dict(depth_multiplier=0.5, atrous_rates=[6, 12, 18], decoder_output_stride=4)
@@ -127,9 +127,9 @@ def test_object_based_checkpoint_is_explained(tmp_path):
 
 def test_missing_checkpoint_names_the_path(tmp_path):
     model = build_deeplab("mobilenet_v2", 3, depth_multiplier=0.5)
-    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+    with pytest.raises(errors.UserError, match="nowhere.ckpt"):
         checkpoints.load_slim_checkpoint(model, str(tmp_path / "nowhere.ckpt"))
-    with pytest.raises(FileNotFoundError, match="no checkpoint in folder"):
+    with pytest.raises(errors.UserError, match="no checkpoint in folder"):
         checkpoints.load_slim_checkpoint(model, str(tmp_path))
 
 
@@ -143,7 +143,7 @@ def test_keras_weights_file(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(ValueError, match="deeplab.weights.h5"):
         checkpoints.load_weights(_model(num_classes=7), path)
-    with pytest.raises(FileNotFoundError, match="absent.weights.h5"):
+    with pytest.raises(errors.UserError, match="absent.weights.h5"):
         checkpoints.load_weights(other, str(tmp_path / "absent.weights.h5"))
 
 

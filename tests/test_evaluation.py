@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_ssl import checkpoints, evaluation, inference
+from deeplab_ssl import checkpoints, errors, evaluation, inference
 from deeplab_ssl import model as model_lib
 
 
@@ -258,7 +258,7 @@ def test_restore_model_round_trip_and_mismatch_errors(tmp_path):
                                  {"model_variant": "mobilenet_v2", "decoder_output_stride": 4})
     with pytest.raises(ValueError, match=r"model\.ckpt-1.*num_classes=5"):
         checkpoints.restore_model(_small_deeplab(num_classes=5), path, {"num_classes": 5})
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(errors.UserError, match="no checkpoint"):
         checkpoints.restore_model(model, str(tmp_path / "missing.ckpt-3"))
 
 
@@ -280,10 +280,10 @@ def test_checkpoints_to_evaluate(tmp_path):
 
 
 def test_checkpoints_to_evaluate_never_waits_for_a_missing_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="mistyped"):
+    with pytest.raises(errors.UserError, match="mistyped"):
         list(evaluation.checkpoints_to_evaluate(checkpoint_dir=str(tmp_path / "mistyped")))
     # An empty folder: an error for one evaluation; watched until the timeout otherwise.
-    with pytest.raises(FileNotFoundError, match="no checkpoint in folder"):
+    with pytest.raises(errors.UserError, match="no checkpoint in folder"):
         list(evaluation.checkpoints_to_evaluate(checkpoint_dir=str(tmp_path),
                                                 max_number_of_evaluations=1))
     assert list(evaluation.checkpoints_to_evaluate(checkpoint_dir=str(tmp_path),

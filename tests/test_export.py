@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_ssl import inference, predict, serving, visualization
+from deeplab_ssl import errors, inference, predict, serving, visualization
 from deeplab_ssl import model as model_lib
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -147,6 +147,6 @@ def test_predict_writes_colored_pngs(exported, tmp_path):
     with pytest.raises(ValueError, match="broken.png"):
         predict.predict_files(exported, [str(tmp_path / "broken.png")], str(tmp_path / "out"),
                               colormap)
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+    with pytest.raises(errors.UserError, match="missing.jpg"):
         predict.predict_files(exported, [str(tmp_path / "missing.jpg")], str(tmp_path / "out"),
                               colormap)

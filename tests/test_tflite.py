@@ -15,7 +15,7 @@ from PIL import Image
 pytest.importorskip("ai_edge_litert", reason="LiteRT (ai-edge-litert, the [tflite] extra) is "
                                              "not installed")
 
-from deeplab_ssl import inference, predict, serving, tflite, visualization  # noqa: E402
+from deeplab_ssl import errors, inference, predict, serving, tflite, visualization  # noqa: E402
 from deeplab_ssl import model as model_lib  # noqa: E402
 from deeplab_ssl.datasets import input_pipeline  # noqa: E402
 
@@ -150,7 +150,7 @@ def test_bad_exports_and_files(workdir, tmp_path):
         tflite.export_tflite(model, str(tmp_path / "m.tflite"), CROP, quantize="int4")
     with pytest.raises(ValueError, match="--quantize=int8 needs representative images"):
         tflite.export_tflite(model, str(tmp_path / "m.tflite"), CROP, quantize="int8")
-    with pytest.raises(FileNotFoundError, match="missing.tflite"):
+    with pytest.raises(errors.UserError, match="missing.tflite"):
         tflite.Segmenter(str(tmp_path / "missing.tflite"))
     plain = tf.function(lambda x: {"y": x + 1.0},
                         input_signature=[tf.TensorSpec([1, 2], tf.float32)])

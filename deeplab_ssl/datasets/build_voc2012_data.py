@@ -1,4 +1,4 @@
-"""Builds PASCAL VOC 2012 records (and `train_aug` with the SBD labels) in deeplab's schema.
+r"""Builds PASCAL VOC 2012 records (and `train_aug` with the SBD labels) in deeplab's schema.
 
 Reads the devkit layout directly:
 
@@ -27,9 +27,10 @@ Usage:
 """
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 import tensorflow as tf
 
+from deeplab_ssl import errors
 from deeplab_ssl.datasets import build_data, descriptors
 
 TRAIN_AUG = "train_aug"
@@ -87,7 +88,7 @@ def build_voc2012(image_folder, semantic_segmentation_folder, list_folder, outpu
         list_path = os.path.join(list_folder, split + ".txt")
         if split == TRAIN_AUG and not tf.io.gfile.exists(list_path):
             if not sbd_label_folder:
-                raise ValueError(f"{TRAIN_AUG} needs --sbd_label_folder or {list_path}")
+                raise errors.UserError(f"{TRAIN_AUG} needs --sbd_label_folder or {list_path}")
             names = train_aug_names(list_folder, sbd_label_folder, sbd_format)
         else:
             names = build_data.read_list(list_path)
@@ -115,7 +116,7 @@ def _check_exist(pairs, split):
     """Fails before writing anything if files of `split` are missing, naming them."""
     missing = [p for pair in pairs for p in pair if not tf.io.gfile.exists(p)]
     if missing:
-        raise ValueError(f"split {split!r}: {len(missing)} files missing, e.g. {missing[:5]}")
+        raise errors.UserError(f"split {split!r}: {len(missing)} files missing, e.g. {missing[:5]}")
 
 
 def main(argv):
@@ -145,4 +146,4 @@ if __name__ == "__main__":
     flags.DEFINE_enum("image_format", "jpg", ["jpg", "jpeg", "png"], "Image file extension.")
     flags.DEFINE_enum("label_format", "png", ["png"], "VOC label file extension.")
     build_data.define_output_flags(num_shards=4)
-    app.run(main)
+    errors.run(main)

@@ -12,6 +12,7 @@ import os
 
 import tensorflow as tf
 
+from deeplab_ssl import errors
 from deeplab_ssl.datasets import records
 
 # The dataset description a builder writes next to the shards.
@@ -33,7 +34,7 @@ class DatasetDescriptor:
     def split_size(self, split):
         """Number of examples of `split`; raises ValueError naming the split if unknown."""
         if split not in self.splits_to_sizes:
-            raise ValueError(
+            raise errors.UserError(
                 f"dataset {self.name!r} has no split {split!r}; "
                 f"known splits: {sorted(self.splits_to_sizes)}")
         return self.splits_to_sizes[split]
@@ -50,7 +51,7 @@ class DatasetDescriptor:
 def custom_descriptor(num_classes, ignore_label=255, name=CUSTOM, splits_to_sizes=None):
     """A descriptor of a dataset outside the table: classes `class_0`, ..., deeplab's colormap."""
     if num_classes < 1:
-        raise ValueError(f"--num_classes must be >= 1, got {num_classes}")
+        raise errors.UserError(f"--num_classes must be >= 1, got {num_classes}")
     return DatasetDescriptor(name, num_classes, ignore_label, dict(splits_to_sizes or {}),
                              tuple(f"class_{i}" for i in range(num_classes)), DEFAULT_COLORMAP)
 
@@ -64,7 +65,7 @@ def read_description(dataset_dir):
         try:
             return DatasetDescriptor.from_json(json.load(f))
         except (ValueError, TypeError, KeyError) as error:
-            raise ValueError(f"{path} is not a dataset description: {error}") from error
+            raise errors.UserError(f"{path} is not a dataset description: {error}") from error
 
 
 def write_description(dataset_dir, descriptor, split, num_examples):
@@ -166,7 +167,7 @@ def get_descriptor(name, dataset_dir=None, num_classes=None, ignore_label=None):
         descriptor = DATASETS[name]
         if description and (description.num_classes, description.ignore_label) != (
                 descriptor.num_classes, descriptor.ignore_label):
-            raise ValueError(
+            raise errors.UserError(
                 f"{os.path.join(dataset_dir, DESCRIPTION_NAME)} describes {description.name!r} "
                 f"({description.num_classes} classes, ignore_label {description.ignore_label}), "
                 f"not --dataset={name} ({descriptor.num_classes} classes, ignore_label "
@@ -177,7 +178,7 @@ def get_descriptor(name, dataset_dir=None, num_classes=None, ignore_label=None):
         descriptor = custom_descriptor(
             num_classes, splits_to_sizes=records.manifest_split_sizes(dataset_dir or "."))
     else:
-        raise ValueError(
+        raise errors.UserError(
             f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}, or --dataset="
             f"{CUSTOM} with a {DESCRIPTION_NAME} in --dataset_dir (the record builders write "
             "it) or with --num_classes and --ignore_label")

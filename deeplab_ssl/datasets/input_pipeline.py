@@ -13,6 +13,7 @@ import sys
 import tensorflow as tf
 from absl import logging
 
+from deeplab_ssl import errors
 from deeplab_ssl.datasets import descriptors, preprocess, records
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -72,7 +73,9 @@ def decode_record(serialized):
 
 
 def _fail_on_bad_record(example):
-    with tf.control_dependencies([tf.debugging.Assert(example["valid"], [example["error"]])]):
+    message = tf.strings.join([errors.DATA_ERROR, example["error"], " (--skip_bad_records "
+                               "skips such records)"])
+    with tf.control_dependencies([tf.debugging.Assert(example["valid"], [message])]):
         return {key: tf.identity(value) for key, value in example.items()}
 
 
@@ -81,7 +84,7 @@ def _check_labels(example, descriptor):
     label = tf.cast(example["label"], tf.int32)
     fits = tf.logical_or(label < descriptor.num_classes, tf.equal(label, descriptor.ignore_label))
     message = tf.strings.join([
-        "label value ", tf.strings.as_string(tf.reduce_max(tf.where(fits, -1, label))), " in ",
+        errors.DATA_ERROR, "label value ", tf.strings.as_string(tf.reduce_max(tf.where(fits, -1, label))), " in ",
         example["filename"], f" is neither a class of --dataset={descriptor.name} (0 to "
         f"{descriptor.num_classes - 1}) nor its ignore label {descriptor.ignore_label}: give "
         "--ignore_label (or --num_classes) to fit the records"])
@@ -133,11 +136,15 @@ def _shard_names(dataset_dir, split):
     pattern = os.path.join(dataset_dir, records.shard_pattern(split))
     names = sorted(os.path.basename(path) for path in tf.io.gfile.glob(pattern))
     if not names:
-        raise ValueError(f"no tfrecord shards of split {split!r} found: {pattern}")
+        unfinished = tf.io.gfile.glob(pattern + ".tmp*")
+        raise errors.UserError(
+            f"no tfrecord shards of split {split!r} found: {pattern}" + (
+                f"; {len(unfinished)} temporary files of an unfinished (killed?) build are "
+                "there: build the split again" if unfinished else ""))
     counts = {int(re.search(r"-of-(\d+)\.tfrecord$", name).group(1)) for name in names}
     if len(counts) > 1:
-        raise ValueError(f"the shards of split {split!r} in {dataset_dir} come from builds with "
-                         f"{sorted(counts)} shards: build the split again")
+        raise errors.UserError(f"the shards of split {split!r} in {dataset_dir} come from builds with "
+                               f"{sorted(counts)} shards: build the split again")
     return names, counts.pop()
 
 
@@ -166,15 +173,15 @@ def complete_shards(dataset_dir, split, expected_size=None, skip_bad_records=Fal
     missing = sorted(set(records.shard_filename(split, i, num_shards)
                          for i in range(num_shards)) - set(names))
     if missing:
-        raise ValueError(f"split {split!r} in {dataset_dir} is incomplete (a killed build?): "
-                         f"missing {', '.join(missing)}; build it again")
+        raise errors.UserError(f"split {split!r} in {dataset_dir} is incomplete (a killed build?): "
+                               f"missing {', '.join(missing)}; build it again")
     manifest = records.read_manifest(dataset_dir, split)
     built = {}
     if manifest is not None:
         built = {shard["name"]: shard for shard in manifest["shards"]}
         if set(built) != set(names):
-            raise ValueError(f"the shards of split {split!r} in {dataset_dir} are not those of "
-                             f"its {records.manifest_filename(split)}: build it again")
+            raise errors.UserError(f"the shards of split {split!r} in {dataset_dir} are not those of "
+                                   f"its {records.manifest_filename(split)}: build it again")
         expected_size = manifest["num_examples"]
     else:
         logging.info("Split %r of %s has no manifest (built by an older version): counting its "
@@ -191,7 +198,7 @@ def complete_shards(dataset_dir, split, expected_size=None, skip_bad_records=Fal
             error = f"{count} records where the manifest says {shard['num_examples']}"
         if error is not None:
             if not skip_bad_records:
-                raise ValueError(
+                raise errors.UserError(
                     f"shard {path} is damaged after {count} readable records ({error}): build "
                     "the split again, or give --skip_bad_records to read what is whole")
             logging.warning("skip_bad_records: shard %s is damaged after %d records (%s); the "
@@ -200,8 +207,8 @@ def complete_shards(dataset_dir, split, expected_size=None, skip_bad_records=Fal
         shards.append((path, count if error is not None else -1))
         total += count
     if expected_size is not None and total != expected_size:
-        raise ValueError(f"split {split!r} in {dataset_dir} holds {total} examples where "
-                         f"{expected_size} are expected: build it again")
+        raise errors.UserError(f"split {split!r} in {dataset_dir} holds {total} examples where "
+                               f"{expected_size} are expected: build it again")
     return shards
 
 
