@@ -414,7 +414,12 @@ SMALL_INPUTS = {"rmi": {"pool_size": 1}}
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_edge_cases_give_finite_loss_and_gradient(name):
     loss = losses.get_loss(name, **SMALL_INPUTS.get(name, {}))
-    labels, logits = random_batch(9, shape=(2, 6, 7, 3))
+    assert_edge_cases_are_finite(loss, *random_batch(9, shape=(2, 6, 7, 3)))
+
+
+def assert_edge_cases_are_finite(loss, labels, logits):
+    """Huge logits, a one-class image, float16 and bfloat16 logits: finite float32 loss and
+    gradient; an all-ignore batch: 0, with gradient 0."""
     huge = np.where(np.random.default_rng(0).random(logits.shape) < 0.5, 1e4, -1e4)
     one_class = np.zeros_like(labels)
     cases = {"huge logits": (labels, huge.astype(np.float32)),

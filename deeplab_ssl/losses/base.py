@@ -60,6 +60,12 @@ def labels_logits_and_mask(y_true, y_pred, ignore_label):
     return labels, logits, valid
 
 
+def check_ce_weight(ce_weight):
+    """Raises ValueError unless the cross-entropy term's weight `ce_weight` is in [0, 1]."""
+    if not 0.0 <= ce_weight <= 1.0:
+        raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
+
+
 def sigmoid_logits(y_pred, from_logits):
     """float32 logits [B, H, W, C] from logits or from sigmoid probabilities (clipped to 1e-7)."""
     y_pred = ops.cast(y_pred, "float32")

@@ -120,8 +120,7 @@ class RMILoss(base.SumsLoss):
         for argument, value in (("radius", radius), ("pool_size", pool_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{argument} must be an int >= 1, got {value!r}")
-        if not 0.0 <= ce_weight <= 1.0:
-            raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
+        base.check_ce_weight(ce_weight)
         self.radius = radius
         self.pool_size = pool_size
         self.ce_weight = ce_weight

@@ -38,8 +38,7 @@ class SSIMLoss(base.SumsLoss):
                  from_logits=True, name="ssim", **kwargs):
         super().__init__(name=name, **kwargs)
         local_stats.gaussian_window(window_size, sigma)  # validates the window
-        if not 0.0 <= ce_weight <= 1.0:
-            raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
+        base.check_ce_weight(ce_weight)
         self.window_size = window_size
         self.sigma = sigma
         self.c1 = c1

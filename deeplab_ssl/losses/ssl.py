@@ -37,8 +37,7 @@ def check_arguments(beta, c4, ce_weight):
         raise ValueError(f"beta must be in [0, 1), got {beta}")
     if not c4 > 0:
         raise ValueError(f"c4 must be > 0, got {c4}")
-    if not 0.0 <= ce_weight <= 1.0:
-        raise ValueError(f"ce_weight must be in [0, 1], got {ce_weight}")
+    base.check_ce_weight(ce_weight)
 
 
 def structural_maps(labels, probs, valid, window_size, sigma, c4):
