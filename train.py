@@ -91,51 +91,9 @@ flags.DEFINE_float("last_layer_gradient_multiplier", 1.0,
                    "gradient of last layers if the value > 1 (biases always get 2x, as in "
                    "deeplab).")
 
-# The loss.
-flags.DEFINE_enum("loss", "ssl", losses.LOSS_NAMES,
-                  "ssl (the paper's Eq. 17), bce (sigmoid CE), softmax_ce (deeplab's), topk_ce "
-                  "(softmax CE on the top_k_percent_pixels hardest pixels), ssim7 / ssim9 "
-                  "(Eq. 7 / Eq. 9 + BCE), affinity (softmax CE + affinity field loss), "
-                  "lovasz (Lovasz-softmax, the IoU's convex surrogate), rmi (region mutual "
-                  "information + BCE); beyond "
-                  "the paper, ssl_softmax (the SSL's structural weight on softmax CE), "
-                  "ssl_softmax_topk (and on the top 25% of the pixels), "
-                  "ssl_softmax_topk_balanced (and normalised per class).")
-flags.DEFINE_integer("ssl_window_size", 3,
-                     "Region size k of the SSL and the SSIM losses (odd; paper: 1 to 11).")
-flags.DEFINE_float("ssl_sigma", 1.5, "Std of the Gaussian window of the SSL and SSIM losses.")
-flags.DEFINE_float("ssl_beta", 0.1, "Hard-example threshold factor beta of the SSL (Eq. 11).")
-flags.DEFINE_float("ssl_ce_weight", 0.5,
-                   "Weight lambda of the CE term of the SSL, its softmax variants, and the SSIM "
-                   "and RMI losses (Eq. 17).")
-flags.DEFINE_boolean("ssl_ohem", True, "SSL: drop the easy examples (Table 3's OHEM).")
-flags.DEFINE_boolean("ssl_reweight", True, "SSL: weight hard examples by e (Table 3).")
-flags.DEFINE_integer("ssl_warmup_steps", 0,
-                     "SSL, beyond the paper: the BCE term alone for this many steps, then "
-                     "Eq. 17 (docs/results.md says when it helps); 0: the paper's loss.")
-flags.DEFINE_boolean("ssl_class_balanced", False,
-                     "ssl_softmax*: the structural term normalised per class of the labels "
-                     "(ssl_softmax_topk_balanced defaults to True).")
-flags.DEFINE_float("top_k_percent_pixels", 1.0,
-                   "softmax_ce / topk_ce / ssl_softmax*: fraction of the hardest pixels in the "
-                   "CE term (topk_ce and ssl_softmax_topk* default to 0.25 when this flag is "
-                   "not given).")
-flags.DEFINE_list("class_weights", None,
-                  "softmax_ce / topk_ce: the weight of each class's pixels, C numbers "
-                  "(deeplab's per-class loss_weight), e.g. 1,1,5.")
-flags.DEFINE_enum("class_weighting", "none", ["none", "median_frequency"],
-                  "softmax_ce / topk_ce: median_frequency weighs each class by the median "
-                  "class frequency over its own, from the --train_split's labels (SegNet's "
-                  "CamVid weights); the weights are logged.")
-flags.DEFINE_integer("hard_example_mining_step", 0,
-                     "softmax_ce / topk_ce: step at which mining reaches top_k_percent_pixels.")
-flags.DEFINE_float("affinity_kld_margin", 3.0, "Affinity field loss: separating-force margin.")
-flags.DEFINE_integer("rmi_radius", 3, "rmi: the side R of the regions (the authors' 3).")
-flags.DEFINE_integer("rmi_pool_size", 4,
-                     "rmi: average pooling (kernel and stride) before the regions (the authors' "
-                     "4).")
-flags.DEFINE_boolean("lovasz_per_image", False,
-                     "lovasz: the mean of each image's Lovasz-softmax loss, not the batch's.")
+# The loss: --loss and its flags, from the registry of the losses (listed by --helpshort).
+losses.define_flags(flags.FLAGS)
+flags.adopt_module_key_flags(losses)
 
 FLAGS = flags.FLAGS
 
