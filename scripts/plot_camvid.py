@@ -328,14 +328,27 @@ def best_rates(results):
     return grid
 
 
+def grid_complete(mious):
+    """Whether a grid {rate: val mIoU} has every rate the rule asks for: 0.01, 0.02 and 0.04;
+    0.005 where 0.01 beats 0.02; 0.08 where 0.04 beats the others."""
+    if not {"0.01", "0.02", "0.04"} <= set(mious):
+        return False
+    if mious["0.01"] > mious["0.02"] and "0.005" not in mious:
+        return False
+    return max(mious, key=mious.get) != "0.04" or "0.08" in mious
+
+
 def grid_table(grid):
-    """Markdown: val mIoU (%) of seed 0 per method and learning rate, the best in bold."""
-    lines = ["| method | " + " | ".join(f"lr {rate}" for rate in RATES) + " |",
-             "| --- |" + " ---: |" * len(RATES)]
+    """Markdown: val mIoU (%) of seed 0 per method and learning rate, the best in bold where
+    the grid is complete."""
+    lines = ["| method | " + " | ".join(f"lr {rate}" for rate in RATES) + " | grid |",
+             "| --- |" + " ---: |" * len(RATES) + " --- |"]
     for method, (best, mious) in grid.items():
-        cells = [("**{:.2f}**" if rate == best else "{:.2f}").format(mious[rate])
+        complete = grid_complete(mious)
+        cells = [("**{:.2f}**" if rate == best and complete else "{:.2f}").format(mious[rate])
                  if rate in mious else "" for rate in RATES]
-        lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {METHODS[method]} | " + " | ".join(cells)
+                     + f" | {'complete' if complete else 'in progress'} |")
     return "\n".join(lines)
 
 
@@ -343,7 +356,8 @@ def contest_table(results, grid):
     """Markdown: each method at its best rate, over its seeds: mean and std of val mIoU,
     Welch's t against softmax CE and against the best baseline (both at their best rates),
     and the thin classes' IoU; and the runs by method ({method: runs})."""
-    runs = {method: load_rate_runs(results, method, best) for method, (best, _) in grid.items()}
+    runs = {method: load_rate_runs(results, method, best)
+            for method, (best, mious) in grid.items() if grid_complete(mious)}
     mious = {method: [100 * e["miou"] for _, e, _ in method_runs]
              for method, method_runs in runs.items()}
     baselines = [m for m in BASELINES if m in mious]
