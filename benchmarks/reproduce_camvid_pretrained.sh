@@ -153,6 +153,17 @@ best_rate() {
   echo "$best"
 }
 
+# run_grid METHOD: METHOD's learning rate, from seed 0 on val: 0.01, 0.02 and 0.04; 0.005
+# where 0.01 beats 0.02; 0.08 where 0.04 beats the others (runs done are skipped).
+run_grid() {
+  local rate
+  for rate in 0.01 0.02 0.04; do rate_run "$1" "$rate" 0; done
+  if awk "BEGIN {exit !($(rate_miou "$1" 0.01) > $(rate_miou "$1" 0.02))}"; then
+    rate_run "$1" 0.005 0
+  fi
+  if [ "$(best_rate "$1")" = 0.04 ]; then rate_run "$1" 0.08 0; fi
+}
+
 for stage in $STAGES; do
   case $stage in
     calibration)
@@ -189,21 +200,14 @@ for stage in $STAGES; do
         done
       done ;;
     grid)
-      # Each method's learning rate, from seed 0 on val: 0.01, 0.02 and 0.04; 0.005 where 0.01
-      # beats 0.02; 0.08 where 0.04 beats both.
-      for method in $GRID_METHODS; do
-        for rate in 0.01 0.02 0.04; do rate_run "$method" "$rate" 0; done
-        if awk "BEGIN {exit !($(rate_miou "$method" 0.01) > $(rate_miou "$method" 0.02))}"; then
-          rate_run "$method" 0.005 0
-        fi
-        if [ "$(best_rate "$method")" = 0.04 ]; then rate_run "$method" 0.08 0; fi
-      done ;;
+      for method in $GRID_METHODS; do run_grid "$method"; done ;;
     seeds)
-      # Each method at its best rate of the grid: seeds 1-2, then seeds 3-4 of SEEDS_1_TO_4.
+      # Each method at its best rate of the grid (completed first where it is not): seeds 1-2,
+      # then seeds 3-4 of FIVE_SEEDS.
       for pass in "1 2" "3 4"; do
         for method in $GRID_METHODS; do
+          run_grid "$method"
           rate=$(best_rate "$method")
-          [ "$rate" != none ] || { echo "no grid for $method: run STAGES=grid first" >&2; exit 1; }
           for seed in $pass; do
             if wanted "$SEEDS" "$seed" && { [ "$seed" -le 2 ] || wanted "$FIVE_SEEDS" "$method"; }; then
               rate_run "$method" "$rate" "$seed"
