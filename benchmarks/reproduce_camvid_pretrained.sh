@@ -37,9 +37,10 @@ METHODS=${METHODS:-"ce ssl3 bce topk_ce ssl3_ohem_only ssl7"}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 VARIANTS=${VARIANTS:-"ssl3_warmup"}
 # The contest of losses, each at its own learning rate (stages grid and seeds): the two
-# strongest baselines first, then the structure-aware variants beyond the paper, then the
-# paper's SSL and its base.
-GRID_METHODS=${GRID_METHODS:-"ce topk_ce ssl_softmax_topk ssl_softmax_topk_balanced ssl_softmax ssl3 bce"}
+# strongest baselines first, then the structure-aware variants beyond the paper, then what
+# users of class-imbalanced segmentation reach for, then the paper's SSL and its base.
+GRID_METHODS=${GRID_METHODS:-"ce topk_ce ssl_softmax_topk ssl_softmax_topk_balanced ssl_softmax
+  ce_median_frequency lovasz rmi ssl3 bce"}
 FIVE_SEEDS=${FIVE_SEEDS:-"ce topk_ce"}  # Methods that get seeds 3 and 4 too.
 CAMVID=${CAMVID:-../shared/data/camvid}
 CONFIGS=configs/camvid/pretrained
