@@ -22,8 +22,11 @@ def _import_tensorflow_quietly():
     _STARTUP_NOISE: a failing import is still shown whole. (The cuInit ERROR line of the first
     device listing is hidden by TF_CPP_MIN_LOG_LEVEL=3.)"""
     import tempfile
+    try:
+        saved = os.dup(2)
+    except OSError:  # No stderr to quiet (a daemon): import as is.
+        return
     sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
@@ -41,7 +44,7 @@ def _import_tensorflow_quietly():
 # TF_CPP_MIN_LOG_LEVEL set by the user, or absl's --verbosity on the command line, shows them.
 if not os.path.exists("/proc/driver/nvidia") and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # And later C++ noise (the cuInit ERROR line).
-    if not any(arg.startswith(("--verbosity", "-v")) for arg in sys.argv[1:]):
+    if not any(arg.startswith(("--verbosity", "-v")) for arg in getattr(sys, "argv", [])[1:]):
         _import_tensorflow_quietly()
 
 from deeplab_ssl.losses import SSLoss  # noqa: E402

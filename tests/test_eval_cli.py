@@ -55,8 +55,10 @@ def _run(script, *args, expect_ok=True):
                             capture_output=True, text=True, cwd=REPO, check=False)
     if expect_ok:
         assert result.returncode == 0, result.stderr[-3000:]
-    else:
-        assert result.returncode != 0, result.stdout[-3000:]
+    else:  # A refusal: one line, no traceback (tests/test_cli_errors.py has the others).
+        assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[
+            -1].startswith("error: "), result.stderr[-3000:]
     return result
 
 
