@@ -79,13 +79,21 @@ fi
 # wanted LIST WORD: whether the space-separated LIST (e.g. $SEEDS) holds WORD.
 wanted() { [[ " $1 " == *" $2 "* ]]; }
 
-# run STAGE NAME SEED FLAGFILE [FLAG...]: trains, evaluates on val, keeps the results.
+# record_cpu OUT: the CPU a run ran on, in OUT/cpu. A seed reproduces only on the same CPU type
+# (the kernels differ with AVX-512 and AVX2).
+record_cpu() {
+  { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs
+    grep -q avx512f /proc/cpuinfo && echo avx512 || echo avx2; nproc; } > "$1/cpu"
+}
+
+# run STAGE NAME SEED FLAGFILE [FLAG...]: trains, evaluates on val, keeps the results; a run
+# whose loss diverged keeps its `diverged` file instead of an evaluation.
 run() {
   local stage=$1 name=$2 seed=$3 flagfile=$4
   shift 4
   local logdir=runs/camvid_pretrained/$stage/${name}_seed$seed
   local out=$OUT/$stage/$name/seed$seed
-  if [ -f "$out/eval_val.json" ]; then return; fi
+  if [ -f "$out/eval_val.json" ] || [ -f "$out/diverged" ]; then return; fi
   echo "== $stage $name seed $seed"
   mkdir -p "$out"
   # A resumed training appends to train.log, and its seconds add to those of the killed one,
@@ -98,9 +106,21 @@ run() {
   fi
   date +%s > "$out/train_started"
   local start=$SECONDS
-  "$PY" train.py --flagfile="$flagfile" "$@" --seed="$seed" --train_logdir="$logdir" 2>&1 \
-    | tee -a "$out/train.log" | grep -E "step [0-9]+/|Error" || true
-  [ -f "$logdir/checkpoint" ] || { echo "training $stage $name seed $seed failed" >&2; exit 1; }
+  # A training that stops (a diverged loss, bad data) leaves checkpoints of earlier steps: its
+  # exit status, not a checkpoint, says whether it finished.
+  if ! "$PY" train.py --flagfile="$flagfile" "$@" --seed="$seed" --train_logdir="$logdir" 2>&1 \
+      | tee -a "$out/train.log" | { grep -iE "step [0-9]+/|error" || true; }; then
+    if grep -q "non-finite loss" "$out/train.log"; then
+      # A result of the grid (a rate too large), not a failure of the study: kept as such.
+      { grep -m1 "non-finite loss" "$out/train.log"; cat "$flagfile"; printf '%s\n' "$@"; } \
+        > "$out/diverged"
+      record_cpu "$out"
+      rm -f "$out/train_started" "$out/train_seconds_before"
+      return
+    fi
+    echo "training $stage $name seed $seed failed: $out/train.log" >&2
+    exit 1
+  fi
   echo $((seconds + SECONDS - start)) > "$out/train_seconds"
   rm -f "$out/train_started" "$out/train_seconds_before"
   "$PY" eval.py --flagfile="$MODEL" --checkpoint_dir="$logdir" --eval_split=val \
@@ -108,9 +128,7 @@ run() {
   { cat "$flagfile"; printf '%s\n' "$@" "--seed=$seed"; } > "$out/flags"
   cp "$logdir/train.flags" "$out/"  # Every flag as train.py resolved it.
   cp "$logdir/train_log.jsonl" "$out/"
-  # A seed reproduces only on the same CPU type (the kernels differ with AVX-512 and AVX2).
-  { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs
-    grep -q avx512f /proc/cpuinfo && echo avx512 || echo avx2; nproc; } > "$out/cpu"
+  record_cpu "$out"
   local json
   json=$(ls -t "$logdir"/model.ckpt-*.eval_val_ms1.json | head -1)
   cp "$json" "$out/eval_val.json.tmp" && mv "$out/eval_val.json.tmp" "$out/eval_val.json"
@@ -135,12 +153,15 @@ rate_run() {
     --base_learning_rate="$2"
 }
 
-# rate_miou METHOD RATE: val mIoU of seed 0 at RATE, -1 where that run is missing.
+# rate_miou METHOD RATE: val mIoU of seed 0 at RATE, 0 where it diverged, -1 where that run
+# is missing.
 rate_miou() {
-  local json
-  json=$(rate_dir "$1" "$2")/seed0/eval_val.json
-  if [ -f "$json" ]; then
-    "$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['miou'])" "$json"
+  local seed0
+  seed0=$(rate_dir "$1" "$2")/seed0
+  if [ -f "$seed0/eval_val.json" ]; then
+    "$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['miou'])" \
+      "$seed0/eval_val.json"
+  elif [ -f "$seed0/diverged" ]; then echo 0
   else echo -1; fi
 }
 

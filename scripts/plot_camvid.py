@@ -50,6 +50,8 @@ METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)"
 # frozen rate of the study (configs/camvid/pretrained/train.flags).
 RATES = ("0.005", "0.01", "0.02", "0.04", "0.08")
 BASE_RATE = "0.01"
+# The grid's value of a run whose loss became NaN or Inf (the script's `diverged` file).
+DIVERGED = 0.0
 # The baselines of the contest: users' choices without a structural term.
 BASELINES = ("ce", "topk_ce", "bce", "ce_median_frequency", "lovasz", "rmi")
 # Per study: results, checkpoints and data folders, model options, and the pictures' names.
@@ -323,6 +325,9 @@ def best_rates(results):
             seed0 = [e for seed, e, _ in load_rate_runs(results, method, rate) if seed == "seed0"]
             if seed0:
                 mious[rate] = 100 * seed0[0]["miou"]
+            elif os.path.exists(os.path.join(rate_folder(results, method, rate), "seed0",
+                                              "diverged")):
+                mious[rate] = DIVERGED
         if len(mious) >= 2:  # A grid, not the study's one rate.
             grid[method] = (max(mious, key=mious.get), mious)
     return grid
@@ -345,8 +350,9 @@ def grid_table(grid):
              "| --- |" + " ---: |" * len(RATES) + " --- |"]
     for method, (best, mious) in grid.items():
         complete = grid_complete(mious)
-        cells = [("**{:.2f}**" if rate == best and complete else "{:.2f}").format(mious[rate])
-                 if rate in mious else "" for rate in RATES]
+        cells = ["" if rate not in mious else "diverged" if mious[rate] == DIVERGED else
+                 ("**{:.2f}**" if rate == best and complete else "{:.2f}").format(mious[rate])
+                 for rate in RATES]
         lines.append(f"| {METHODS[method]} | " + " | ".join(cells)
                      + f" | {'complete' if complete else 'in progress'} |")
     return "\n".join(lines)
