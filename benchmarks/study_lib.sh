@@ -1,0 +1,143 @@
+# The functions of the reproduce_*.sh studies, sourced by them. Each run trains with train.py,
+# evaluates on val with eval.py and keeps its record; the grid gives each method its own
+# learning rate. The sourcing script sets:
+#   PY       the Python of the project's environment
+#   CONFIGS  the folder of the flagfiles: METHOD.flags per method, train.flags (the schedule)
+#   MODEL    the model and dataset flagfile eval.py takes
+#   OUT      the results folder (committed): OUT/STAGE/NAME/seedSEED/
+#   RUNS     the checkpoints' folder (not committed): RUNS/STAGE/NAME_seedSEED/
+#   METRIC   the key of the evaluation JSON the grid compares (miou, f1, ...)
+
+# wanted LIST WORD: whether the space-separated LIST (e.g. $SEEDS) holds WORD.
+wanted() { [[ " $1 " == *" $2 "* ]]; }
+
+# record_cpu OUT: the CPU a run ran on, in OUT/cpu. A seed reproduces only on the same CPU type
+# (the kernels differ with AVX-512 and AVX2).
+record_cpu() {
+  { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs
+    grep -q avx512f /proc/cpuinfo && echo avx512 || echo avx2; nproc; } > "$1/cpu"
+}
+
+# run STAGE NAME SEED FLAGFILE [FLAG...]: trains, evaluates on val, keeps the results; a run
+# whose loss diverged keeps its `diverged` file instead of an evaluation.
+run() {
+  local stage=$1 name=$2 seed=$3 flagfile=$4
+  shift 4
+  local logdir=$RUNS/$stage/${name}_seed$seed
+  local out=$OUT/$stage/$name/seed$seed
+  if [ -f "$out/eval_val.json" ] || [ -f "$out/diverged" ]; then return; fi
+  echo "== $stage $name seed $seed"
+  mkdir -p "$out"
+  # A resumed training appends to train.log, and its seconds add to those of the killed one,
+  # which ended at train.log's last write (to within a --log_steps interval).
+  local seconds=0
+  if [ -f "$out/train_started" ]; then
+    seconds=$(( $(cat "$out/train_seconds_before" 2>/dev/null || echo 0)
+                + $(stat -c %Y "$out/train.log") - $(cat "$out/train_started") ))
+    echo "$seconds" > "$out/train_seconds_before"
+  fi
+  date +%s > "$out/train_started"
+  local start=$SECONDS
+  # A training that stops (a diverged loss, bad data) leaves checkpoints of earlier steps: its
+  # exit status, not a checkpoint, says whether it finished.
+  if ! "$PY" train.py --flagfile="$flagfile" "$@" --seed="$seed" --train_logdir="$logdir" 2>&1 \
+      | tee -a "$out/train.log" | { grep -iE "step [0-9]+/|error" || true; }; then
+    if grep -q "non-finite loss" "$out/train.log"; then
+      # A result of the grid (a rate too large), not a failure of the study: kept as such.
+      { grep -m1 "non-finite loss" "$out/train.log"; cat "$flagfile"; printf '%s\n' "$@"; } \
+        > "$out/diverged"
+      record_cpu "$out"
+      rm -f "$out/train_started" "$out/train_seconds_before"
+      return
+    fi
+    echo "training $stage $name seed $seed failed: $out/train.log" >&2
+    exit 1
+  fi
+  echo $((seconds + SECONDS - start)) > "$out/train_seconds"
+  rm -f "$out/train_started" "$out/train_seconds_before"
+  "$PY" eval.py --flagfile="$MODEL" --checkpoint_dir="$logdir" --eval_split=val \
+    --max_number_of_evaluations=1 > "$out/eval.log" 2>&1
+  { cat "$flagfile"; printf '%s\n' "$@" "--seed=$seed"; } > "$out/flags"
+  cp "$logdir/train.flags" "$out/"  # Every flag as train.py resolved it.
+  cp "$logdir/train_log.jsonl" "$out/"
+  record_cpu "$out"
+  local json
+  json=$(ls -t "$logdir"/model.ckpt-*.eval_val_ms1.json | head -1)
+  cp "$json" "$out/eval_val.json.tmp" && mv "$out/eval_val.json.tmp" "$out/eval_val.json"
+}
+
+# rate_dir METHOD RATE: the results folder of METHOD's runs at learning rate RATE: the study's
+# at the frozen rate of train.flags, the sensitivity stage's where it ran that rate (CE and
+# SSL (3), seed 0), else the grid's.
+BASE_RATE=$(grep -oP '^--base_learning_rate=\K.*' "$CONFIGS/train.flags")
+RATES="0.005 0.01 0.02 0.04 0.08"
+rate_dir() {
+  if [ "$2" = "$BASE_RATE" ]; then echo "$OUT/study/$1"
+  elif [ -d "$OUT/sensitivity/${1}_lr$2" ]; then echo "$OUT/sensitivity/${1}_lr$2"
+  else echo "$OUT/grid/${1}_lr$2"; fi
+}
+
+# rate_run METHOD RATE SEED: trains and evaluates METHOD at RATE (where not done yet).
+rate_run() {
+  local dir
+  dir=$(rate_dir "$1" "$2")
+  run "$(basename "$(dirname "$dir")")" "$(basename "$dir")" "$3" "$CONFIGS/$1.flags" \
+    --base_learning_rate="$2"
+}
+
+# rate_score METHOD RATE: the METRIC of seed 0 on val at RATE, 0 where it diverged, -1 where
+# that run is missing.
+rate_score() {
+  local seed0
+  seed0=$(rate_dir "$1" "$2")/seed0
+  if [ -f "$seed0/eval_val.json" ]; then
+    "$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" \
+      "$seed0/eval_val.json" "$METRIC"
+  elif [ -f "$seed0/diverged" ]; then echo 0
+  else echo -1; fi
+}
+
+# best_rate METHOD: the rate with the best METRIC of seed 0 on val, or none.
+best_rate() {
+  local rate best=none best_score=-1 score
+  for rate in $RATES; do
+    score=$(rate_score "$1" "$rate")
+    if awk "BEGIN {exit !($score > $best_score)}"; then best=$rate best_score=$score; fi
+  done
+  echo "$best"
+}
+
+# run_grid METHOD: METHOD's learning rate, from seed 0 on val: 0.01, 0.02 and 0.04; 0.005
+# where 0.01 beats 0.02; 0.08 where 0.04 beats the others (runs done are skipped).
+run_grid() {
+  local rate
+  for rate in 0.01 0.02 0.04; do rate_run "$1" "$rate" 0; done
+  if awk "BEGIN {exit !($(rate_score "$1" 0.01) > $(rate_score "$1" 0.02))}"; then
+    rate_run "$1" 0.005 0
+  fi
+  if [ "$(best_rate "$1")" = 0.04 ]; then rate_run "$1" 0.08 0; fi
+}
+
+# grid_stage: the learning rate of each method of GRID_METHODS (run_grid).
+grid_stage() {
+  local method
+  for method in $GRID_METHODS; do run_grid "$method"; done
+}
+
+# seeds_stage: each method of GRID_METHODS at its best rate (its grid completed first): seeds
+# 1-2, then seeds 3-4 of the methods of FIVE_SEEDS; only the seeds of SEEDS.
+seeds_stage() {
+  local pass method rate seed
+  for pass in "1 2" "3 4"; do
+    for method in $GRID_METHODS; do
+      run_grid "$method"
+      rate=$(best_rate "$method")
+      for seed in $pass; do
+        if wanted "$SEEDS" "$seed" && { [ "$seed" -le 2 ] || wanted "$FIVE_SEEDS" "$method"; }
+        then
+          rate_run "$method" "$rate" "$seed"
+        fi
+      done
+    done
+  done
+}
