@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The DRIVE study of docs/results.md (issue 27), with one command:
+#   bash benchmarks/reproduce_drive.sh [PYTHON]
+# DeepLabv3+ mobilenet_v2 from deeplab's ImageNet checkpoint on DRIVE's retinal vessels
+# (configs/drive/), val = training images 36-40. Builds the records, then runs STAGES in order:
+#   calibration  softmax CE, seed 0, lr 0.01, in each setting of CALIBRATION below: the output
+#                stride, crop and steps of configs/drive/train.flags are chosen from these on val
+#                (F1 of the vessels), then frozen
+#   grid         each loss of GRID_METHODS at its own learning rate, seed 0, by the contest's
+#                rule (benchmarks/study_lib.sh), compared by val F1
+#   seeds        each loss at its rate: seeds 1-2 (3-4 for FIVE_SEEDS)
+# Every run keeps its flags, train.flags, whole train.log, train_log.jsonl, evaluation JSON (F1,
+# AUC, sensitivity, specificity, accuracy, mIoU), training seconds and CPU under
+# results/drive/STAGE/NAME/seedSEED/; checkpoints stay in runs/drive/. Finished runs are
+# skipped and a killed training resumes: the command also resumes a stopped study. Runs are
+# deterministic for a seed on one CPU type.
+# STAGES, GRID_METHODS, FIVE_SEEDS and SEEDS (environment) choose a subset. Bash reads a script
+# as it runs it: to edit this file during a study, run a copy (bash -c "$(cat FILE)" FILE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-.venv/bin/python}
+STAGES=${STAGES:-"calibration grid seeds"}
+GRID_METHODS=${GRID_METHODS:-"ce topk_ce lovasz ssl3 bce"}
+FIVE_SEEDS=${FIVE_SEEDS:-""}
+SEEDS=${SEEDS:-"0 1 2 3 4"}
+DRIVE=${DRIVE:-../shared/data/drive}
+CONFIGS=configs/drive
+MODEL=$CONFIGS/deeplabv3plus.flags
+DATA=data/drive  # --dataset_dir of $MODEL
+OUT=results/drive
+RUNS=runs/drive
+METRIC=f1  # The field's: F1 (= Dice) of the vessels inside the field of view, pooled.
+
+# The settings tried for the schedule (softmax CE, seed 0): NAME and the flags that differ from
+# train.flags, each about 15 minutes of training on 2 AVX-512 cores (stride 16 at crop 321 runs
+# ~1.45 s a step at batch 8, stride 8 twice that, crop 257 two thirds).
+CALIBRATION=(
+  "os16_crop321 --output_stride=16 --train_crop_size=321,321 --training_number_of_steps=600"
+  "os8_crop321 --output_stride=8 --train_crop_size=321,321 --training_number_of_steps=300"
+  "os16_crop257 --output_stride=16 --train_crop_size=257,257 --training_number_of_steps=900"
+)
+
+# Complete splits, not just shards that exist: a killed build is built again.
+if ! "$PY" -c "import sys; from deeplab_ssl.datasets import descriptors, input_pipeline as p
+drive = descriptors.get_descriptor('drive')
+[p.complete_shards(sys.argv[1], s, drive.split_size(s)) for s in ('train', 'val')]" "$DATA" \
+    2>/dev/null; then
+  "$PY" -m deeplab_ssl.datasets.build_drive_data --drive_root="$DRIVE" --output_dir="$DATA" \
+    --splits=train,val,trainval
+fi
+
+source benchmarks/study_lib.sh
+
+for stage in $STAGES; do
+  case $stage in
+    calibration)
+      for setting in "${CALIBRATION[@]}"; do
+        read -r -a words <<< "$setting"
+        run calibration "${words[0]}" 0 "$CONFIGS/ce.flags" "${words[@]:1}"
+      done ;;
+    grid) grid_stage ;;
+    seeds) seeds_stage ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
