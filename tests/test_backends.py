@@ -22,6 +22,7 @@ import tensorflow as tf
 from keras import ops
 
 from deeplab_ssl import losses
+from deeplab_ssl.losses import ssl_statistics
 from deeplab_ssl.core import utils
 from deeplab_ssl.datasets import input_pipeline
 from deeplab_ssl.model import build_deeplab
@@ -127,6 +128,25 @@ def test_top_k_schedule_with_a_step_tensor():
     assert value == pytest.approx(np.sort(pixel_ce)[-4:].mean(), rel=1e-5)
 
 
+def test_ssl_statistics_on_every_backend():
+    """The statistics training logs (Fig. 3, per class) on this backend, whole batch."""
+    labels, logits = random_batch(3)
+    *_, error, _, _, y_nor, p_nor = np_ssl_reference(labels, logits, return_normalized=True)
+    valid = labels != IGNORE
+    loss = losses.SSLoss()
+    maxima, sums = ssl_statistics.error_statistics(loss, labels, logits)
+    figures = ssl_statistics.summarize_error_statistics(
+        loss.e_max, ops.convert_to_numpy(maxima), ops.convert_to_numpy(sums))
+    for name, value in {"y_nor_max": y_nor[valid].max(), "p_nor_min": p_nor[valid].min(),
+                        "error_max": error[valid].max(),
+                        "error_mean": error[valid].mean()}.items():
+        assert figures[name] == pytest.approx(value, abs=1e-4), name
+    class_sums = ops.convert_to_numpy(ssl_statistics.class_statistics(loss, labels, logits))
+    assert class_sums.shape == (8, 4) and class_sums[0].sum() == valid.sum()
+    hard = (error > loss.beta * loss.e_max) & valid[..., None]
+    assert class_sums[2:4].sum() == hard.sum()
+
+
 def test_bad_labels_and_tensorflow_only_parts_raise():
     labels, logits = random_batch(2)
     labels[0, 0, 0] = 4  # C = 4: out of range and not ignore_label
@@ -138,7 +158,6 @@ def test_bad_labels_and_tensorflow_only_parts_raise():
     for name, call in [
             ("cross_replica_loss", lambda: losses.cross_replica_loss(
                 losses.SSLoss(), labels, logits)),
-            ("error_statistics", lambda: losses.SSLoss().error_statistics(labels, logits)),
             ("kernel", lambda: losses.SSLoss(implementation="kernel"))]:
         with pytest.raises(ValueError, match="TensorFlow backend"):
             call()

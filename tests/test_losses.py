@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ssl import losses
+from deeplab_ssl.losses import ssl_statistics
 
 IGNORE = 255
 
@@ -259,16 +260,17 @@ def test_error_statistics_match_reference():
     valid = np.asarray(labels) != IGNORE
     loss = losses.SSLoss()
     # Two pieces of the batch, combined as replicas would be.
-    parts = [loss.error_statistics(labels[i:i + 1], logits[i:i + 1]) for i in range(2)]
+    parts = [ssl_statistics.error_statistics(loss, labels[i:i + 1], logits[i:i + 1])
+             for i in range(2)]
     maxima = np.maximum(parts[0][0], parts[1][0])
     sums = (parts[0][1] + parts[1][1]).numpy()
-    figures = loss.summarize_error_statistics(maxima, sums)
+    figures = ssl_statistics.summarize_error_statistics(loss.e_max, maxima, sums)
     expected = {"y_nor_max": y_nor[valid].max(), "y_nor_min": y_nor[valid].min(),
                 "p_nor_max": p_nor[valid].max(), "p_nor_min": p_nor[valid].min(),
                 "error_max": error[valid].max(), "error_mean": error[valid].mean()}
     for name, value in expected.items():
         assert figures[name] == pytest.approx(value, abs=1e-4), name
-    bin_width = loss.e_max / losses.ssl.ERROR_HISTOGRAM_BINS
+    bin_width = loss.e_max / ssl_statistics.ERROR_HISTOGRAM_BINS
     assert abs(figures["error_median"] - np.median(error[valid])) <= bin_width
     assert sums[1] == valid.sum() * logits.shape[-1]
     assert sums[2:].sum() == sums[1]
@@ -284,9 +286,9 @@ def test_class_statistics_split_the_reference_gradient(ohem, reweight):
     _, gradient, error, threshold, sums = np_ssl_reference(labels, logits, **kwargs)
     loss = losses.SSLoss(ignore_label=IGNORE, **kwargs)
     # Two pieces of the batch, added as replicas would be.
-    parts = loss.class_statistics(labels[:1], logits[:1]) + loss.class_statistics(
-        labels[1:], logits[1:])
-    figures = loss.summarize_class_statistics(parts)
+    parts = (ssl_statistics.class_statistics(loss, labels[:1], logits[:1])
+             + ssl_statistics.class_statistics(loss, labels[1:], logits[1:]))
+    figures = ssl_statistics.summarize_class_statistics(loss, parts)
     valid = labels != IGNORE
     one_hot = np.eye(logits.shape[-1])[np.where(valid, labels, 0)] * valid[..., None]
     hard = (error > threshold) & valid[..., None] if ohem else np.broadcast_to(

@@ -194,7 +194,7 @@ def test_two_replicas_give_the_same_loss_and_update_as_one(tmp_path):
             assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-7), key
     assert metrics_one[0]["num_hard"] > 0  # The SSL term takes part.
     statistics = metrics_two[2]["statistics"]
-    assert set(losses.ssl.ERROR_STATISTICS + losses.ssl.CLASS_STATISTICS) <= statistics.keys()
+    assert set(losses.ssl_statistics.ERROR_STATISTICS + losses.ssl_statistics.CLASS_STATISTICS) <= statistics.keys()
     for one, two in zip(weights_one, weights_two):
         np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-7)
 
@@ -211,10 +211,10 @@ def test_training_reduces_the_loss(tmp_path):
     assert [record["step"] for record in log] == list(range(1, 31))
     assert np.mean([r["loss"] for r in log[-5:]]) < 0.7 * np.mean([r["loss"] for r in log[:5]])
     for key in ("learning_rate", "bce", "ssl", "hard_example_fraction", "regularization_loss",
-                "images_per_second") + losses.ssl.ERROR_STATISTICS:
+                "images_per_second") + losses.ssl_statistics.ERROR_STATISTICS:
         assert key in log[0]
     num_classes = trainer.model.output_shape[-1]
-    for key in losses.ssl.CLASS_STATISTICS:  # One value per class.
+    for key in losses.ssl_statistics.CLASS_STATISTICS:  # One value per class.
         assert len(log[0][key]) == num_classes
     assert "bce_sum" not in log[0]  # Raw sums stay out of the logs.
     e_max = losses.SSLoss().e_max  # Fig. 3: y_nor spans at most e_max; median <= max.

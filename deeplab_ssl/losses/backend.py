@@ -4,7 +4,7 @@ The losses are written with keras.ops and run on the TensorFlow, JAX and PyTorch
 (KERAS_BACKEND). TensorFlow keeps what only it has: the SSL's CPU kernel (ssl_kernel.py), the
 hand-written BCE gradient (cross_entropy.weighted_bce_gradient; the other backends differentiate
 sum(w BCE) with their autodiff), tf.distribute (base.cross_replica_loss, SumsLoss's replica
-scaling), the per-image maps of SSLoss's statistics, and a graph assertion on the labels' range.
+scaling) and a graph assertion on the labels' range.
 """
 import keras
 import tensorflow as tf

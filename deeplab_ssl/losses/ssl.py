@@ -9,7 +9,6 @@ hand-written one on TensorFlow, the backend's autodiff on the others.
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -18,6 +17,7 @@ from deeplab_ssl.losses import base
 from deeplab_ssl.losses import cross_entropy
 from deeplab_ssl.losses import local_stats
 from deeplab_ssl.losses import ssl_kernel
+from deeplab_ssl.losses import ssl_statistics
 
 
 def max_structural_error(window_size, sigma, c4):
@@ -144,24 +144,6 @@ def _bce_sums_with_gradient(logits, labels, weights, forward_sums):
     return sums(logits)
 
 
-def _map_images(image_fn, batch, output_signature):
-    """tf.map_fn of image_fn(index) over the images of `batch` [B, ...], one after the other.
-
-    One image at a time: the statistics' temporaries then take 1 / B of the memory. Mapping
-    over indices, not over the tensors, spares map_fn copies of its inputs.
-    """
-    return tf.map_fn(image_fn, tf.range(tf.shape(batch)[0]), parallel_iterations=1,
-                     fn_output_signature=output_signature)
-
-
-# The figures of the paper's Fig. 3, from SSLoss.summarize_error_statistics.
-ERROR_STATISTICS = ("y_nor_max", "y_nor_min", "p_nor_max", "p_nor_min", "error_max",
-                    "error_mean", "error_median")
-ERROR_HISTOGRAM_BINS = 1000
-# Per class c, from SSLoss.summarize_class_statistics: lists of C floats. "in": the examples
-# (pixel, c) of pixels labelled c; "out": those of the other valid pixels.
-CLASS_STATISTICS = ("class_hard_fraction_in", "class_hard_fraction_out", "class_bce_gradient_in",
-                    "class_bce_gradient_out", "class_ssl_gradient_in", "class_ssl_gradient_out")
 # SSLoss's ways to compute its weights.
 IMPLEMENTATIONS = ("auto", "kernel", "xla")
 
@@ -220,8 +202,8 @@ class SSLoss(base.SumsLoss):
         (CPU and GPU); "auto", the kernel when Keras runs on TensorFlow, it is built, no GPU
         is visible and the caller does not compile the loss with XLA (the kernel has no XLA
         version), else "xla" (always on JAX and PyTorch, where "kernel" is refused). The
-        statistics (structural_error, error_statistics, class_statistics) take the portable
-        path; error_statistics and class_statistics need the TensorFlow backend.
+        statistics (structural_error, and ssl_statistics' Fig. 3 and per-class figures, on
+        every backend) take the portable path.
       name, reduction, dtype: as keras.losses.Loss (the loss is always a scalar).
     """
 
@@ -256,8 +238,8 @@ class SSLoss(base.SumsLoss):
         Args:
           y_true, y_pred: as for the loss.
         """
-        labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
-        _, y_nor, p_nor = self._normalized_maps(labels, ops.stop_gradient(logits), valid)
+        labels, logits, valid = self.labels_logits_and_mask(y_true, y_pred)
+        _, y_nor, p_nor = self.structural_maps(labels, ops.stop_gradient(logits), valid)
         return y_nor, p_nor
 
     def structural_error(self, y_true, y_pred):
@@ -269,163 +251,43 @@ class SSLoss(base.SumsLoss):
         y_nor, p_nor = self.normalized_maps(y_true, y_pred)
         return ops.abs(y_nor - p_nor)
 
-    def error_statistics(self, y_true, y_pred, num_bins=ERROR_HISTOGRAM_BINS):
-        """The statistics of the paper's Fig. 3 for a batch, in two parts that combine.
-
-        Over the valid examples (pixel, class) of the batch; no gradient. Computed one image at
-        a time, so that its maps take the memory of one image. Pieces of a batch (replicas) combine by element-wise max of
-        `maxima` and sum of `sums`; `summarize_error_statistics` then gives the figures.
-
-        Args:
-          y_true, y_pred: as for the loss.
-          num_bins: int, bins of the histogram of e over [0, e_max].
-
-        Returns:
-          maxima: float32 [5], the maxima of y_nor, -y_nor, p_nor, -p_nor and e.
-          sums: float32 [2 + num_bins], the sum of e, the number of valid examples, and the
-            histogram of e (counts; values above e_max fall in the last bin).
-
-        Raises:
-          ValueError: on a backend other than TensorFlow (tf.map_fn over the images).
-        """
-        backend.require_tensorflow("SSLoss.error_statistics")
-        labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
-        logits = tf.stop_gradient(logits)
-        bin_width = self.e_max / num_bins if self.e_max > 0 else 1.0
-
-        def image_statistics(index):
-            image = slice(index, index + 1)
-            _, y_nor, p_nor = self._normalized_maps(labels[image], logits[image], valid[image])
-            is_valid = tf.broadcast_to(valid[image] > 0, tf.shape(y_nor))
-            y_nor, p_nor = tf.boolean_mask(y_nor, is_valid), tf.boolean_mask(p_nor, is_valid)
-            error = tf.abs(y_nor - p_nor)
-            # reduce_max of an empty tensor is -inf: harmless under max.
-            maxima = tf.stack([tf.reduce_max(y_nor), tf.reduce_max(-y_nor),
-                               tf.reduce_max(p_nor), tf.reduce_max(-p_nor),
-                               tf.reduce_max(error)])
-            # Clipped below too: NaN logits (a diverged run, stopped by training) cast to < 0.
-            bins = tf.clip_by_value(tf.cast(error / bin_width, tf.int32), 0, num_bins - 1)
-            histogram = tf.math.bincount(bins, minlength=num_bins, maxlength=num_bins,
-                                         dtype=tf.float32)
-            counts = tf.stack([tf.reduce_sum(error), tf.cast(tf.size(error), tf.float32)])
-            return maxima, tf.concat([counts, histogram], 0)
-        maxima, sums = _map_images(image_statistics, logits, (
-            tf.TensorSpec([5], tf.float32), tf.TensorSpec([2 + num_bins], tf.float32)))
-        return tf.reduce_max(maxima, axis=0), tf.reduce_sum(sums, axis=0)
-
-    def summarize_error_statistics(self, maxima, sums):
-        """Fig. 3's figures, {name in ERROR_STATISTICS: float}, from error_statistics' parts.
-
-        error_median is read from the histogram: exact to one bin (e_max / num_bins). All are 0
-        for a batch without valid pixels.
-        """
-        maxima, sums = np.asarray(maxima, np.float64), np.asarray(sums, np.float64)
-        total_error, count, histogram = sums[0], sums[1], sums[2:]
-        if not count:
-            return dict.fromkeys(ERROR_STATISTICS, 0.0)
-        bin_width = self.e_max / len(histogram) if self.e_max > 0 else 1.0
-        median_bin = int(np.searchsorted(np.cumsum(histogram), count / 2.0))
-        values = [maxima[0], -maxima[1], maxima[2], -maxima[3], maxima[4],
-                  total_error / count, (median_bin + 0.5) * bin_width]
-        return dict(zip(ERROR_STATISTICS, (float(v) for v in values)))
-
-    def class_statistics(self, y_true, y_pred):
-        """Per class, where the hard examples and the gradient of each term are: additive sums.
-
-        For the logits' channel c, over the valid pixels labelled c (y_c = 1, "in") and the
-        other valid pixels (y_c = 0, "out"). The gradient of the loss w.r.t. a logit is
-        (ce_weight m / N + (1 - ce_weight) weight / M) (p - y): its first part is the BCE
-        term's, its second the SSL term's. Computed one image at a time on the portable path,
-        with no gradient; `summarize_class_statistics` turns the sums into the figures.
-
-        Args:
-          y_true, y_pred: as for the loss.
-
-        Returns:
-          float32 [8, C], additive over pieces of a batch, rows: the number of examples in
-          and out; the hard examples (f) in and out; the sum of m |p - y| in and out; the sum
-          of weight |p - y| in and out.
-
-        Raises:
-          ValueError: on a backend other than TensorFlow (tf.map_fn over the images).
-        """
-        backend.require_tensorflow("SSLoss.class_statistics")
-        labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
-        logits = tf.stop_gradient(logits)
-        threshold = self.beta * self.e_max if self.ohem else None
-
-        def image_sums(index):
-            image = slice(index, index + 1)
-            probs = tf.sigmoid(logits[image])
-            if self.ohem or self.reweight:
-                weight, _ = _xla_weights_and_sums(
-                    labels[image], logits[image], valid[image], self.window_size, self.sigma,
-                    self.c4, threshold, self.reweight)
-            else:
-                weight = tf.broadcast_to(valid[image], tf.shape(probs))
-            one_hot = tf.one_hot(labels[image], probs.shape[-1])
-            in_class, out_class = one_hot, valid[image] - one_hot
-            is_hard = tf.sign(weight) if self.ohem else in_class + out_class
-            error = tf.abs(probs - one_hot)
-            rows = [(in_class, out_class), (in_class * is_hard, out_class * is_hard),
-                    (in_class * error, out_class * error),
-                    (in_class * weight * error, out_class * weight * error)]
-            return tf.stack([tf.reduce_sum(t, axis=[0, 1, 2]) for pair in rows for t in pair])
-        sums = _map_images(image_sums, logits, tf.TensorSpec([8, logits.shape[-1]], tf.float32))
-        return tf.reduce_sum(sums, axis=0)
-
-    def summarize_class_statistics(self, sums):
-        """{name in CLASS_STATISTICS: list of C floats} from class_statistics' sums.
-
-        class_hard_fraction_*: the share of the examples that are hard (f = 1; 1 without OHEM);
-        class_bce_gradient_*: lambda sum(m |p - y|) / N (lambda: current_ce_weight), the L1 norm
-        of the BCE term's gradient w.r.t. the logits of channel c there; class_ssl_gradient_*:
-        (1 - lambda)
-        sum(weight |p - y|) / M, the SSL term's. N and M are those of the whole batch: N, the
-        valid pixels; M, the hard examples (N C without OHEM). Each 0 where it has no example.
-        """
-        sums = np.asarray(sums, np.float64)
-        num_valid = sums[0].sum()  # Each valid pixel is "in" exactly one class.
-        num_hard = sums[2:4].sum() if self.ohem else num_valid * sums.shape[1]
-
-        def ratio(numerator, denominator):
-            return np.divide(numerator, denominator, out=np.zeros_like(numerator),
-                             where=denominator > 0)
-        ce_weight = float(self.current_ce_weight())
-        figures = [ratio(sums[2], sums[0]), ratio(sums[3], sums[1]),
-                   ce_weight * ratio(sums[4], num_valid),
-                   ce_weight * ratio(sums[5], num_valid),
-                   (1.0 - ce_weight) * ratio(sums[6], num_hard),
-                   (1.0 - ce_weight) * ratio(sums[7], num_hard)]
-        return {name: [float(v) for v in values]
-                for name, values in zip(CLASS_STATISTICS, figures)}
-
     def sum_statistics(self, sums, num_classes):
         return {"hard_example_fraction": self.hard_example_fraction(sums, num_classes)}
 
     def statistics(self, y_true, y_pred):
-        """Fig. 3's statistics (error_statistics) and the per-class ones (class_statistics)."""
-        maxima, error_sums = self.error_statistics(y_true, y_pred)
-        return ({"error_sums": error_sums, "class_sums": self.class_statistics(y_true, y_pred)},
+        """Fig. 3's statistics and the per-class ones (ssl_statistics), whole batch."""
+        maxima, error_sums = ssl_statistics.error_statistics(self, y_true, y_pred)
+        return ({"error_sums": error_sums,
+                 "class_sums": ssl_statistics.class_statistics(self, y_true, y_pred)},
                 {"error_maxima": maxima})
 
     def summarize_statistics(self, sums, maxima):
         """ERROR_STATISTICS (floats) and CLASS_STATISTICS (lists of C floats)."""
-        return {**self.summarize_error_statistics(maxima["error_maxima"], sums["error_sums"]),
-                **self.summarize_class_statistics(sums["class_sums"])}
+        return {**ssl_statistics.summarize_error_statistics(
+                    self.e_max, maxima["error_maxima"], sums["error_sums"]),
+                **ssl_statistics.summarize_class_statistics(self, sums["class_sums"])}
 
-    def _labels_logits_and_mask(self, y_true, y_pred):
+    def labels_logits_and_mask(self, y_true, y_pred):
         """int32 labels [B, H, W] (-1 invalid), float32 logits [B, H, W, C], valid [B, H, W, 1]."""
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
         return labels, base.sigmoid_logits(logits, self.from_logits), valid
 
-    def _normalized_maps(self, labels, logits, valid):
-        """y, y_nor and p_nor, float32 [B, H, W, C], from _labels_logits_and_mask's tensors."""
+    def structural_maps(self, labels, logits, valid):
+        """y, y_nor and p_nor, float32 [B, H, W, C], from labels_logits_and_mask's tensors."""
         return _xla_structural_maps(labels, ops.sigmoid(logits), valid, self.window_size,
                                     self.sigma, self.c4)
 
+    def portable_weights(self, labels, logits, valid):
+        """The example weights of the portable path, float32 [B, H, W, C] (no gradient), from
+        labels_logits_and_mask's tensors."""
+        threshold = self.beta * self.e_max if self.ohem else None
+        weight, _ = _xla_weights_and_sums(labels, ops.stop_gradient(logits), valid,
+                                          self.window_size, self.sigma, self.c4, threshold,
+                                          self.reweight)
+        return weight
+
     def sums(self, y_true, y_pred):
-        labels, logits, valid = self._labels_logits_and_mask(y_true, y_pred)
+        labels, logits, valid = self.labels_logits_and_mask(y_true, y_pred)
         num_valid = ops.sum(valid)
         num_examples = num_valid * ops.cast(ops.shape(logits)[-1], "float32")  # N C
         if not (self.ohem or self.reweight):
