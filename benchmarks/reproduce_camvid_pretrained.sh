@@ -67,19 +67,12 @@ CALIBRATION=(
   "trained_bn_crop257_lr0.02 $TRAINED $CROP257 --base_learning_rate=0.02"
 )
 
-# Complete splits, not just shards that exist: a killed build is built again.
-if ! "$PY" -c "import sys; from deeplab_ssl.datasets import descriptors, input_pipeline as p
-camvid = descriptors.get_descriptor('camvid')
-[p.complete_shards(sys.argv[1], s, camvid.split_size(s)) for s in ('train', 'val')]" "$DATA" \
-    2>/dev/null; then
-  "$PY" -m deeplab_ssl.datasets.build_camvid_data --camvid_root="$CAMVID" --output_dir="$DATA" \
-    --splits=train,val
-fi
-
-# The study's functions: run, rate_run, run_grid, best_rate, wanted (benchmarks/study_lib.sh).
+# The study's functions: build_records, run, rate_run, run_grid, the grid and seeds stages
+# (benchmarks/study_lib.sh).
 RUNS=runs/camvid_pretrained
 METRIC=miou  # What the grid's rule compares: val mIoU.
 source benchmarks/study_lib.sh
+build_records camvid "$DATA" train,val build_camvid_data --camvid_root="$CAMVID"
 
 for stage in $STAGES; do
   case $stage in

@@ -40,16 +40,8 @@ CALIBRATION=(
   "os16_crop257 --output_stride=16 --train_crop_size=257,257 --training_number_of_steps=900"
 )
 
-# Complete splits, not just shards that exist: a killed build is built again.
-if ! "$PY" -c "import sys; from deeplab_ssl.datasets import descriptors, input_pipeline as p
-drive = descriptors.get_descriptor('drive')
-[p.complete_shards(sys.argv[1], s, drive.split_size(s)) for s in ('train', 'val')]" "$DATA" \
-    2>/dev/null; then
-  "$PY" -m deeplab_ssl.datasets.build_drive_data --drive_root="$DRIVE" --output_dir="$DATA" \
-    --splits=train,val,trainval
-fi
-
 source benchmarks/study_lib.sh
+build_records drive "$DATA" train,val,trainval build_drive_data --drive_root="$DRIVE"
 
 for stage in $STAGES; do
   case $stage in

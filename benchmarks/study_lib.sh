@@ -8,6 +8,20 @@
 #   RUNS     the checkpoints' folder (not committed): RUNS/STAGE/NAME_seedSEED/
 #   METRIC   the key of the evaluation JSON the grid compares (miou, f1, ...)
 
+# build_records DATASET DIR SPLITS BUILDER [FLAG...]: runs the record builder (a module of
+# deeplab_ssl.datasets) unless the comma-separated SPLITS of DATASET are complete in DIR, not just
+# shards that exist: a killed build is built again.
+build_records() {
+  local dataset=$1 dir=$2 splits=$3 builder=$4
+  shift 4
+  if ! "$PY" -c "import sys; from deeplab_ssl.datasets import descriptors, input_pipeline as p
+d = descriptors.get_descriptor(sys.argv[1])
+[p.complete_shards(sys.argv[2], s, d.split_size(s)) for s in sys.argv[3].split(',')]" \
+      "$dataset" "$dir" "$splits" 2>/dev/null; then
+    "$PY" -m "deeplab_ssl.datasets.$builder" --output_dir="$dir" --splits="$splits" "$@"
+  fi
+}
+
 # wanted LIST WORD: whether the space-separated LIST (e.g. $SEEDS) holds WORD.
 wanted() { [[ " $1 " == *" $2 "* ]]; }
 
