@@ -73,7 +73,8 @@ def _representative_images(descriptor, crop_size, pad_value):
             descriptor, FLAGS.dataset_dir, FLAGS.representative_split, 1, is_training=False,
             mean_pixel=pad_value)
     except ValueError as error:
-        raise errors.UserError(f"--representative_split={FLAGS.representative_split}: {error}") from error
+        raise errors.UserError(
+            f"--representative_split={FLAGS.representative_split}: {error}") from error
     return tflite.representative_images(dataset, FLAGS.num_representative, crop_size, pad_value)
 
 

@@ -194,7 +194,8 @@ def test_two_replicas_give_the_same_loss_and_update_as_one(tmp_path):
             assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-7), key
     assert metrics_one[0]["num_hard"] > 0  # The SSL term takes part.
     statistics = metrics_two[2]["statistics"]
-    assert set(losses.ssl_statistics.ERROR_STATISTICS + losses.ssl_statistics.CLASS_STATISTICS) <= statistics.keys()
+    assert set(losses.ssl_statistics.ERROR_STATISTICS
+               + losses.ssl_statistics.CLASS_STATISTICS) <= statistics.keys()
     for one, two in zip(weights_one, weights_two):
         np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-7)
 

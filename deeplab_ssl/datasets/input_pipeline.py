@@ -84,7 +84,8 @@ def _check_labels(example, descriptor):
     label = tf.cast(example["label"], tf.int32)
     fits = tf.logical_or(label < descriptor.num_classes, tf.equal(label, descriptor.ignore_label))
     message = tf.strings.join([
-        errors.DATA_ERROR, "label value ", tf.strings.as_string(tf.reduce_max(tf.where(fits, -1, label))), " in ",
+        errors.DATA_ERROR, "label value ",
+        tf.strings.as_string(tf.reduce_max(tf.where(fits, -1, label))), " in ",
         example["filename"], f" is neither a class of --dataset={descriptor.name} (0 to "
         f"{descriptor.num_classes - 1}) nor its ignore label {descriptor.ignore_label}: give "
         "--ignore_label (or --num_classes) to fit the records"])
@@ -143,8 +144,8 @@ def _shard_names(dataset_dir, split):
                 "there: build the split again" if unfinished else ""))
     counts = {int(re.search(r"-of-(\d+)\.tfrecord$", name).group(1)) for name in names}
     if len(counts) > 1:
-        raise errors.UserError(f"the shards of split {split!r} in {dataset_dir} come from builds with "
-                               f"{sorted(counts)} shards: build the split again")
+        raise errors.UserError(f"the shards of split {split!r} in {dataset_dir} come from builds "
+                               f"with {sorted(counts)} shards: build the split again")
     return names, counts.pop()
 
 
@@ -180,8 +181,8 @@ def complete_shards(dataset_dir, split, expected_size=None, skip_bad_records=Fal
     if manifest is not None:
         built = {shard["name"]: shard for shard in manifest["shards"]}
         if set(built) != set(names):
-            raise errors.UserError(f"the shards of split {split!r} in {dataset_dir} are not those of "
-                                   f"its {records.manifest_filename(split)}: build it again")
+            raise errors.UserError(f"the shards of split {split!r} in {dataset_dir} are not those "
+                                   f"of its {records.manifest_filename(split)}: build it again")
         expected_size = manifest["num_examples"]
     else:
         logging.info("Split %r of %s has no manifest (built by an older version): counting its "
