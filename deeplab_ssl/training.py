@@ -156,8 +156,7 @@ class Trainer:
         self._gradient_multipliers = train_utils.gradient_multipliers(
             self.model.trainable_variables, options.last_layer_gradient_multiplier,
             options.last_layers_contain_logits_only)
-        if loss.step is None:
-            loss.step = self.optimizer.iterations  # E.g. deeplab's hard_example_mining_step.
+        loss.set_step(self.optimizer.iterations)  # For scheduled losses (SumsLoss.set_step).
         self._distributed_step = tf.function(self._distributed_step_fn)
         self._iterator_manager = None  # Per-worker iterators, with several workers.
 

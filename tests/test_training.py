@@ -227,6 +227,19 @@ def test_training_reduces_the_loss(tmp_path):
     assert log[3]["learning_rate"] == pytest.approx(0.05 * (1 - 1 / 28) ** 0.9, rel=1e-5)
 
 
+def test_the_trainer_gives_a_scheduled_loss_its_step(tmp_path):
+    images, labels = make_data()
+    # SSLoss's warm-up: the BCE term alone while the step before the update is < 2.
+    trainer = training.Trainer(seeded_model_fn(), losses.SSLoss(warmup_steps=2),
+                               options(tmp_path, training_number_of_steps=3), strategy=one_cpu())
+    trainer.train(dataset_fn_of(images, labels, 4))
+    with open(tmp_path / training.TRAIN_LOG_NAME) as f:
+        log = [json.loads(line) for line in f]
+    assert [r["loss"] for r in log[:2]] == pytest.approx([r["bce"] for r in log[:2]])
+    assert log[2]["ssl"] > 0
+    assert log[2]["loss"] == pytest.approx(0.5 * (log[2]["bce"] + log[2]["ssl"]))
+
+
 def test_killed_run_resumes_at_the_same_step_with_the_same_result(tmp_path):
     images, labels = make_data()
     dataset_fn = dataset_fn_of(images, labels, 4)
