@@ -5,18 +5,14 @@ images is split over the replicas (`distribute`), each replica computes its part
 sums, and `losses.cross_replica_loss` all-reduces them so every replica sees the loss of the
 WHOLE global batch. The optimizer SUM-all-reduces the gradients, so a step does not depend on
 the number of replicas (apart from batch norm statistics, which are per replica as in deeplab).
-The learning rate, gradient multipliers and initial weights are deeplab's (`train_utils`).
-
-Checkpoints (`tf.train.CheckpointManager` in `train_logdir`, files `model.ckpt-STEP`) hold the
-model, the optimizer (its `iterations` is the global step) and, with a single worker, the input
-iterator, so a restarted run continues where the last checkpoint left it.
+The learning rate, gradient multipliers and initial weights are deeplab's (`train_utils`); the
+checkpoints and the resume are `checkpointing`'s.
 """
 import contextlib
 import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 
 import keras
@@ -24,15 +20,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from deeplab_ssl import distribute, losses, train_utils
+from deeplab_ssl import checkpointing, distribute, losses, train_utils
 
 MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
-CHECKPOINT_NAME = "model.ckpt"
 TRAIN_LOG_NAME = "train_log.jsonl"
-MAX_CHECKPOINTS_TO_KEEP = 5
-# With several workers, each worker's input iterator: train_logdir/ITERATORS_DIR/worker_INDEX.
-ITERATORS_DIR = "iterators"
-ITERATOR_CHECKPOINT_NAME = "iterator.ckpt"
 NUM_SUMMARY_IMAGES = 3
 
 
@@ -125,7 +116,7 @@ class _InputError(Exception):
 # The loop.
 
 class Trainer:
-    """One training run: model, optimizer, loss, distributed step, checkpoints and logs.
+    """One training run: model, optimizer, loss, distributed step and logs.
 
     Args:
         model_fn: callable () -> keras.Model mapping float32 images [B,H,W,3] to logits
@@ -158,7 +149,6 @@ class Trainer:
             options.last_layers_contain_logits_only)
         loss.set_step(self.optimizer.iterations)  # For scheduled losses (SumsLoss.set_step).
         self._distributed_step = tf.function(self._distributed_step_fn)
-        self._iterator_manager = None  # Per-worker iterators, with several workers.
 
     @property
     def step(self):
@@ -259,61 +249,6 @@ class Trainer:
         """`distribute.next_batch` of this trainer's strategy and batch size."""
         return distribute.next_batch(self.strategy, iterator, self.per_replica_batch_size)
 
-    # --- checkpoints ---------------------------------------------------------------------------
-
-    def _checkpoint_manager(self, iterator):
-        """CheckpointManager over model, optimizer and (with one worker) the input iterator.
-
-        With several workers every worker saves (saving may need collectives) but only the
-        chief into train_logdir. Their iterators differ, so each worker also saves its own in
-        train_logdir/iterators/worker_INDEX (`self._iterator_manager`), at the same steps.
-        """
-        objects = dict(model=self.model, optimizer=self.optimizer)
-        index, count = distribute.worker_index_and_count(self.strategy)
-        directory = self.options.train_logdir
-        self._iterator_manager = None
-        if count == 1:
-            objects["iterator"] = iterator
-        else:
-            self._iterator_manager = tf.train.CheckpointManager(
-                tf.train.Checkpoint(iterator=iterator),
-                os.path.join(directory, ITERATORS_DIR, f"worker_{index}"),
-                max_to_keep=MAX_CHECKPOINTS_TO_KEEP, checkpoint_name=ITERATOR_CHECKPOINT_NAME)
-        if not self.is_chief:
-            directory = os.path.join(directory, f"worker_{index}_temp")
-        return tf.train.CheckpointManager(
-            tf.train.Checkpoint(**objects), directory, max_to_keep=MAX_CHECKPOINTS_TO_KEEP,
-            checkpoint_name=CHECKPOINT_NAME)
-
-    def _restore(self, manager, path):
-        """Restores model, optimizer (hence step) and the saved iterator(s) from `path`."""
-        checkpoint = manager.checkpoint
-        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
-        if "iterator" not in saved:
-            checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
-        checkpoint.restore(path).assert_existing_objects_matched()
-        if self._iterator_manager:
-            self._restore_worker_iterator(self._iterator_manager)
-
-    def _restore_worker_iterator(self, manager):
-        """Restores this worker's iterator saved at the current step, if there is one."""
-        step = self.step
-        paths = [p for p in manager.checkpoints if p.endswith(f"-{step}")]
-        if paths:
-            manager.checkpoint.restore(paths[-1]).assert_consumed()
-            logging.info("Restored the input iterator of this worker from %s.", paths[-1])
-        else:
-            logging.warning("No input iterator of step %d in %s: this worker's input starts "
-                            "over.", step, manager.directory)
-
-    def _save(self, manager, step):
-        path = manager.save(checkpoint_number=step)
-        if self._iterator_manager:
-            self._iterator_manager.save(checkpoint_number=step)
-        if not self.is_chief:
-            shutil.rmtree(manager.directory, ignore_errors=True)
-        return path
-
     # --- logs ----------------------------------------------------------------------------------
 
     def _write_images(self, batch, step):
@@ -353,12 +288,9 @@ class Trainer:
         """
         options = self.options
         iterator = self.make_iterator(dataset_fn)
-        manager = self._checkpoint_manager(iterator)
-        latest = tf.train.latest_checkpoint(options.train_logdir)
-        if latest:
-            self._restore(manager, latest)
-            logging.info("Restored %s: resuming at step %d.", latest, self.step)
-        elif options.tf_initial_checkpoint:
+        saver = checkpointing.TrainCheckpoints(options.train_logdir, self.model, self.optimizer,
+                                               iterator, self.strategy)
+        if saver.restore_latest() is None and options.tf_initial_checkpoint:
             train_utils.initialize_from_checkpoint(
                 self.model, options.tf_initial_checkpoint, options.initialize_last_layer,
                 options.last_layers_contain_logits_only)
@@ -368,19 +300,17 @@ class Trainer:
                          options.train_logdir, self.step, options.training_number_of_steps)
             return self.step
         try:
-            return self._train_steps(iterator, manager)
+            return self._train_steps(iterator, saver)
         except NonFiniteLossError:
             raise  # The weights may hold NaN or Inf now: nothing is saved.
         except _InputError as error:
-            # The iterator is the broken part, and a fixed input is another dataset: a resumed
-            # run starts its input over.
-            self._save_last_good_step(manager, with_iterator=False)
+            saver.save_last_good_step(with_iterator=False)
             raise error.__cause__ from None
         except (Exception, KeyboardInterrupt):
-            self._save_last_good_step(manager, with_iterator=True)
+            saver.save_last_good_step(with_iterator=True)
             raise
 
-    def _train_steps(self, iterator, manager):
+    def _train_steps(self, iterator, saver):
         """The loop of `train`, from the current step to training_number_of_steps."""
         options = self.options
         total = options.training_number_of_steps
@@ -408,7 +338,7 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"non-finite loss or gradients at step {next_step}: {_format(metrics)}. "
                     f"Stopped without saving; the last good checkpoint is "
-                    f"{tf.train.latest_checkpoint(options.train_logdir)}.")
+                    f"{saver.latest()}.")
             step = self.step
             if is_log_step:
                 now = time.perf_counter()
@@ -425,38 +355,13 @@ class Trainer:
                     train_log.append(record)
                 _write_scalars(writer, record)
             if step % options.save_interval_steps == 0 or step == total:
-                path = self._save(manager, step)
-                if self.is_chief:
-                    logging.info("Saved %s.", path)
-                    if options.save_summaries_images:
-                        with writer.as_default(step=step):
-                            self._write_images(batch, step)
+                saver.save()
+                if self.is_chief and options.save_summaries_images:
+                    with writer.as_default(step=step):
+                        self._write_images(batch, step)
                 writer.flush()
         return step
 
-    def _save_last_good_step(self, manager, with_iterator):
-        """After an error between or in steps: saves the last completed step, if no checkpoint
-        has it, with one worker (several would need all the workers for the collectives).
-
-        `with_iterator`: also the input iterator (as `manager` saves), if it can be saved.
-        """
-        _, num_workers = distribute.worker_index_and_count(self.strategy)
-        latest = tf.train.latest_checkpoint(self.options.train_logdir)
-        step = self.step
-        if num_workers > 1 or step == 0 or (latest and latest.endswith(f"-{step}")):
-            return
-        without_iterator = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=self.model, optimizer=self.optimizer),
-            self.options.train_logdir, max_to_keep=MAX_CHECKPOINTS_TO_KEEP,
-            checkpoint_name=CHECKPOINT_NAME)
-        for saver in (manager, without_iterator)[0 if with_iterator else 1:]:
-            try:
-                path = saver.save(checkpoint_number=step)
-            except Exception as error:  # The original error matters more: log this one.
-                logging.error("Saving step %d failed: %s", step, error)
-            else:
-                logging.error("Stopped by an error; saved the last good step in %s.", path)
-                return
 
 class TrainLog:
     """The machine-readable log `train_log.jsonl` in train_logdir: one JSON object per line.
