@@ -1,4 +1,4 @@
-"""The training loop: options, the distributed train step, checkpoints, logs.
+"""The training loop: options, the distributed train step, and the loop around it.
 
 The loop is deeplab's `train.py` on `tf.distribute`: the global batch of `train_batch_size`
 images is split over the replicas (`distribute`), each replica computes its part of the loss
@@ -6,29 +6,20 @@ sums, and `losses.cross_replica_loss` all-reduces them so every replica sees the
 WHOLE global batch. The optimizer SUM-all-reduces the gradients, so a step does not depend on
 the number of replicas (apart from batch norm statistics, which are per replica as in deeplab).
 The learning rate, gradient multipliers and initial weights are deeplab's (`train_utils`); the
-checkpoints and the resume are `checkpointing`'s.
+checkpoints and the resume are `checkpointing`'s, the logs `train_log`'s.
 """
 import contextlib
 import dataclasses
-import json
 import math
-import os
-import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from deeplab_ssl import checkpointing, distribute, losses, train_utils
+from deeplab_ssl import checkpointing, distribute, losses, train_log, train_utils
 
 MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
-TRAIN_LOG_NAME = "train_log.jsonl"
-NUM_SUMMARY_IMAGES = 3
 
-
-# ---------------------------------------------------------------------------------------------
-# Options.
 
 @dataclasses.dataclass
 class TrainOptions:
@@ -102,8 +93,6 @@ def dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
-
-
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradients became NaN or Inf; training stopped without saving."""
 
@@ -112,20 +101,18 @@ class _InputError(Exception):
     """Carries (as its __cause__) an error of the input pipeline out of the training loop."""
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop.
-
 class Trainer:
-    """One training run: model, optimizer, loss, distributed step and logs.
+    """One training run: model, optimizer, loss, the distributed step and the loop.
 
     Args:
         model_fn: callable () -> keras.Model mapping float32 images [B,H,W,3] to logits
             [B,H,W,C] at the label resolution; called inside the strategy scope under the
             mixed-precision policy.
-        loss: a loss of `deeplab_ssl.losses` (with `sums` and `loss_from_sums`).
+        loss: a `deeplab_ssl.losses.SumsLoss`; the trainer gives it its step (`set_step`).
         options: TrainOptions.
         strategy: a tf.distribute.Strategy; default `distribute.get_strategy()`.
-        colormap: name of a `deeplab_ssl.visualization` colormap for the TensorBoard pictures.
+        colormap: name of a `deeplab_ssl.visualization` colormap for the TensorBoard pictures
+            (`train_log`).
     """
 
     def __init__(self, model_fn, loss, options, strategy=None, colormap="pascal"):
@@ -155,10 +142,9 @@ class Trainer:
         """The global step: the number of updates applied so far (int)."""
         return int(self.optimizer.iterations.numpy())
 
-    # --- one step -----------------------------------------------------------------------------
-
     def _replica_step(self, images, labels, statistics):
-        """One replica's share of a step; returns global values (the same on all replicas).
+        """One replica's share of a step, on its images float32 [b,H,W,3] and labels int32
+        [b,H,W,1]; returns global values (the same on all replicas).
 
         Returns {"sums": the loss's global sums, "loss", "regularization_loss", "total_loss",
         "non_finite_gradients" (without loss scaling): float32 scalars}, and with `statistics`
@@ -232,15 +218,6 @@ class Trainer:
             metrics["statistics"] = self.loss.summarize_statistics(*statistic_parts)
         return metrics
 
-    def log_values(self, metrics):
-        """What the terminal shows of train_step's metrics: the loss, weight decay and total,
-        the loss's terms and sum_statistics (not its raw sums, nor its log-step statistics)."""
-        names = ("loss", "regularization_loss", "total_loss", *self.loss.terms(metrics),
-                 *self.loss.sum_statistics(metrics, self.model.output_shape[-1]))
-        return {name: metrics[name] for name in names}
-
-    # --- input ---------------------------------------------------------------------------------
-
     def make_iterator(self, dataset_fn):
         """`distribute.make_iterator` of this trainer's strategy."""
         return distribute.make_iterator(self.strategy, dataset_fn)
@@ -248,27 +225,6 @@ class Trainer:
     def next_batch(self, iterator):
         """`distribute.next_batch` of this trainer's strategy and batch size."""
         return distribute.next_batch(self.strategy, iterator, self.per_replica_batch_size)
-
-    # --- logs ----------------------------------------------------------------------------------
-
-    def _write_images(self, batch, step):
-        """TensorBoard pictures: input images, labels and predictions of a few examples."""
-        from deeplab_ssl import visualization  # Only needed for the pictures.
-        colormap = visualization.get_colormap(self.colormap)
-        images, labels = (self.strategy.experimental_local_results(t)[0] for t in batch)
-        images = images[:NUM_SUMMARY_IMAGES]
-        labels = tf.reshape(labels[:NUM_SUMMARY_IMAGES], tf.shape(images)[:3])
-        predictions = tf.argmax(self.model(images, training=False), axis=-1)
-        tf.summary.image("samples/image", tf.cast(images, tf.uint8), step,
-                         max_outputs=NUM_SUMMARY_IMAGES)
-        for name, label in (("label", labels), ("prediction", predictions)):
-            label = label.numpy()
-            label[label >= len(colormap)] = 0  # The ignore label may lie outside the colormap.
-            colored = np.stack([visualization.label_to_color_image(one, colormap)
-                                for one in label])
-            tf.summary.image(f"samples/{name}", colored, step, max_outputs=NUM_SUMMARY_IMAGES)
-
-    # --- the loop ------------------------------------------------------------------------------
 
     def train(self, dataset_fn):
         """Trains until `training_number_of_steps` updates, resuming from train_logdir.
@@ -295,8 +251,7 @@ class Trainer:
                 self.model, options.tf_initial_checkpoint, options.initialize_last_layer,
                 options.last_layers_contain_logits_only)
         if self.step >= options.training_number_of_steps:
-            logging.info("%s already holds a checkpoint of step %d >= "
-                         "--training_number_of_steps=%d: nothing to train.",
+            logging.info("Nothing to train: %s holds step %d of --training_number_of_steps=%d.",
                          options.train_logdir, self.step, options.training_number_of_steps)
             return self.step
         try:
@@ -315,11 +270,9 @@ class Trainer:
         options = self.options
         total = options.training_number_of_steps
         step = self.step
-        train_log = TrainLog(options.train_logdir, step) if self.is_chief else None
-        writer = (tf.summary.create_file_writer(options.train_logdir) if self.is_chief
-                  else tf.summary.create_noop_writer())
+        logger = train_log.TrainLogger(options.train_logdir, step, total,
+                                       options.train_batch_size, self.is_chief, self.colormap)
         schedule = options.learning_rate()
-        interval_start, interval_step = time.perf_counter(), step
         while step < total:
             try:
                 batch = self.next_batch(iterator)
@@ -331,80 +284,29 @@ class Trainer:
             next_step = step + 1
             is_log_step = next_step % options.log_steps == 0 or next_step == total
             metrics = self.train_step(batch, statistics=is_log_step)
-            # The statistics come from the same logits: the scalars tell.
-            if (not all(math.isfinite(value) for value in metrics.values()
-                        if isinstance(value, float))
-                    or metrics.get("non_finite_gradients")):
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradients at step {next_step}: {_format(metrics)}. "
-                    f"Stopped without saving; the last good checkpoint is "
-                    f"{saver.latest()}.")
+            _check_finite(metrics, next_step, saver)
             step = self.step
             if is_log_step:
-                now = time.perf_counter()
-                seconds_per_step = (now - interval_start) / max(step - interval_step, 1)
-                interval_start, interval_step = now, step
-                record = dict(step=step, learning_rate=float(schedule(step - 1)),
-                              **self.log_values(metrics),
-                              images_per_second=options.train_batch_size / seconds_per_step)
-                logging.info("step %d/%d: %s, %s left", step, total, _format(record),
-                             _duration((total - step) * seconds_per_step))
-                # The loss's statistics go to the logs and TensorBoard only.
-                record.update(metrics.get("statistics", {}))
-                if train_log:
-                    train_log.append(record)
-                _write_scalars(writer, record)
+                values = train_log.loss_values(self.loss, metrics, self.model.output_shape[-1])
+                logger.log(step, dict(learning_rate=float(schedule(step - 1)), **values),
+                           metrics.get("statistics", {}))
             if step % options.save_interval_steps == 0 or step == total:
                 saver.save()
-                if self.is_chief and options.save_summaries_images:
-                    with writer.as_default(step=step):
-                        self._write_images(batch, step)
-                writer.flush()
+                if options.save_summaries_images:
+                    images, labels = (self.strategy.experimental_local_results(t)[0]
+                                      for t in batch)
+                    logger.write_images(self.model, images, labels, step)
+                logger.flush()
         return step
 
 
-class TrainLog:
-    """The machine-readable log `train_log.jsonl` in train_logdir: one JSON object per line.
-
-    On resume from a checkpoint of step `resume_step`, lines of later steps (logged before the
-    run was stopped, then trained again) are dropped so each step appears once.
-    """
-
-    def __init__(self, train_logdir, resume_step):
-        self.path = os.path.join(train_logdir, TRAIN_LOG_NAME)
-        tf.io.gfile.makedirs(train_logdir)
-        if tf.io.gfile.exists(self.path):
-            with tf.io.gfile.GFile(self.path) as f:
-                kept = [line for line in f if line.strip()
-                        and json.loads(line)["step"] <= resume_step]
-            temporary = self.path + ".tmp"
-            with tf.io.gfile.GFile(temporary, "w") as f:
-                f.write("".join(kept))
-            tf.io.gfile.rename(temporary, self.path, overwrite=True)
-
-    def append(self, record):
-        with tf.io.gfile.GFile(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _write_scalars(writer, record):
-    """TensorBoard scalars of a log record; lists (one value per class) as NAME/CLASS_INDEX."""
-    with writer.as_default(step=record["step"]):
-        for name, value in record.items():
-            if isinstance(value, list):
-                for index, class_value in enumerate(value):
-                    tf.summary.scalar(f"{name}/{index}", class_value)
-            elif name != "step":
-                tf.summary.scalar(name, value)
-
-
-def _format(values):
-    """The float values of `values` (not the step, lists or dicts), for the terminal."""
-    return ", ".join(f"{name} {value:.4g}" for name, value in values.items()
-                     if isinstance(value, float))
-
-
-def _duration(seconds):
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}"
+def _check_finite(metrics, step, saver):
+    """Raises NonFiniteLossError naming the last good checkpoint if the loss or the gradients
+    of step `step` (train_step's `metrics`) hold NaN or Inf."""
+    # The statistics come from the same logits: the scalars tell.
+    if (all(math.isfinite(value) for value in metrics.values() if isinstance(value, float))
+            and not metrics.get("non_finite_gradients")):
+        return
+    raise NonFiniteLossError(
+        f"non-finite loss or gradients at step {step}: {train_log.format_values(metrics)}. "
+        f"Stopped without saving; the last good checkpoint is {saver.latest()}.")

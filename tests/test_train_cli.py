@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from deeplab_ssl import checkpointing, train_utils, training
+from deeplab_ssl import checkpointing, train_log, train_utils, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def environment(**extra):
 
 
 def read_log(logdir):
-    with open(os.path.join(logdir, training.TRAIN_LOG_NAME)) as f:
+    with open(os.path.join(logdir, train_log.TRAIN_LOG_NAME)) as f:
         return [json.loads(line) for line in f]
 
 
