@@ -8,7 +8,6 @@ the number of replicas (apart from batch norm statistics, which are per replica 
 The learning rate, gradient multipliers and initial weights are deeplab's (`train_utils`); the
 checkpoints and the resume are `checkpointing`'s, the logs `train_log`'s.
 """
-import contextlib
 import dataclasses
 import math
 
@@ -73,26 +72,6 @@ class TrainOptions:
             self.learning_rate_decay_step, self.learning_rate_decay_factor)
 
 
-def make_optimizer(options):
-    """SGD with momentum on deeplab's learning rate; loss-scaled under mixed_float16."""
-    optimizer = keras.optimizers.SGD(learning_rate=options.learning_rate(),
-                                     momentum=options.momentum)
-    if options.mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-@contextlib.contextmanager
-def dtype_policy(name):
-    """Builds layers under keras policy `name` ("none" = float32), then restores the old one."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32" if name == "none" else name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradients became NaN or Inf; training stopped without saving."""
 
@@ -127,9 +106,10 @@ class Trainer:
                 f"{replicas} replicas of the strategy")
         self.per_replica_batch_size = options.train_batch_size // replicas
         self.is_chief = distribute.is_chief(self.strategy)
-        with dtype_policy(options.mixed_precision), self.strategy.scope():
+        with train_utils.dtype_policy(options.mixed_precision), self.strategy.scope():
             self.model = model_fn()
-            self.optimizer = make_optimizer(options)
+            self.optimizer = train_utils.make_optimizer(
+                options.learning_rate(), options.momentum, options.mixed_precision)
             self.optimizer.build(self.model.trainable_variables)
         self._gradient_multipliers = train_utils.gradient_multipliers(
             self.model.trainable_variables, options.last_layer_gradient_multiplier,
