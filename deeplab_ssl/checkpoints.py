@@ -94,18 +94,25 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def resolve_checkpoint(checkpoint_path):
+def resolve_checkpoint(checkpoint_path, missing_ok=False):
     """A checkpoint prefix: `checkpoint_path` itself, or the latest checkpoint of a folder.
 
+    Args:
+        checkpoint_path: str, a checkpoint prefix or a folder.
+        missing_ok: bool, return None where there is no checkpoint (a train_logdir before its
+            first save, or not made yet) instead of raising.
+
     Raises:
-        FileNotFoundError naming the path if no checkpoint is there.
+        errors.UserError naming the path if no checkpoint is there (unless missing_ok).
     """
     if tf.io.gfile.isdir(checkpoint_path):
         latest = tf.train.latest_checkpoint(checkpoint_path)
-        if latest is None:
+        if latest is None and not missing_ok:
             raise errors.UserError(f"no checkpoint in folder {checkpoint_path!r}")
         return latest
     if not tf.io.gfile.exists(checkpoint_path + ".index"):
+        if missing_ok:
+            return None
         raise errors.UserError(f"no checkpoint {checkpoint_path!r} (missing "
                                f"{checkpoint_path + '.index'})")
     return checkpoint_path

@@ -1,4 +1,7 @@
-"""deeplab's utils/train_utils.py: the learning rate, gradient multipliers, initial weights."""
+"""deeplab's utils/train_utils.py: the learning rate, gradient multipliers, initial weights;
+and the optimizer and mixed-precision policy a run trains with."""
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -70,6 +73,26 @@ class DeepLabLearningRate(keras.optimizers.schedules.LearningRateSchedule):
             learning_rate_decay_step=self.learning_rate_decay_step,
             learning_rate_decay_factor=self.learning_rate_decay_factor,
         )
+
+
+def make_optimizer(learning_rate, momentum, mixed_precision):
+    """SGD with momentum on `learning_rate` (a DeepLabLearningRate); loss-scaled under
+    `mixed_precision` "mixed_float16"."""
+    optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+    if mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Builds layers under keras policy `name` ("none" = float32), then restores the old one."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32" if name == "none" else name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def set_batch_norm_decay(model, decay):

@@ -1,43 +1,24 @@
-"""The training loop: options, the distributed train step, checkpoints, logs.
+"""The training loop: options, the distributed train step, and the loop around it.
 
 The loop is deeplab's `train.py` on `tf.distribute`: the global batch of `train_batch_size`
 images is split over the replicas (`distribute`), each replica computes its part of the loss
 sums, and `losses.cross_replica_loss` all-reduces them so every replica sees the loss of the
 WHOLE global batch. The optimizer SUM-all-reduces the gradients, so a step does not depend on
 the number of replicas (apart from batch norm statistics, which are per replica as in deeplab).
-The learning rate, gradient multipliers and initial weights are deeplab's (`train_utils`).
-
-Checkpoints (`tf.train.CheckpointManager` in `train_logdir`, files `model.ckpt-STEP`) hold the
-model, the optimizer (its `iterations` is the global step) and, with a single worker, the input
-iterator, so a restarted run continues where the last checkpoint left it.
+The learning rate, gradient multipliers and initial weights are deeplab's (`train_utils`); the
+checkpoints and the resume are `checkpointing`'s, the logs `train_log`'s.
 """
-import contextlib
 import dataclasses
-import json
 import math
-import os
-import shutil
-import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from deeplab_ssl import distribute, losses, train_utils
+from deeplab_ssl import checkpointing, distribute, losses, train_log, train_utils
 
 MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
-CHECKPOINT_NAME = "model.ckpt"
-TRAIN_LOG_NAME = "train_log.jsonl"
-MAX_CHECKPOINTS_TO_KEEP = 5
-# With several workers, each worker's input iterator: train_logdir/ITERATORS_DIR/worker_INDEX.
-ITERATORS_DIR = "iterators"
-ITERATOR_CHECKPOINT_NAME = "iterator.ckpt"
-NUM_SUMMARY_IMAGES = 3
 
-
-# ---------------------------------------------------------------------------------------------
-# Options.
 
 @dataclasses.dataclass
 class TrainOptions:
@@ -91,28 +72,6 @@ class TrainOptions:
             self.learning_rate_decay_step, self.learning_rate_decay_factor)
 
 
-def make_optimizer(options):
-    """SGD with momentum on deeplab's learning rate; loss-scaled under mixed_float16."""
-    optimizer = keras.optimizers.SGD(learning_rate=options.learning_rate(),
-                                     momentum=options.momentum)
-    if options.mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-@contextlib.contextmanager
-def dtype_policy(name):
-    """Builds layers under keras policy `name` ("none" = float32), then restores the old one."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32" if name == "none" else name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-
-
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradients became NaN or Inf; training stopped without saving."""
 
@@ -121,20 +80,18 @@ class _InputError(Exception):
     """Carries (as its __cause__) an error of the input pipeline out of the training loop."""
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop.
-
 class Trainer:
-    """One training run: model, optimizer, loss, distributed step, checkpoints and logs.
+    """One training run: model, optimizer, loss, the distributed step and the loop.
 
     Args:
         model_fn: callable () -> keras.Model mapping float32 images [B,H,W,3] to logits
             [B,H,W,C] at the label resolution; called inside the strategy scope under the
             mixed-precision policy.
-        loss: a loss of `deeplab_ssl.losses` (with `sums` and `loss_from_sums`).
+        loss: a `deeplab_ssl.losses.SumsLoss`; the trainer gives it its step (`set_step`).
         options: TrainOptions.
         strategy: a tf.distribute.Strategy; default `distribute.get_strategy()`.
-        colormap: name of a `deeplab_ssl.visualization` colormap for the TensorBoard pictures.
+        colormap: name of a `deeplab_ssl.visualization` colormap for the TensorBoard pictures
+            (`train_log`).
     """
 
     def __init__(self, model_fn, loss, options, strategy=None, colormap="pascal"):
@@ -149,27 +106,25 @@ class Trainer:
                 f"{replicas} replicas of the strategy")
         self.per_replica_batch_size = options.train_batch_size // replicas
         self.is_chief = distribute.is_chief(self.strategy)
-        with dtype_policy(options.mixed_precision), self.strategy.scope():
+        with train_utils.dtype_policy(options.mixed_precision), self.strategy.scope():
             self.model = model_fn()
-            self.optimizer = make_optimizer(options)
+            self.optimizer = train_utils.make_optimizer(
+                options.learning_rate(), options.momentum, options.mixed_precision)
             self.optimizer.build(self.model.trainable_variables)
         self._gradient_multipliers = train_utils.gradient_multipliers(
             self.model.trainable_variables, options.last_layer_gradient_multiplier,
             options.last_layers_contain_logits_only)
-        if loss.step is None:
-            loss.step = self.optimizer.iterations  # E.g. deeplab's hard_example_mining_step.
+        loss.set_step(self.optimizer.iterations)  # For scheduled losses (SumsLoss.set_step).
         self._distributed_step = tf.function(self._distributed_step_fn)
-        self._iterator_manager = None  # Per-worker iterators, with several workers.
 
     @property
     def step(self):
         """The global step: the number of updates applied so far (int)."""
         return int(self.optimizer.iterations.numpy())
 
-    # --- one step -----------------------------------------------------------------------------
-
     def _replica_step(self, images, labels, statistics):
-        """One replica's share of a step; returns global values (the same on all replicas).
+        """One replica's share of a step, on its images float32 [b,H,W,3] and labels int32
+        [b,H,W,1]; returns global values (the same on all replicas).
 
         Returns {"sums": the loss's global sums, "loss", "regularization_loss", "total_loss",
         "non_finite_gradients" (without loss scaling): float32 scalars}, and with `statistics`
@@ -243,15 +198,6 @@ class Trainer:
             metrics["statistics"] = self.loss.summarize_statistics(*statistic_parts)
         return metrics
 
-    def log_values(self, metrics):
-        """What the terminal shows of train_step's metrics: the loss, weight decay and total,
-        the loss's terms and sum_statistics (not its raw sums, nor its log-step statistics)."""
-        names = ("loss", "regularization_loss", "total_loss", *self.loss.terms(metrics),
-                 *self.loss.sum_statistics(metrics, self.model.output_shape[-1]))
-        return {name: metrics[name] for name in names}
-
-    # --- input ---------------------------------------------------------------------------------
-
     def make_iterator(self, dataset_fn):
         """`distribute.make_iterator` of this trainer's strategy."""
         return distribute.make_iterator(self.strategy, dataset_fn)
@@ -259,82 +205,6 @@ class Trainer:
     def next_batch(self, iterator):
         """`distribute.next_batch` of this trainer's strategy and batch size."""
         return distribute.next_batch(self.strategy, iterator, self.per_replica_batch_size)
-
-    # --- checkpoints ---------------------------------------------------------------------------
-
-    def _checkpoint_manager(self, iterator):
-        """CheckpointManager over model, optimizer and (with one worker) the input iterator.
-
-        With several workers every worker saves (saving may need collectives) but only the
-        chief into train_logdir. Their iterators differ, so each worker also saves its own in
-        train_logdir/iterators/worker_INDEX (`self._iterator_manager`), at the same steps.
-        """
-        objects = dict(model=self.model, optimizer=self.optimizer)
-        index, count = distribute.worker_index_and_count(self.strategy)
-        directory = self.options.train_logdir
-        self._iterator_manager = None
-        if count == 1:
-            objects["iterator"] = iterator
-        else:
-            self._iterator_manager = tf.train.CheckpointManager(
-                tf.train.Checkpoint(iterator=iterator),
-                os.path.join(directory, ITERATORS_DIR, f"worker_{index}"),
-                max_to_keep=MAX_CHECKPOINTS_TO_KEEP, checkpoint_name=ITERATOR_CHECKPOINT_NAME)
-        if not self.is_chief:
-            directory = os.path.join(directory, f"worker_{index}_temp")
-        return tf.train.CheckpointManager(
-            tf.train.Checkpoint(**objects), directory, max_to_keep=MAX_CHECKPOINTS_TO_KEEP,
-            checkpoint_name=CHECKPOINT_NAME)
-
-    def _restore(self, manager, path):
-        """Restores model, optimizer (hence step) and the saved iterator(s) from `path`."""
-        checkpoint = manager.checkpoint
-        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
-        if "iterator" not in saved:
-            checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
-        checkpoint.restore(path).assert_existing_objects_matched()
-        if self._iterator_manager:
-            self._restore_worker_iterator(self._iterator_manager)
-
-    def _restore_worker_iterator(self, manager):
-        """Restores this worker's iterator saved at the current step, if there is one."""
-        step = self.step
-        paths = [p for p in manager.checkpoints if p.endswith(f"-{step}")]
-        if paths:
-            manager.checkpoint.restore(paths[-1]).assert_consumed()
-            logging.info("Restored the input iterator of this worker from %s.", paths[-1])
-        else:
-            logging.warning("No input iterator of step %d in %s: this worker's input starts "
-                            "over.", step, manager.directory)
-
-    def _save(self, manager, step):
-        path = manager.save(checkpoint_number=step)
-        if self._iterator_manager:
-            self._iterator_manager.save(checkpoint_number=step)
-        if not self.is_chief:
-            shutil.rmtree(manager.directory, ignore_errors=True)
-        return path
-
-    # --- logs ----------------------------------------------------------------------------------
-
-    def _write_images(self, batch, step):
-        """TensorBoard pictures: input images, labels and predictions of a few examples."""
-        from deeplab_ssl import visualization  # Only needed for the pictures.
-        colormap = visualization.get_colormap(self.colormap)
-        images, labels = (self.strategy.experimental_local_results(t)[0] for t in batch)
-        images = images[:NUM_SUMMARY_IMAGES]
-        labels = tf.reshape(labels[:NUM_SUMMARY_IMAGES], tf.shape(images)[:3])
-        predictions = tf.argmax(self.model(images, training=False), axis=-1)
-        tf.summary.image("samples/image", tf.cast(images, tf.uint8), step,
-                         max_outputs=NUM_SUMMARY_IMAGES)
-        for name, label in (("label", labels), ("prediction", predictions)):
-            label = label.numpy()
-            label[label >= len(colormap)] = 0  # The ignore label may lie outside the colormap.
-            colored = np.stack([visualization.label_to_color_image(one, colormap)
-                                for one in label])
-            tf.summary.image(f"samples/{name}", colored, step, max_outputs=NUM_SUMMARY_IMAGES)
-
-    # --- the loop ------------------------------------------------------------------------------
 
     def train(self, dataset_fn):
         """Trains until `training_number_of_steps` updates, resuming from train_logdir.
@@ -354,43 +224,35 @@ class Trainer:
         """
         options = self.options
         iterator = self.make_iterator(dataset_fn)
-        manager = self._checkpoint_manager(iterator)
-        latest = tf.train.latest_checkpoint(options.train_logdir)
-        if latest:
-            self._restore(manager, latest)
-            logging.info("Restored %s: resuming at step %d.", latest, self.step)
-        elif options.tf_initial_checkpoint:
+        saver = checkpointing.TrainCheckpoints(options.train_logdir, self.model, self.optimizer,
+                                               iterator, self.strategy)
+        if saver.restore_latest() is None and options.tf_initial_checkpoint:
             train_utils.initialize_from_checkpoint(
                 self.model, options.tf_initial_checkpoint, options.initialize_last_layer,
                 options.last_layers_contain_logits_only)
         if self.step >= options.training_number_of_steps:
-            logging.info("%s already holds a checkpoint of step %d >= "
-                         "--training_number_of_steps=%d: nothing to train.",
+            logging.info("Nothing to train: %s holds step %d of --training_number_of_steps=%d.",
                          options.train_logdir, self.step, options.training_number_of_steps)
             return self.step
         try:
-            return self._train_steps(iterator, manager)
+            return self._train_steps(iterator, saver)
         except NonFiniteLossError:
             raise  # The weights may hold NaN or Inf now: nothing is saved.
         except _InputError as error:
-            # The iterator is the broken part, and a fixed input is another dataset: a resumed
-            # run starts its input over.
-            self._save_last_good_step(manager, with_iterator=False)
+            saver.save_last_good_step(with_iterator=False)
             raise error.__cause__ from None
         except (Exception, KeyboardInterrupt):
-            self._save_last_good_step(manager, with_iterator=True)
+            saver.save_last_good_step(with_iterator=True)
             raise
 
-    def _train_steps(self, iterator, manager):
+    def _train_steps(self, iterator, saver):
         """The loop of `train`, from the current step to training_number_of_steps."""
         options = self.options
         total = options.training_number_of_steps
         step = self.step
-        train_log = TrainLog(options.train_logdir, step) if self.is_chief else None
-        writer = (tf.summary.create_file_writer(options.train_logdir) if self.is_chief
-                  else tf.summary.create_noop_writer())
+        logger = train_log.TrainLogger(options.train_logdir, step, total,
+                                       options.train_batch_size, self.is_chief, self.colormap)
         schedule = options.learning_rate()
-        interval_start, interval_step = time.perf_counter(), step
         while step < total:
             try:
                 batch = self.next_batch(iterator)
@@ -402,105 +264,29 @@ class Trainer:
             next_step = step + 1
             is_log_step = next_step % options.log_steps == 0 or next_step == total
             metrics = self.train_step(batch, statistics=is_log_step)
-            # The statistics come from the same logits: the scalars tell.
-            if (not all(math.isfinite(value) for value in metrics.values()
-                        if isinstance(value, float))
-                    or metrics.get("non_finite_gradients")):
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradients at step {next_step}: {_format(metrics)}. "
-                    f"Stopped without saving; the last good checkpoint is "
-                    f"{tf.train.latest_checkpoint(options.train_logdir)}.")
+            _check_finite(metrics, next_step, saver)
             step = self.step
             if is_log_step:
-                now = time.perf_counter()
-                seconds_per_step = (now - interval_start) / max(step - interval_step, 1)
-                interval_start, interval_step = now, step
-                record = dict(step=step, learning_rate=float(schedule(step - 1)),
-                              **self.log_values(metrics),
-                              images_per_second=options.train_batch_size / seconds_per_step)
-                logging.info("step %d/%d: %s, %s left", step, total, _format(record),
-                             _duration((total - step) * seconds_per_step))
-                # The loss's statistics go to the logs and TensorBoard only.
-                record.update(metrics.get("statistics", {}))
-                if train_log:
-                    train_log.append(record)
-                _write_scalars(writer, record)
+                values = train_log.loss_values(self.loss, metrics, self.model.output_shape[-1])
+                logger.log(step, dict(learning_rate=float(schedule(step - 1)), **values),
+                           metrics.get("statistics", {}))
             if step % options.save_interval_steps == 0 or step == total:
-                path = self._save(manager, step)
-                if self.is_chief:
-                    logging.info("Saved %s.", path)
-                    if options.save_summaries_images:
-                        with writer.as_default(step=step):
-                            self._write_images(batch, step)
-                writer.flush()
+                saver.save()
+                if options.save_summaries_images:
+                    images, labels = (self.strategy.experimental_local_results(t)[0]
+                                      for t in batch)
+                    logger.write_images(self.model, images, labels, step)
+                logger.flush()
         return step
 
-    def _save_last_good_step(self, manager, with_iterator):
-        """After an error between or in steps: saves the last completed step, if no checkpoint
-        has it, with one worker (several would need all the workers for the collectives).
 
-        `with_iterator`: also the input iterator (as `manager` saves), if it can be saved.
-        """
-        _, num_workers = distribute.worker_index_and_count(self.strategy)
-        latest = tf.train.latest_checkpoint(self.options.train_logdir)
-        step = self.step
-        if num_workers > 1 or step == 0 or (latest and latest.endswith(f"-{step}")):
-            return
-        without_iterator = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=self.model, optimizer=self.optimizer),
-            self.options.train_logdir, max_to_keep=MAX_CHECKPOINTS_TO_KEEP,
-            checkpoint_name=CHECKPOINT_NAME)
-        for saver in (manager, without_iterator)[0 if with_iterator else 1:]:
-            try:
-                path = saver.save(checkpoint_number=step)
-            except Exception as error:  # The original error matters more: log this one.
-                logging.error("Saving step %d failed: %s", step, error)
-            else:
-                logging.error("Stopped by an error; saved the last good step in %s.", path)
-                return
-
-class TrainLog:
-    """The machine-readable log `train_log.jsonl` in train_logdir: one JSON object per line.
-
-    On resume from a checkpoint of step `resume_step`, lines of later steps (logged before the
-    run was stopped, then trained again) are dropped so each step appears once.
-    """
-
-    def __init__(self, train_logdir, resume_step):
-        self.path = os.path.join(train_logdir, TRAIN_LOG_NAME)
-        tf.io.gfile.makedirs(train_logdir)
-        if tf.io.gfile.exists(self.path):
-            with tf.io.gfile.GFile(self.path) as f:
-                kept = [line for line in f if line.strip()
-                        and json.loads(line)["step"] <= resume_step]
-            temporary = self.path + ".tmp"
-            with tf.io.gfile.GFile(temporary, "w") as f:
-                f.write("".join(kept))
-            tf.io.gfile.rename(temporary, self.path, overwrite=True)
-
-    def append(self, record):
-        with tf.io.gfile.GFile(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _write_scalars(writer, record):
-    """TensorBoard scalars of a log record; lists (one value per class) as NAME/CLASS_INDEX."""
-    with writer.as_default(step=record["step"]):
-        for name, value in record.items():
-            if isinstance(value, list):
-                for index, class_value in enumerate(value):
-                    tf.summary.scalar(f"{name}/{index}", class_value)
-            elif name != "step":
-                tf.summary.scalar(name, value)
-
-
-def _format(values):
-    """The float values of `values` (not the step, lists or dicts), for the terminal."""
-    return ", ".join(f"{name} {value:.4g}" for name, value in values.items()
-                     if isinstance(value, float))
-
-
-def _duration(seconds):
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}"
+def _check_finite(metrics, step, saver):
+    """Raises NonFiniteLossError naming the last good checkpoint if the loss or the gradients
+    of step `step` (train_step's `metrics`) hold NaN or Inf."""
+    # The statistics come from the same logits: the scalars tell.
+    if (all(math.isfinite(value) for value in metrics.values() if isinstance(value, float))
+            and not metrics.get("non_finite_gradients")):
+        return
+    raise NonFiniteLossError(
+        f"non-finite loss or gradients at step {step}: {train_log.format_values(metrics)}. "
+        f"Stopped without saving; the last good checkpoint is {saver.latest()}.")

@@ -163,7 +163,7 @@ def test_bad_labels_and_tensorflow_only_parts_raise():
             call()
     if BACKEND == "jax":
         loss = losses.SSLoss(warmup_steps=10)
-        loss.step = keras.Variable(0)
+        loss.set_step(keras.Variable(0))
         with pytest.raises(ValueError, match="JAX trainer"):
             loss(labels, logits)
 

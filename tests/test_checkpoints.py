@@ -133,6 +133,23 @@ def test_missing_checkpoint_names_the_path(tmp_path):
         checkpoints.load_slim_checkpoint(model, str(tmp_path))
 
 
+def test_resolver_finds_the_latest_checkpoint_or_none_where_missing_is_ok(tmp_path):
+    # A training run's train_logdir: not made yet, empty, then holding checkpoints.
+    logdir = str(tmp_path / "train")
+    assert checkpoints.resolve_checkpoint(logdir, missing_ok=True) is None
+    os.makedirs(logdir)
+    assert checkpoints.resolve_checkpoint(logdir, missing_ok=True) is None
+    with pytest.raises(errors.UserError, match="no checkpoint in folder"):
+        checkpoints.resolve_checkpoint(logdir)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(1)), logdir, 2,
+                                         checkpoint_name="model.ckpt")
+    manager.save(checkpoint_number=3)
+    latest = manager.save(checkpoint_number=7)
+    assert checkpoints.resolve_checkpoint(logdir, missing_ok=True) == latest
+    assert checkpoints.resolve_checkpoint(latest) == latest
+    assert checkpoints.checkpoint_step(latest) == 7
+
+
 def test_keras_weights_file(tmp_path):
     model = _model()
     path = str(tmp_path / "deeplab.weights.h5")

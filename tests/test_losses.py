@@ -314,9 +314,9 @@ def test_warmup_steps_give_the_bce_term_alone_then_the_papers_loss():
     paper = losses.SSLoss(ignore_label=IGNORE)
     sums = paper.sums(labels, logits)
     warmup = losses.SSLoss(ignore_label=IGNORE, warmup_steps=10)
-    with pytest.raises(ValueError, match="loss.step"):
+    with pytest.raises(ValueError, match="set_step"):
         warmup(labels, logits)
-    warmup.step = tf.Variable(9, dtype=tf.int64)
+    warmup.set_step(tf.Variable(9, dtype=tf.int64))
     assert warmup(labels, logits).numpy() == pytest.approx(paper.terms(sums)["bce"].numpy())
     warmup.step.assign(10)
     assert warmup(labels, logits).numpy() == pytest.approx(paper(labels, logits).numpy())

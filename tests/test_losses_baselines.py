@@ -67,6 +67,21 @@ def test_top_k_hard_pixels_by_hand():
     assert full == pytest.approx(pixel_ce.sum() / 5, rel=1e-5)
 
 
+@pytest.mark.parametrize("name, schedule", [("ssl", dict(warmup_steps=2)),
+                                            ("topk_ce", dict(hard_example_mining_step=2)),
+                                            ("affinity", dict(decay_steps=2))])
+def test_every_scheduled_loss_reads_the_step_given_through_set_step(name, schedule):
+    labels, logits = random_batch(7)
+    loss = losses.get_loss(name, **schedule)
+    with pytest.raises(ValueError, match=r"set_step\(optimizer.iterations\)"):
+        loss(labels, logits)
+    step = tf.Variable(0, dtype=tf.int64)  # As optimizer.iterations.
+    loss.set_step(step)
+    at_start = loss(labels, logits).numpy()
+    step.assign(2)  # Read at each call: the schedule has moved on.
+    assert loss(labels, logits).numpy() != pytest.approx(at_start, rel=1e-3)
+
+
 def np_ssim_loss(labels, logits, window_size, contrast_structure_only, ce_weight=0.5,
                  c1=0.01 ** 2, c2=0.03 ** 2, sigma=1.5):
     """1 - SSIM per class over valid pixels with masked Gaussian statistics, float64."""

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from deeplab_ssl import train_utils, training
+from deeplab_ssl import checkpointing, train_log, train_utils, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def environment(**extra):
 
 
 def read_log(logdir):
-    with open(os.path.join(logdir, training.TRAIN_LOG_NAME)) as f:
+    with open(os.path.join(logdir, train_log.TRAIN_LOG_NAME)) as f:
         return [json.loads(line) for line in f]
 
 
@@ -142,7 +142,7 @@ def test_two_worker_processes_train_together_and_resume(demo_dir, tmp_path):
     logdir = str(tmp_path / "train")
     run_two_workers(demo_dir, logdir, 2)
     assert not os.path.exists(os.path.join(logdir, "worker_1_temp"))
-    iterators = [os.path.join(logdir, training.ITERATORS_DIR, f"worker_{index}")
+    iterators = [os.path.join(logdir, checkpointing.ITERATORS_DIR, f"worker_{index}")
                  for index in range(2)]
     # Each worker saved its own input iterator beside the chief's checkpoint.
     assert all(training.tf.train.latest_checkpoint(i).endswith("-2") for i in iterators)
@@ -151,6 +151,6 @@ def test_two_worker_processes_train_together_and_resume(demo_dir, tmp_path):
     for directory, output in zip(iterators, outputs):
         assert "resuming at step 2." in output
         assert (f"Restored the input iterator of this worker from {directory}/"
-                f"{training.ITERATOR_CHECKPOINT_NAME}-2") in output
+                f"{checkpointing.ITERATOR_CHECKPOINT_NAME}-2") in output
     assert training.tf.train.latest_checkpoint(logdir).endswith("model.ckpt-4")
     assert [record["step"] for record in read_log(logdir)] == [1, 2, 3, 4]

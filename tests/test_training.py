@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab_ssl import losses
-from deeplab_ssl import distribute, errors, train_utils, training
+from deeplab_ssl import distribute, errors, train_log, train_utils, training
 
 NUM_CLASSES = 4
 SIZE = 16
@@ -207,7 +207,7 @@ def test_training_reduces_the_loss(tmp_path):
                                        save_interval_steps=30),
                                strategy=one_cpu())
     trainer.train(dataset_fn_of(images, labels, 4))
-    with open(tmp_path / training.TRAIN_LOG_NAME) as f:
+    with open(tmp_path / train_log.TRAIN_LOG_NAME) as f:
         log = [json.loads(line) for line in f]
     assert [record["step"] for record in log] == list(range(1, 31))
     assert np.mean([r["loss"] for r in log[-5:]]) < 0.7 * np.mean([r["loss"] for r in log[:5]])
@@ -225,6 +225,19 @@ def test_training_reduces_the_loss(tmp_path):
     # The rate of the update of step n (logged at n + 1) is deeplab's rate at step n.
     assert log[2]["learning_rate"] == pytest.approx(0.05)
     assert log[3]["learning_rate"] == pytest.approx(0.05 * (1 - 1 / 28) ** 0.9, rel=1e-5)
+
+
+def test_the_trainer_gives_a_scheduled_loss_its_step(tmp_path):
+    images, labels = make_data()
+    # SSLoss's warm-up: the BCE term alone while the step before the update is < 2.
+    trainer = training.Trainer(seeded_model_fn(), losses.SSLoss(warmup_steps=2),
+                               options(tmp_path, training_number_of_steps=3), strategy=one_cpu())
+    trainer.train(dataset_fn_of(images, labels, 4))
+    with open(tmp_path / train_log.TRAIN_LOG_NAME) as f:
+        log = [json.loads(line) for line in f]
+    assert [r["loss"] for r in log[:2]] == pytest.approx([r["bce"] for r in log[:2]])
+    assert log[2]["ssl"] > 0
+    assert log[2]["loss"] == pytest.approx(0.5 * (log[2]["bce"] + log[2]["ssl"]))
 
 
 def test_killed_run_resumes_at_the_same_step_with_the_same_result(tmp_path):
@@ -257,7 +270,7 @@ def test_killed_run_resumes_at_the_same_step_with_the_same_result(tmp_path):
     # Same data (the iterator is in the checkpoint), same learning rates: the same weights.
     for one, two in zip(weights_of(straight), weights_of(resumed)):
         np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-7)
-    with open(tmp_path / "killed" / training.TRAIN_LOG_NAME) as f:
+    with open(tmp_path / "killed" / train_log.TRAIN_LOG_NAME) as f:
         # Step 5 was interrupted after its update, before its log line.
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4, 6]
 
@@ -310,7 +323,7 @@ def test_mixed_bfloat16_trains_with_a_float32_loss(tmp_path):
     assert trainer.model.layers[2].compute_dtype == "bfloat16"
     assert trainer.model.layers[2].kernel.dtype == "float32"
     trainer.train(dataset_fn_of(images, labels, 4))
-    with open(tmp_path / training.TRAIN_LOG_NAME) as f:
+    with open(tmp_path / train_log.TRAIN_LOG_NAME) as f:
         assert all(np.isfinite(json.loads(line)["loss"]) for line in f)
 
 

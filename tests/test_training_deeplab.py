@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_ssl import losses, train_utils, training
+from deeplab_ssl import losses, train_log, train_utils, training
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.datasets import descriptors, input_pipeline
 
@@ -49,7 +49,7 @@ def test_a_few_steps_on_demo_data_reduce_the_loss(demo_dir, tmp_path):
     trainer = training.Trainer(model_fn(), losses.SSLoss(ignore_label=DEMO.ignore_label),
                                options(tmp_path), strategy=one_cpu(), colormap=DEMO.colormap)
     assert trainer.train(dataset_fn_of(demo_dir, 4)) == 30
-    with open(tmp_path / training.TRAIN_LOG_NAME) as f:
+    with open(tmp_path / train_log.TRAIN_LOG_NAME) as f:
         log = [json.loads(line) for line in f]
     first, last = (np.mean([r["loss"] for r in part]) for part in (log[:5], log[-5:]))
     assert last < 0.8 * first

@@ -43,8 +43,8 @@ class AffinityFieldLoss(base.SumsLoss):
       kld_lambda_1: float, weight of the edge term.
       kld_lambda_2: float, weight of the not-edge term.
       decay_steps: int, 0 or the official num_steps of the exponential decay.
-      step: scalar tf.Variable (e.g. optimizer.iterations) read at each call; needed when
-        decay_steps > 0. Not serialized: set `loss.step` after loading.
+      step: the training step (see SumsLoss.set_step, which a training loop calls), read at
+        each call; needed when decay_steps > 0.
       ignore_label, name, reduction, dtype: as SSLoss.
     """
 
@@ -55,7 +55,7 @@ class AffinityFieldLoss(base.SumsLoss):
         self.kld_lambda_1 = kld_lambda_1
         self.kld_lambda_2 = kld_lambda_2
         self.decay_steps = decay_steps
-        self.step = step
+        self.set_step(step)
         self.ignore_label = ignore_label
 
     def sums(self, y_true, y_pred):

@@ -116,8 +116,8 @@ def training_step(step, schedule):
         metrics' variables into the compiled step): the schedule would stay at its first value.
     """
     if step is None:
-        raise ValueError(f"{schedule} needs the training step: set loss.step = "
-                         "optimizer.iterations")
+        raise ValueError(f"{schedule} needs the training step: call "
+                         "loss.set_step(optimizer.iterations)")
     if keras.backend.backend() == "jax" and isinstance(step, keras.Variable):
         raise ValueError(f"{schedule} reads loss.step, which Keras' JAX trainer does not pass "
                          "into its compiled step (the schedule would stay at its first value): "

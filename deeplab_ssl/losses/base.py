@@ -9,7 +9,8 @@ loss of the global batch; adding the sums first is. So every loss here exposes
     terms(sums) -> dict[str, float32 scalar]            the loss's named terms, for logs
 
 and `cross_replica_loss` all-reduces the sums inside a replica context. A loss also says what a
-training loop logs of it (`sum_statistics`, `statistics`), so the loop needs to know no loss.
+training loop logs of it (`sum_statistics`, `statistics`) and takes the training step from the
+loop through `set_step`, so the loop needs to know no loss.
 """
 import keras
 import tensorflow as tf
@@ -101,9 +102,22 @@ class SumsLoss(keras.losses.Loss):
         """
         raise NotImplementedError
 
-    # The training step, a scalar variable (e.g. optimizer.iterations) that a training loop
-    # sets, for losses whose definition changes over training; None otherwise.
+    # The training step that a scheduled loss reads at each call; None until `set_step`.
     step = None
+
+    def set_step(self, step):
+        """The one hook through which a training loop gives the loss its training step.
+
+        The loop calls it once, before training (`training.Trainer` does; with Keras' `fit`,
+        call `loss.set_step(optimizer.iterations)` yourself). A loss whose definition changes
+        over training reads `self.step` at each call through `backend.training_step`: SSLoss's
+        warmup_steps, SoftmaxCrossEntropy's hard_example_mining_step, AffinityFieldLoss's
+        decay_steps. Other losses keep it unread. Not serialized: set it again after loading.
+
+        Args:
+          step: an integer scalar variable (optimizer.iterations, int64 []) or tensor.
+        """
+        self.step = step
 
     def sum_statistics(self, sums, num_classes):
         """Figures a training loop logs at every step beside the terms, from the (global) sums:

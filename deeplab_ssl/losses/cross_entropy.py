@@ -178,9 +178,8 @@ class SoftmaxCrossEntropy(base.SumsLoss):
         train_utils.median_frequency_weights).
       hard_example_mining_step: int, the step at which mining reaches top_k_percent_pixels
         (linear from 100% at step 0); 0 mines top_k_percent_pixels from the start.
-      step: the training step, a scalar tf.Variable such as optimizer.iterations, read at each
-        call; needed only when hard_example_mining_step > 0. Not serialized: set `loss.step`
-        after loading.
+      step: the training step (see SumsLoss.set_step, which a training loop calls), read at
+        each call; needed only when hard_example_mining_step > 0.
       name, reduction, dtype: as keras.losses.Loss.
     """
 
@@ -199,7 +198,7 @@ class SoftmaxCrossEntropy(base.SumsLoss):
         self.ignore_label = ignore_label
         self.top_k_percent_pixels = top_k_percent_pixels
         self.hard_example_mining_step = hard_example_mining_step
-        self.step = step
+        self.set_step(step)
         self.class_weights = class_weights
 
     def sums(self, y_true, y_pred):

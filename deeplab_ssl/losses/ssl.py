@@ -194,8 +194,8 @@ class SSLoss(base.SumsLoss):
         loss is the BCE term alone (ce_weight 1), then Eq. 17. The paper fine-tunes models that
         already predict every class; from a backbone alone, the SSL term sees no hard example
         inside the region of a class the model misses and suppresses the class around it
-        (docs/results.md). Needs the training step in `loss.step` (train.py sets it; with
-        `fit`, set `loss.step = optimizer.iterations`). 0: the paper's loss.
+        (docs/results.md). Needs the training step (`set_step`: the Trainer calls it; with
+        `fit`, call `loss.set_step(optimizer.iterations)`). 0: the paper's loss.
       implementation: how the weights are computed, the same numbers either way (to float32
         rounding): "kernel", the CPU kernel of ssl_kernel.py (~2x faster on CPU; built by
         `python -m deeplab_ssl.losses.build_kernel`); "xla", the portable path, XLA-compiled
