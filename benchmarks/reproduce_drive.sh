@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
 STAGES=${STAGES:-"calibration grid seeds"}
-GRID_METHODS=${GRID_METHODS:-"ce topk_ce lovasz ssl3 bce"}
+GRID_METHODS=${GRID_METHODS:-"ce topk_ce lovasz ssl3 bce ssl_softmax_topk_balanced"}
 FIVE_SEEDS=${FIVE_SEEDS:-""}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 DRIVE=${DRIVE:-../shared/data/drive}
