@@ -1,4 +1,4 @@
-"""Evaluation: streaming confusion matrix, mIoU, dense CRF, and the reports eval.py writes;
+"""Evaluation: streaming confusion matrix, mIoU, and the reports eval.py writes;
 for two-class datasets (DRIVE's vessels) also F1, sensitivity, specificity, accuracy and AUC.
 
 Predictions come from `deeplab_ssl.inference` (single scale, multi-scale, flipped), the same
@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from deeplab_ssl import checkpoints, errors, inference
+from deeplab_ssl import checkpoints, crf, errors, inference
 
 
 def confusion_matrix(labels, predictions, num_classes, ignore_label):
@@ -118,7 +118,7 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
         strategy: optional tf.distribute.Strategy; batches are split over its replicas and the
             replicas' matrices summed. Defaults to the current strategy.
         crf_iterations: int; > 0 refines each image's probabilities with a dense CRF
-            (`dense_crf`, needs pydensecrf2) on the host, one replica.
+            (`crf.dense_crf`, needs pydensecrf2) on the host, one replica.
 
     Returns:
         dict of numpy arrays, the sums of `batch_statistics`: "confusion", int64 [C, C] (rows:
@@ -139,9 +139,8 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
             reduce_retracing=True)
         for batch in dataset:
             probabilities = predict(batch["image"])
-            predictions = np.stack([
-                dense_crf(image, probability, crf_iterations)
-                for image, probability in zip(batch["image"].numpy(), probabilities.numpy())])
+            predictions = crf.dense_crf_batch(batch["image"].numpy(), probabilities.numpy(),
+                                              crf_iterations)
             add(batch_statistics(batch["label"], probabilities, predictions, num_classes,
                                  ignore_label))
         return totals
@@ -179,42 +178,6 @@ def batch_statistics_spec(num_classes):
         spec.update(probability_histogram=tf.TensorSpec([2, PROBABILITY_BINS], tf.int64),
                     image_f1=tf.TensorSpec([2], tf.float32))
     return spec
-
-
-def dense_crf(image, probabilities, iterations, gaussian_sxy=3, gaussian_compat=3,
-              bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4):
-    """Dense CRF refinement (Krähenbühl & Koltun) through pydensecrf2.
-
-    Defaults are DeepLab-v2's PASCAL values (pos_w 3, pos_xy_std 3, bi_w 4, bi_xy_std 67,
-    bi_rgb_std 3).
-
-    Args:
-        image: [H, W, 3] pixel values in [0, 255].
-        probabilities: float [H, W, C] class probabilities.
-        iterations: int, mean-field iterations.
-
-    Returns:
-        int32 [H, W] labels.
-
-    Raises:
-        ImportError saying how to install pydensecrf2 if it is missing.
-    """
-    try:
-        from pydensecrf import densecrf, utils
-    except ImportError as error:
-        raise ImportError(
-            "--crf_iterations needs the pydensecrf2 package: "
-            "pip install pydensecrf2 (or pip install 'deeplab-ssl[crf]')") from error
-    height, width, num_classes = probabilities.shape
-    crf = densecrf.DenseCRF2D(width, height, num_classes)
-    crf.setUnaryEnergy(utils.unary_from_softmax(
-        np.ascontiguousarray(np.transpose(probabilities, (2, 0, 1)), dtype=np.float32)))
-    crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
-    crf.addPairwiseBilateral(
-        sxy=bilateral_sxy, srgb=bilateral_srgb, compat=bilateral_compat,
-        rgbim=np.ascontiguousarray(np.clip(image, 0, 255), dtype=np.uint8))
-    refined = np.asarray(crf.inference(iterations), dtype=np.float32)
-    return refined.reshape(num_classes, height, width).argmax(axis=0).astype(np.int32)
 
 
 def segmentation_metrics(confusion, class_names, ignore_label=None):

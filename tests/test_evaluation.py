@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_ssl import checkpoints, errors, evaluation, inference
+from deeplab_ssl import checkpoints, crf, errors, evaluation, inference
 from deeplab_ssl import model as model_lib
 
 
@@ -197,7 +197,7 @@ def test_dense_crf_keeps_confident_predictions():
     labels = np.zeros((12, 10), np.int64)
     labels[:, 5:] = 1
     probabilities = np.where(np.eye(2, dtype=bool)[labels], 0.999, 0.001)
-    refined = evaluation.dense_crf(image, probabilities, iterations=5)
+    refined = crf.dense_crf(image, probabilities, iterations=5)
     assert refined.shape == (12, 10) and refined.dtype == np.int32
     np.testing.assert_array_equal(refined, labels)
 
@@ -215,7 +215,7 @@ def test_evaluate_with_crf_counts_every_labelled_pixel():
 def test_missing_pydensecrf_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     with pytest.raises(ImportError, match="pip install pydensecrf2"):
-        evaluation.dense_crf(np.zeros((2, 2, 3)), np.full((2, 2, 2), 0.5), iterations=1)
+        crf.dense_crf(np.zeros((2, 2, 3)), np.full((2, 2, 2), 0.5), iterations=1)
 
 
 def test_results_are_written_as_json_and_csv(tmp_path):
