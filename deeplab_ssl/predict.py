@@ -17,15 +17,12 @@ from deeplab_ssl import errors, serving, tflite, visualization
 FLAGS = flags.FLAGS
 
 
-def _predict_fn(model_path):
-    """A function of uint8 images [1, H, W, 3] returning int32 labels [1, H, W]:
-    `tflite.Segmenter.predict` of a `.tflite` file (images fitted to its size as the
-    SavedModel's crop_size does), else the `serving_default` signature of a SavedModel folder."""
+def _predictor(model_path):
+    """The `inference.Predictor` of a `.tflite` file (images fitted to its size as the
+    SavedModel's crop_size does), else of a SavedModel folder."""
     if model_path.endswith(".tflite"):
-        segmenter = tflite.Segmenter(model_path)
-        return lambda images: segmenter.predict(images)[serving.PREDICTIONS_KEY]
-    signature = tf.saved_model.load(model_path).signatures["serving_default"]
-    return lambda images: signature(images=tf.constant(images))[serving.PREDICTIONS_KEY].numpy()
+        return tflite.TFLitePredictor(model_path)
+    return serving.SavedModelPredictor(model_path)
 
 
 def predict_files(model_path, image_paths, output_dir, colormap, also_save_raw_predictions=False):
@@ -45,7 +42,7 @@ def predict_files(model_path, image_paths, output_dir, colormap, also_save_raw_p
         FileNotFoundError: naming a missing image.
         ValueError: naming an image that cannot be decoded or predicted.
     """
-    predict = _predict_fn(model_path)
+    predictor = _predictor(model_path)
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for path in image_paths:
@@ -54,7 +51,7 @@ def predict_files(model_path, image_paths, output_dir, colormap, also_save_raw_p
         try:
             image = tf.io.decode_image(tf.io.read_file(path), channels=3,
                                        expand_animations=False).numpy()
-            prediction = predict(image[np.newaxis])[0]
+            prediction = predictor.predict_labels(image[np.newaxis]).numpy()[0]
         except (tf.errors.InvalidArgumentError, ValueError) as error:
             raise errors.UserError(f"cannot predict {path}: {error}") from error
         name = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])

@@ -1,4 +1,5 @@
-"""Tests of the SavedModel export (deeplab_ssl.serving) and deeplab_ssl.predict."""
+"""Tests of the SavedModel export and its predictor (deeplab_ssl.serving), and of
+deeplab_ssl.predict."""
 import io
 import os
 import subprocess
@@ -54,6 +55,29 @@ def test_exported_predictions_equal_the_in_process_model(model, loaded):
         np.testing.assert_array_equal(outputs[serving.PREDICTIONS_KEY],
                                       tf.argmax(probabilities, -1))
         assert outputs[serving.PREDICTIONS_KEY].dtype == tf.int32
+
+
+def test_saved_model_predictor_gives_the_signature_outputs(model, exported, tmp_path):
+    predictor = serving.SavedModelPredictor(exported)
+    assert predictor.has_probabilities and predictor.traceable
+    images = _images((2, 21, 18, 3), seed=6)
+    probabilities = inference.KerasPredictor(model).predict(images)
+    # Float pixels are rounded to the signature's uint8.
+    np.testing.assert_allclose(predictor.predict(images.astype(np.float32) + 0.2),
+                               probabilities, atol=1e-5)
+    np.testing.assert_array_equal(predictor.predict_labels(images),
+                                  tf.argmax(probabilities, -1))
+
+    labels_only = str(tmp_path / "labels_only")
+    serving.export_model(model, labels_only)
+    predictor = serving.SavedModelPredictor(labels_only)
+    assert not predictor.has_probabilities
+    assert predictor.predict_labels(images).shape == (2, 21, 18)
+    with pytest.raises(errors.UserError, match="labels_only gives labels only.*"
+                                               "--include_probabilities"):
+        predictor.predict(images)
+    with pytest.raises(errors.UserError, match="no SavedModel in .*missing"):
+        serving.SavedModelPredictor(str(tmp_path / "missing"))
 
 
 def test_encoded_signature_equals_the_image_signature(loaded):
