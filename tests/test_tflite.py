@@ -1,5 +1,5 @@
 """Tests of the TFLite export (deeplab_ssl.tflite, export.py --export_format=tflite), run by the
-LiteRT interpreter (`tflite.TFLitePredictor`), of eval.py / predict on .tflite files, and of
+LiteRT interpreter (`tflite.TFLitePredictor`), of eval.py / predict.py on .tflite files, and of
 the three predictor engines side by side."""
 import io
 import json
@@ -16,8 +16,7 @@ from PIL import Image
 pytest.importorskip("ai_edge_litert", reason="LiteRT (ai-edge-litert, the [tflite] extra) is "
                                              "not installed")
 
-from deeplab_ssl import errors, evaluation, inference, predict, serving, tflite  # noqa: E402
-from deeplab_ssl import visualization  # noqa: E402
+from deeplab_ssl import errors, evaluation, inference, serving, tflite  # noqa: E402
 from deeplab_ssl import model as model_lib  # noqa: E402
 from deeplab_ssl.datasets import input_pipeline  # noqa: E402
 
@@ -213,9 +212,10 @@ def test_export_eval_and_predict_from_the_command_line(workdir, tmp_path):
     buffer = io.BytesIO()
     Image.fromarray(_images(root, "val")[0][0]).save(buffer, format="PNG")
     (tmp_path / "street.png").write_bytes(buffer.getvalue())
-    written = predict.predict_files(str(path), [str(tmp_path / "street.png")],
-                                    str(tmp_path / "out"), visualization.get_colormap("demo"))
-    assert Image.open(written[0]).size == (CROP[1], CROP[0])
+    result = _run(["predict.py"], f"--tflite_path={path}", f"--output_dir={tmp_path / 'out'}",
+                  "--colormap=demo", str(tmp_path / "street.png"))
+    assert result.stdout.split() == [str(tmp_path / "out" / "street_prediction.png")]
+    assert Image.open(tmp_path / "out" / "street_prediction.png").size == (CROP[1], CROP[0])
 
 
 def test_command_line_errors(workdir, tmp_path):
