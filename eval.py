@@ -1,20 +1,23 @@
-r"""Evaluates DeepLab checkpoints: mIoU, per-class IoU and pixel accuracy over a split.
+r"""Evaluates DeepLab models: mIoU, per-class IoU and pixel accuracy over a split (and F1, AUC
+for two-class datasets).
 
 Evaluates one checkpoint (--checkpoint_path), or watches a training folder (--checkpoint_dir,
-alias --train_logdir) and evaluates each new checkpoint. Results are printed, written next to
-each checkpoint as JSON and CSV, and to TensorBoard in --eval_logdir. --tflite_path evaluates a
-TFLite model of export.py instead (LiteRT), the mIoU it will ship with: at the size and with the
-inference it was exported with; results go next to the file.
+alias --train_logdir) and evaluates each new checkpoint; or an export of export.py as it ships
+(--saved_model_dir, --tflite_path: at the size and with the inference it was exported with, image
+by image). Each runs through its `inference.Predictor` in the one loop of `evaluation.evaluate`.
+Results are printed, written next to each checkpoint or export as JSON and CSV, and for
+checkpoints to TensorBoard in --eval_logdir.
 
     python eval.py --flagfile=configs/demo.flags --checkpoint_dir=train_logdir \
         --eval_split=val --max_number_of_evaluations=1
+    python eval.py --flagfile=configs/demo.flags --saved_model_dir=exported/1 --eval_split=val
     python eval.py --flagfile=configs/demo.flags --tflite_path=model.tflite --eval_split=val
 """
 import deeplab_ssl  # noqa: F401  First: it quiets TensorFlow's C++ logs before TF loads.
 import tensorflow as tf
 from absl import app, flags
 
-from deeplab_ssl import common, errors, evaluation, tflite
+from deeplab_ssl import checkpoints, common, errors, evaluation, inference, serving, tflite
 from deeplab_ssl import model as model_lib
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import input_pipeline
@@ -38,44 +41,70 @@ flags.DEFINE_integer("eval_timeout_secs", None,
 flags.DEFINE_integer("crf_iterations", 0,
                      "Dense CRF mean-field iterations after the network (needs pydensecrf2); "
                      "0: no CRF.")
+flags.DEFINE_string("saved_model_dir", None,
+                    "A SavedModel folder of export.py to evaluate instead of checkpoints.")
 flags.DEFINE_string("tflite_path", None,
                     "A .tflite file of export.py to evaluate (needs ai-edge-litert) instead of "
                     "checkpoints.")
+flags.mark_flags_as_mutual_exclusive(["saved_model_dir", "tflite_path"])
 
 FLAGS = flags.FLAGS
-# Flags of checkpoint evaluation that a .tflite file fixes at export (size, scales, flips).
-NOT_FOR_TFLITE = ("checkpoint_dir", "checkpoint_path", "eval_crop_size", "eval_scales",
-                  "add_flipped_images", "crf_iterations", "eval_logdir")
+# Flags of checkpoint evaluation that an export fixes (size, scales, flips) or has no use for.
+NOT_FOR_EXPORTS = ("checkpoint_dir", "checkpoint_path", "eval_batch_size", "eval_crop_size",
+                   "eval_scales", "add_flipped_images", "eval_logdir")
+
+
+def _export(descriptor):
+    """("saved_model" or "tflite", [its path], its predictor, the dataset) of --saved_model_dir
+    or --tflite_path: one image per batch, at its own size, which the export fits."""
+    flag = "tflite_path" if FLAGS.tflite_path else "saved_model_dir"
+    given = [f"--{name}" for name in NOT_FOR_EXPORTS if FLAGS[name].present]
+    if given:
+        raise app.UsageError(f"--{flag} evaluates the export as it is: drop {', '.join(given)}")
+    if FLAGS.tflite_path:
+        kind, path = "tflite", FLAGS.tflite_path
+        predictor = tflite.TFLitePredictor(path)
+    else:
+        kind, path = "saved_model", FLAGS.saved_model_dir.rstrip("/")  # Results beside it.
+        predictor = serving.SavedModelPredictor(path)
+    return kind, [path], predictor, input_pipeline.get_dataset(
+        descriptor, FLAGS.dataset_dir, FLAGS.eval_split, 1, is_training=False)
+
+
+def _checkpoints(descriptor):
+    """("checkpoint", the checkpoints to evaluate, each restored into the model as it comes,
+    the model's predictor, the dataset)."""
+    options = common.model_options(descriptor.num_classes, common.training_folder(
+        common.checkpoint_to_restore()))
+    model = model_lib.build_deeplab(**options)
+
+    def restored():
+        for checkpoint_path in evaluation.checkpoints_to_evaluate(
+                FLAGS.checkpoint_path, FLAGS.checkpoint_dir, FLAGS.eval_interval_secs,
+                FLAGS.max_number_of_evaluations, FLAGS.eval_timeout_secs):
+            checkpoints.restore_model(model, checkpoint_path, options)
+            yield checkpoint_path
+
+    predictor = inference.KerasPredictor(model, FLAGS.eval_scales, FLAGS.add_flipped_images)
+    return "checkpoint", restored(), predictor, input_pipeline.get_dataset(
+        descriptor, FLAGS.dataset_dir, FLAGS.eval_split, FLAGS.eval_batch_size,
+        crop_size=common.crop_size("eval_crop_size"), is_training=False,
+        mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant))
 
 
 def main(argv):
     del argv
     descriptor = common.dataset_descriptor()
     descriptor.split_size(FLAGS.eval_split)
-    if FLAGS.tflite_path:
-        given = [f"--{name}" for name in NOT_FOR_TFLITE if FLAGS[name].present]
-        if given:
-            raise app.UsageError(f"--tflite_path evaluates the file as exported: drop "
-                                 f"{', '.join(given)}")
-        tflite.evaluate_file(FLAGS.tflite_path, input_pipeline.get_dataset(
-            descriptor, FLAGS.dataset_dir, FLAGS.eval_split, 1, is_training=False),
-            descriptor, FLAGS.eval_split)
-        return
-    options = common.model_options(descriptor.num_classes, common.training_folder(
-        common.checkpoint_to_restore()))
-    model = model_lib.build_deeplab(**options)
-    dataset = input_pipeline.get_dataset(
-        descriptor, FLAGS.dataset_dir, FLAGS.eval_split, FLAGS.eval_batch_size,
-        crop_size=common.crop_size("eval_crop_size"), is_training=False,
-        mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant))
+    if FLAGS.saved_model_dir or FLAGS.tflite_path:
+        kind, paths, predictor, dataset = _export(descriptor)
+    else:
+        kind, paths, predictor, dataset = _checkpoints(descriptor)
     writer = tf.summary.create_file_writer(FLAGS.eval_logdir) if FLAGS.eval_logdir else None
-    for checkpoint_path in evaluation.checkpoints_to_evaluate(
-            FLAGS.checkpoint_path, FLAGS.checkpoint_dir, FLAGS.eval_interval_secs,
-            FLAGS.max_number_of_evaluations, FLAGS.eval_timeout_secs):
-        evaluation.evaluate_checkpoint(
-            model, checkpoint_path, dataset, descriptor, FLAGS.eval_split, FLAGS.eval_scales,
-            FLAGS.add_flipped_images, FLAGS.crf_iterations,
-            model_options=options, summary_writer=writer)
+    for path in paths:
+        evaluation.evaluate_and_report(
+            predictor, dataset, descriptor, FLAGS.eval_split, path, kind, FLAGS.eval_scales,
+            FLAGS.add_flipped_images, FLAGS.crf_iterations, writer)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ setuptools.setup(
         "test": ["pytest", "pytest-xdist", "tf-slim"],
         "plot": ["matplotlib"],
         "crf": ["pydensecrf2"],  # eval.py --crf_iterations; builds from source (C++ compiler).
-        # LiteRT, the interpreter of .tflite files (eval.py --tflite_path, predict); 2.3 tested.
+        # LiteRT, the interpreter of .tflite files (eval.py --tflite_path, predict.py); 2.3 tested.
         "tflite": ["ai-edge-litert"],
         # The losses and models on Keras' JAX backend (KERAS_BACKEND=jax), CPU; for NVIDIA
         # GPUs add 'jax[cuda12]'. tests/test_backends.py runs on it; 0.10 tested.

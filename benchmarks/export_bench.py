@@ -9,10 +9,11 @@ TFLite float32, float16 and int8 (int8 calibrated on --num_representative images
   own worker process (TensorFlow fixes its thread pools at start), which times the four exports
   interleaved, round by round, on one val image: medians over rounds, and each format's ratio
   to TFLite float32 in the same round (the machine is shared: ratios are the figures to read).
-  SavedModel: its `serving_default` signature; TFLite: `Segmenter.run` (set input, invoke, get
-  outputs) in the LiteRT interpreter;
+  SavedModel: its `serving_default` signature; TFLite: `TFLitePredictor.run` (set input, invoke,
+  get outputs) in the LiteRT interpreter;
 * on the --eval_split: the share of pixels where each TFLite export gives the SavedModel's label,
-  and the mIoU of each (evaluation.confusion_matrix / segmentation_metrics, eval.py's).
+  and the mIoU of each (their predictors' labels; evaluation.confusion_matrix /
+  segmentation_metrics, eval.py's).
 
     python benchmarks/export_bench.py --flagfile=configs/camvid/pretrained/deeplabv3plus.flags \
         --dataset_dir=data/camvid --checkpoint_path=RUN/model.ckpt-800 --crop_size=360,480 \
@@ -62,15 +63,12 @@ def _size_mb(path):
                for folder, _, names in os.walk(path) for name in names) / 1e6
 
 
-def _predict_fns(num_threads=None):
-    """{format: function of uint8 [1, H, W, 3] -> labels int32 numpy [1, H, W]} at any size."""
-    signature = tf.saved_model.load(_path("saved_model")).signatures["serving_default"]
-    fns = {"saved_model": lambda images: signature(
-        images=tf.constant(images))[serving.PREDICTIONS_KEY].numpy()}
+def _predictors(num_threads=None):
+    """{format: its `inference.Predictor`}, whose `predict_labels` fits any size."""
+    predictors = {"saved_model": serving.SavedModelPredictor(_path("saved_model"))}
     for name in FORMATS[1:]:
-        segmenter = tflite.Segmenter(_path(name), num_threads)
-        fns[name] = lambda images, s=segmenter: s.predict(images)[serving.PREDICTIONS_KEY]
-    return fns
+        predictors[name] = tflite.TFLitePredictor(_path(name), num_threads)
+    return predictors
 
 
 def _time_exports(image, threads):
@@ -79,7 +77,7 @@ def _time_exports(image, threads):
     signature = tf.saved_model.load(_path("saved_model")).signatures["serving_default"]
     runs = {"saved_model": lambda: signature(images=tf.constant(image))}
     for name in FORMATS[1:]:
-        runs[name] = lambda s=tflite.Segmenter(_path(name), threads): s.run(image)
+        runs[name] = lambda p=tflite.TFLitePredictor(_path(name), threads): p.run(image)
     for run in runs.values():
         run()  # Warm-up: tracing, allocations.
     times = {name: [] for name in runs}
@@ -123,7 +121,7 @@ def _export(model, descriptor, crop_size, pad_value):
 
 def _agreement_and_miou(descriptor):
     """({format: share of pixels with the SavedModel's label}, {format: metrics dict})."""
-    fns = _predict_fns()
+    predictors = _predictors()
     dataset = input_pipeline.get_dataset(descriptor, FLAGS.dataset_dir, FLAGS.eval_split, 1)
     num_classes = descriptor.num_classes
     confusion = {name: np.zeros((num_classes, num_classes), np.int64) for name in FORMATS}
@@ -131,7 +129,8 @@ def _agreement_and_miou(descriptor):
     num_pixels = 0
     for batch in dataset:
         images = tf.cast(batch["image"], tf.uint8).numpy()
-        labels = {name: fn(images) for name, fn in fns.items()}
+        labels = {name: predictor.predict_labels(images).numpy()
+                  for name, predictor in predictors.items()}
         num_pixels += labels["saved_model"].size
         for name in FORMATS:
             equal[name] += int(np.sum(labels[name] == labels["saved_model"]))

@@ -2,7 +2,8 @@
 
 Public API: `build_deeplab` (the models), `SSLoss` and `get_loss` (the loss family),
 `cross_replica_loss` (the loss of a global batch in a distributed loop). Submodules:
-`losses`, `model`, `datasets`, `training`, `evaluation`, `visualization`, `serving`.
+`losses`, `model`, `datasets`, `training`, `inference` (prediction; the `Predictor` interface),
+`evaluation`, `visualization`, `serving` and `tflite` (the exports and their predictors).
 """
 import os
 import re

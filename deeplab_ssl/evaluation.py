@@ -1,8 +1,10 @@
-"""Evaluation: streaming confusion matrix, mIoU, dense CRF, and the reports eval.py writes;
+"""Evaluation: streaming confusion matrix, mIoU, and the reports eval.py writes;
 for two-class datasets (DRIVE's vessels) also F1, sensitivity, specificity, accuracy and AUC.
 
-Predictions come from `deeplab_ssl.inference` (single scale, multi-scale, flipped), the same
-path that vis.py and the exported SavedModel use.
+Predictions come from any `inference.Predictor`: a Keras model (`inference.KerasPredictor`: single
+scale, multi-scale, flipped, the path that vis.py and the exports use), a SavedModel
+(`serving.SavedModelPredictor`) or a TFLite file (`tflite.TFLitePredictor`); one loop, `evaluate`,
+accumulates the statistics of each.
 
 mIoU convention (that of deeplab's `tf.metrics.mean_iou`): pixels whose ground truth is the
 ignore label are left out; IoU_c = TP / (TP + FP + FN); a class with no ground-truth and no
@@ -11,6 +13,7 @@ itself a class index (ADE20K's "other" = 0) that class is left out of the mean t
 ground truth, so its IoU is 0 or undefined, and deeplab's counting it as 0 only lowers the mean.
 """
 import csv
+import functools
 import io
 import json
 import math
@@ -21,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from deeplab_ssl import checkpoints, errors, inference
+from deeplab_ssl import checkpoints, crf, errors
 
 
 def confusion_matrix(labels, predictions, num_classes, ignore_label):
@@ -102,55 +105,47 @@ def batch_statistics(labels, probabilities, predictions, num_classes, ignore_lab
     return statistics
 
 
-def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
-             add_flipped_images=False, strategy=None, crf_iterations=0):
-    """Accumulates the statistics of `model` over a whole dataset (`batch_statistics`).
+def evaluate(predictor, dataset, num_classes, ignore_label, strategy=None, crf_iterations=0):
+    """Accumulates the statistics of a predictor over a whole dataset (`batch_statistics`).
 
     Args:
-        model: keras.Model as for `inference.predict_probabilities`, built under the scope of
-            `strategy`.
+        predictor: an `inference.Predictor` (a `KerasPredictor`'s model built under the scope
+            of `strategy`).
         dataset: tf.data.Dataset of evaluation batches (`input_pipeline.get_dataset` with
             is_training=False): dicts with "image" float32 [B, H, W, 3] in [0, 255] and "label"
             int [B, H, W, 1] (other keys are not used); padded label pixels must carry
             `ignore_label`.
         num_classes, ignore_label: ints of the dataset descriptor.
-        eval_scales, add_flipped_images: as `inference.predict_probabilities`.
         strategy: optional tf.distribute.Strategy; batches are split over its replicas and the
-            replicas' matrices summed. Defaults to the current strategy.
+            replicas' statistics summed. Defaults to the current strategy. A predictor that is
+            not `traceable` (TFLite) runs eagerly and needs the default strategy.
         crf_iterations: int; > 0 refines each image's probabilities with a dense CRF
-            (`dense_crf`, needs pydensecrf2) on the host, one replica.
+            (`crf.dense_crf`, needs pydensecrf2) on the host.
 
     Returns:
         dict of numpy arrays, the sums of `batch_statistics`: "confusion", int64 [C, C] (rows:
         ground truth, columns: prediction), and for two classes "probability_histogram" and
-        "image_f1" (with a CRF, the histogram is of the network's probabilities).
+        "image_f1" (with a CRF, the histogram is of the network's probabilities). A predictor
+        without probabilities counts its labels as one-hot probabilities: its AUC is that of
+        its labels.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    totals = {}
-
-    def add(statistics):
-        for name, value in statistics.items():
-            totals[name] = totals.get(name, 0) + value.numpy()
-
     if crf_iterations > 0:
-        predict = tf.function(
-            lambda images: inference.predict_probabilities(model, images, eval_scales,
-                                                         add_flipped_images),
-            reduce_retracing=True)
-        for batch in dataset:
-            probabilities = predict(batch["image"])
-            predictions = np.stack([
-                dense_crf(image, probability, crf_iterations)
-                for image, probability in zip(batch["image"].numpy(), probabilities.numpy())])
-            add(batch_statistics(batch["label"], probabilities, predictions, num_classes,
-                                 ignore_label))
-        return totals
+        crf.pydensecrf()  # A missing package fails here, not inside the graph.
 
     def replica_statistics(images, labels):
         def statistics():
-            probabilities = inference.predict_probabilities(model, images, eval_scales,
-                                                            add_flipped_images)
-            predictions = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+            if predictor.has_probabilities:
+                probabilities = predictor.predict(images)
+            else:
+                probabilities = tf.one_hot(predictor.predict_labels(images), num_classes)
+            if crf_iterations > 0:
+                refine = functools.partial(crf.dense_crf_batch, iterations=crf_iterations)
+                predictions = tf.reshape(
+                    tf.numpy_function(refine, [images, probabilities], tf.int32),
+                    tf.shape(probabilities)[:-1])
+            else:
+                predictions = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
             return batch_statistics(labels, probabilities, predictions, num_classes,
                                     ignore_label)
 
@@ -161,14 +156,17 @@ def evaluate(model, dataset, num_classes, ignore_label, eval_scales=(1.0,),
             batch_statistics_spec(num_classes))
         return tf.cond(tf.shape(images)[0] > 0, statistics, lambda: shapes)
 
-    @tf.function(reduce_retracing=True)
     def step(images, labels):
         per_replica = strategy.run(replica_statistics, (images, labels))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
+    if predictor.traceable:
+        step = tf.function(step, reduce_retracing=True)
+    totals = {}
     pairs = dataset.map(lambda batch: (batch["image"], batch["label"]))
     for images, labels in strategy.experimental_distribute_dataset(pairs):
-        add(step(images, labels))
+        for name, value in step(images, labels).items():
+            totals[name] = totals.get(name, 0) + value.numpy()
     return totals
 
 
@@ -179,42 +177,6 @@ def batch_statistics_spec(num_classes):
         spec.update(probability_histogram=tf.TensorSpec([2, PROBABILITY_BINS], tf.int64),
                     image_f1=tf.TensorSpec([2], tf.float32))
     return spec
-
-
-def dense_crf(image, probabilities, iterations, gaussian_sxy=3, gaussian_compat=3,
-              bilateral_sxy=67, bilateral_srgb=3, bilateral_compat=4):
-    """Dense CRF refinement (Krähenbühl & Koltun) through pydensecrf2.
-
-    Defaults are DeepLab-v2's PASCAL values (pos_w 3, pos_xy_std 3, bi_w 4, bi_xy_std 67,
-    bi_rgb_std 3).
-
-    Args:
-        image: [H, W, 3] pixel values in [0, 255].
-        probabilities: float [H, W, C] class probabilities.
-        iterations: int, mean-field iterations.
-
-    Returns:
-        int32 [H, W] labels.
-
-    Raises:
-        ImportError saying how to install pydensecrf2 if it is missing.
-    """
-    try:
-        from pydensecrf import densecrf, utils
-    except ImportError as error:
-        raise ImportError(
-            "--crf_iterations needs the pydensecrf2 package: "
-            "pip install pydensecrf2 (or pip install 'deeplab-ssl[crf]')") from error
-    height, width, num_classes = probabilities.shape
-    crf = densecrf.DenseCRF2D(width, height, num_classes)
-    crf.setUnaryEnergy(utils.unary_from_softmax(
-        np.ascontiguousarray(np.transpose(probabilities, (2, 0, 1)), dtype=np.float32)))
-    crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
-    crf.addPairwiseBilateral(
-        sxy=bilateral_sxy, srgb=bilateral_srgb, compat=bilateral_compat,
-        rgbim=np.ascontiguousarray(np.clip(image, 0, 255), dtype=np.uint8))
-    refined = np.asarray(crf.inference(iterations), dtype=np.float32)
-    return refined.reshape(num_classes, height, width).argmax(axis=0).astype(np.int32)
 
 
 def segmentation_metrics(confusion, class_names, ignore_label=None):
@@ -433,44 +395,47 @@ def checkpoints_to_evaluate(checkpoint_path=None, checkpoint_dir=None, eval_inte
         time.sleep(min(max(eval_interval_secs, 1), 10))
 
 
-def evaluate_checkpoint(model, checkpoint_path, dataset, descriptor, split, eval_scales=(1.0,),
-                        add_flipped_images=False, crf_iterations=0, model_options=None,
-                        summary_writer=None, strategy=None):
-    """Restores, evaluates and reports one checkpoint; what eval.py does per checkpoint.
+def evaluate_and_report(predictor, dataset, descriptor, split, model_path,
+                        model_kind="checkpoint", eval_scales=(1.0,), add_flipped_images=False,
+                        crf_iterations=0, summary_writer=None, strategy=None):
+    """Evaluates and reports one model; what eval.py does per checkpoint or export.
 
-    Prints the table, writes `<checkpoint>.eval_<split>_...json/.csv` next to the checkpoint
-    and, with a `summary_writer`, TensorBoard scalars at the checkpoint's step.
+    Prints the table, writes `<model_path>.eval_<split>_...json/.csv` next to the model and,
+    with a `summary_writer`, TensorBoard scalars at the checkpoint's step.
 
     Args:
-        model: the built keras.Model (under `strategy`'s scope).
-        checkpoint_path: checkpoint prefix to restore.
-        dataset: evaluation batches, as for `evaluate`.
+        predictor: the `inference.Predictor` that runs the model.
+        dataset, crf_iterations, strategy: as `evaluate`.
         descriptor: the dataset's `descriptors.DatasetDescriptor`.
         split: str, the split's name, for the report.
-        eval_scales, add_flipped_images, crf_iterations, strategy: as `evaluate`.
-        model_options: the model's build_deeplab arguments, for the error of a mismatched
-            checkpoint.
-        summary_writer: optional tf.summary writer.
+        model_path: str, what `predictor` runs: a checkpoint prefix (restored), a SavedModel
+            folder or a .tflite file.
+        model_kind: "checkpoint", "saved_model" or "tflite": the results' field naming
+            `model_path`. An export fixed its own inference: its results record no scales.
+        eval_scales, add_flipped_images: a checkpoint's inference (its `KerasPredictor`'s),
+            for the report and the names of the files.
+        summary_writer: optional tf.summary writer, for checkpoints.
 
     Returns:
         the metrics dict of `segmentation_metrics`, with `foreground_metrics` for two-class
         datasets.
     """
-    checkpoints.restore_model(model, checkpoint_path, model_options)
-    statistics = evaluate(model, dataset, descriptor.num_classes, descriptor.ignore_label,
-                          eval_scales, add_flipped_images, strategy, crf_iterations)
+    statistics = evaluate(predictor, dataset, descriptor.num_classes, descriptor.ignore_label,
+                          strategy, crf_iterations)
     metrics = segmentation_metrics(statistics["confusion"], descriptor.class_names,
                                    descriptor.ignore_label)
     if descriptor.num_classes == 2:
         metrics.update(foreground_metrics(statistics))
-    print(format_table(metrics, f"{descriptor.name} {split}: {checkpoint_path} "
-                                f"(scales {list(eval_scales)}, flipped {add_flipped_images})"))
-    prefix = results_path_prefix(checkpoint_path, split, eval_scales, add_flipped_images,
-                                 crf_iterations)
-    write_results(metrics, prefix, extra={
-        "checkpoint": checkpoint_path, "dataset": descriptor.name, "split": split,
-        "eval_scales": " ".join(f"{scale:g}" for scale in eval_scales),
-        "add_flipped_images": add_flipped_images, "crf_iterations": crf_iterations})
+    title = f"{descriptor.name} {split}: {model_path}"
+    extra = {model_kind: model_path, "dataset": descriptor.name, "split": split}
+    if model_kind == "checkpoint":
+        title += f" (scales {list(eval_scales)}, flipped {add_flipped_images})"
+        extra.update(eval_scales=" ".join(f"{scale:g}" for scale in eval_scales),
+                     add_flipped_images=add_flipped_images)
+    extra["crf_iterations"] = crf_iterations
+    print(format_table(metrics, title))
+    write_results(metrics, results_path_prefix(model_path, split, eval_scales,
+                                               add_flipped_images, crf_iterations), extra)
     if summary_writer is not None:
-        write_summaries(summary_writer, metrics, checkpoints.checkpoint_step(checkpoint_path))
+        write_summaries(summary_writer, metrics, checkpoints.checkpoint_step(model_path))
     return metrics

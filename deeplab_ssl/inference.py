@@ -1,4 +1,5 @@
-"""Inference: single-scale, multi-scale and flipped prediction, as deeplab's model.py.
+"""Inference: single-scale, multi-scale and flipped prediction, as deeplab's model.py, and the
+predictor interface that eval.py and predict.py run.
 
 One inference path, `predict_probabilities`, serves eval.py, vis.py and the exported SavedModel.
 It follows deeplab's `model.predict_labels_multi_scale`: for each scale in `eval_scales` the
@@ -10,6 +11,11 @@ Models trained with the sigmoid losses (SSL, BCE) are one-vs-rest classifiers: f
 the argmax of the softmax equals the argmax of the sigmoid (both equal the argmax of the logits).
 For several runs we average softmax probabilities, as deeplab does for every model; averaging
 sigmoids instead can pick another class where runs disagree.
+
+A `Predictor` maps images to class probabilities; it has three engines: `KerasPredictor` (a
+model, through `predict_probabilities`), `serving.SavedModelPredictor` (a SavedModel of export.py)
+and `tflite.TFLitePredictor` (a .tflite file of export.py, in LiteRT). `evaluation.evaluate` and
+predict.py take any of them.
 """
 import tensorflow as tf
 
@@ -53,3 +59,49 @@ def predict_labels(model, images, eval_scales=(1.0,), add_flipped_images=False):
     """int32 [B, H, W]: argmax of `predict_probabilities` (same arguments)."""
     probabilities = predict_probabilities(model, images, eval_scales, add_flipped_images)
     return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+
+
+class Predictor:
+    """The predictor interface: images -> class probabilities (and labels).
+
+    Attributes:
+        has_probabilities: bool; False for an export without probabilities (export.py without
+            --include_probabilities), which gives labels only: `predict` refuses.
+        traceable: bool, whether `predict` and `predict_labels` are TensorFlow ops that a
+            tf.function can trace; False for the TFLite interpreter, which runs eagerly.
+    """
+    has_probabilities = True
+    traceable = True
+
+    def predict(self, images):
+        """Class probabilities.
+
+        Args:
+            images: uint8 or float32 [B, H, W, 3], RGB pixel values in [0, 255].
+
+        Returns:
+            float32 tf.Tensor [B, H, W, C].
+        """
+        raise NotImplementedError
+
+    def predict_labels(self, images):
+        """int32 tf.Tensor [B, H, W], the argmax of `predict` (same images)."""
+        return tf.argmax(self.predict(images), axis=-1, output_type=tf.int32)
+
+
+class KerasPredictor(Predictor):
+    """A keras.Model as a `Predictor`: `predict_probabilities` at `eval_scales`, with flips.
+
+    Attributes:
+        model: the keras.Model, as for `predict_probabilities`.
+        eval_scales, add_flipped_images: as `predict_probabilities`.
+    """
+
+    def __init__(self, model, eval_scales=(1.0,), add_flipped_images=False):
+        self.model = model
+        self.eval_scales = tuple(eval_scales)
+        self.add_flipped_images = add_flipped_images
+
+    def predict(self, images):
+        return predict_probabilities(self.model, tf.cast(images, tf.float32), self.eval_scales,
+                                     self.add_flipped_images)

@@ -13,13 +13,16 @@ Preprocessing happens inside: the uint8 pixels go to the model as float32 [0, 25
 normalizes them for its backbone). With a `crop_size`, images larger than it are resized down to
 fit (keeping the aspect ratio), padded with `pad_value` up to the crop size, and the probabilities
 of the valid region are resized back to the input size (`fit_to_crop`, `restore_size`, which the
-TFLite runner of deeplab_ssl/tflite.py uses too); without one, the model runs at the input's own
+TFLite engine of deeplab_ssl/tflite.py uses too); without one, the model runs at the input's own
 size. Inference is `inference.predict_probabilities`, the one eval.py uses.
+
+`SavedModelPredictor` runs such a SavedModel as an `inference.Predictor` (eval.py
+--saved_model_dir, predict.py).
 """
 import keras
 import tensorflow as tf
 
-from deeplab_ssl import inference
+from deeplab_ssl import errors, inference
 
 PREDICTIONS_KEY = "SemanticPredictions"
 PROBABILITIES_KEY = "SemanticProbabilities"
@@ -89,6 +92,12 @@ def predictions(probabilities, include_probabilities=False):
     return outputs
 
 
+def labels_only_error(path):
+    """The UserError of asking an export without probabilities (at `path`) for them."""
+    return errors.UserError(f"{path} gives labels only: export it with --include_probabilities "
+                            "for its probabilities")
+
+
 def make_predict_fn(model, crop_size=None, pad_value=(127.5, 127.5, 127.5), eval_scales=(1.0,),
                     add_flipped_images=False, include_probabilities=False):
     """The serving computation: uint8 images [B, H, W, 3] -> dict of predictions.
@@ -155,3 +164,45 @@ def export_model(model, export_dir, crop_size=None, pad_value=(127.5, 127.5, 127
         name="serving_encoded", fn=serving_encoded,
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     archive.write_out(export_dir, verbose=False)
+
+
+class SavedModelPredictor(inference.Predictor):
+    """A SavedModel of `export_model` as an `inference.Predictor`, through `serving_default`.
+
+    The export fixed the inference (crop size, scales, flips); `predict` gives its
+    `SemanticProbabilities`, `predict_labels` its `SemanticPredictions`.
+
+    Attributes:
+        export_dir: str, the SavedModel folder.
+        has_probabilities: bool, whether it was exported with `include_probabilities`.
+    """
+
+    def __init__(self, export_dir):
+        """Loads `export_dir`.
+
+        Raises:
+            UserError: naming the folder, where it holds no SavedModel with `serving_default`.
+        """
+        if not tf.saved_model.contains_saved_model(export_dir):
+            raise errors.UserError(f"no SavedModel in {export_dir} (export.py writes one)")
+        self.export_dir = export_dir
+        self._loaded = tf.saved_model.load(export_dir)  # Owns the signature's variables.
+        if "serving_default" not in self._loaded.signatures:
+            raise errors.UserError(f"{export_dir} is not a SavedModel of export.py (no "
+                                   "serving_default signature)")
+        self._signature = self._loaded.signatures["serving_default"]
+        self.has_probabilities = PROBABILITIES_KEY in self._signature.structured_outputs
+
+    def _outputs(self, images):
+        images = tf.convert_to_tensor(images)
+        if images.dtype != tf.uint8:  # The signature takes uint8 pixels.
+            images = tf.saturate_cast(tf.round(images), tf.uint8)
+        return self._signature(images=images)
+
+    def predict(self, images):
+        if not self.has_probabilities:
+            raise labels_only_error(self.export_dir)
+        return self._outputs(images)[PROBABILITIES_KEY]
+
+    def predict_labels(self, images):
+        return self._outputs(images)[PREDICTIONS_KEY]

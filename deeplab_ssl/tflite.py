@@ -1,4 +1,4 @@
-"""TFLite export (float32, float16 or int8) and the LiteRT runner of the exported files.
+"""TFLite export (float32, float16 or int8) and `TFLitePredictor`, the exported file in LiteRT.
 
 The exported model runs at a fixed size, the export's `crop_size` (TFLite plans its memory for
 static shapes, and phone delegates need them):
@@ -10,7 +10,7 @@ static shapes, and phone delegates need them):
 
 Inside, the model is the SavedModel's (`inference.predict_probabilities` on the pixels as float32
 [0, 255], the backbone's normalization included). Images of other sizes are fitted to the crop
-on the host by `Segmenter.predict`, with the SavedModel's own `serving.fit_to_crop` and
+on the host by `TFLitePredictor`, with the SavedModel's own `serving.fit_to_crop` and
 `serving.restore_size`: in the graph they need a dynamic input size, and with it dynamic
 tensors, which made the model 1.5-1.7x slower on CPU (docs/serving.md) and which delegates
 refuse. The file carries the pixel to pad with (the backbone's mean pixel) as metadata named
@@ -21,7 +21,8 @@ size; CPUs compute in float32); "int8" (full-integer: weights and activations in
 on representative images; the uint8 input and int32 labels stay as they are, probabilities come
 back dequantized to float32).
 
-The runner needs LiteRT (`pip install ai-edge-litert`, the `[tflite]` extra).
+`TFLitePredictor` is the TFLite engine of the `inference.Predictor` interface (eval.py
+--tflite_path, predict.py); it needs LiteRT (`pip install ai-edge-litert`, the `[tflite]` extra).
 """
 import json
 import os
@@ -33,7 +34,7 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
-from deeplab_ssl import errors, evaluation, inference, serving
+from deeplab_ssl import errors, inference, serving
 
 QUANTIZATIONS = ("none", "float16", "int8")
 SIGNATURE_KEY = "serving_default"
@@ -113,7 +114,7 @@ def export_tflite(model, path, crop_size, pad_value=(127.5, 127.5, 127.5), eval_
         model: keras.Model, float32 images [B, h, w, 3] in [0, 255] -> logits [B, h, w, C].
         path: str, the .tflite file to write.
         crop_size: (height, width), the fixed size of the input.
-        pad_value: 3 floats, the pixel `Segmenter.predict` pads with (stored in the file).
+        pad_value: 3 floats, the pixel `TFLitePredictor` pads with (stored in the file).
         eval_scales, add_flipped_images: as `inference.predict_probabilities`.
         include_probabilities: bool, also output `SemanticProbabilities`.
         quantize: one of QUANTIZATIONS.
@@ -158,8 +159,10 @@ def export_tflite(model, path, crop_size, pad_value=(127.5, 127.5, 127.5), eval_
     os.replace(temporary, path)
 
 
-class Segmenter:
-    """A .tflite file of `export_tflite` in the LiteRT interpreter.
+class TFLitePredictor(inference.Predictor):
+    """A .tflite file of `export_tflite` in the LiteRT interpreter, as an `inference.Predictor`.
+
+    The interpreter runs on the host (numpy), eagerly: `traceable` is False.
 
     Attributes:
         path: str, the file.
@@ -167,14 +170,15 @@ class Segmenter:
         pad_value: 3 floats, the pixel images are padded with.
         has_probabilities: bool, whether it outputs `SemanticProbabilities`.
     """
+    traceable = False
 
     def __init__(self, path, num_threads=None):
         """Loads `path` with `num_threads` threads (None: all the CPUs).
 
         Raises:
             ImportError: saying how to install LiteRT.
-            FileNotFoundError: no such file.
-            ValueError: the file is not an export of `export_tflite`.
+            UserError: naming the file, where there is none or it is not an export of
+                `export_tflite`.
         """
         try:
             from ai_edge_litert.interpreter import Interpreter
@@ -219,87 +223,49 @@ class Segmenter:
         if images.dtype != np.uint8 or images.shape != expected:
             raise errors.UserError(
                 f"{self.path} takes images uint8 {list(expected)} (the --crop_size it was "
-                f"exported with); got {images.dtype} {list(images.shape)}: Segmenter.predict "
-                "fits other sizes")
+                f"exported with); got {images.dtype} {list(images.shape)}: predict fits "
+                "other sizes")
         return self._runner(images=images)
 
     def predict(self, images):
-        """Runs the model on images of any size, as the SavedModel's `crop_size` does.
+        """Class probabilities of images of any size, as the SavedModel's `crop_size` gives.
 
         Images are fitted to the model's size (`model_input`); the probabilities of the fitted
-        region are resized back to the image's size (`serving.restore_size`) and their argmax
-        taken. Without `SemanticProbabilities`, only images that need no resizing (no larger
-        than the model: cropped labels are exact) can be predicted.
+        region are resized back to the image's size (`serving.restore_size`).
 
         Args:
-            images: uint8 [1, H, W, 3].
+            images: uint8 or float32 [1, H, W, 3], pixel values in [0, 255].
 
         Returns:
-            dict of numpy outputs at the image's size: SemanticPredictions int32 [1, H, W]
-            (and SemanticProbabilities float32 [1, H, W, C]).
+            float32 tf.Tensor [1, H, W, C].
 
         Raises:
-            ValueError: naming the file, for an image larger than a model without
+            UserError: naming the file, for a model exported without probabilities.
+        """
+        if not self.has_probabilities:
+            raise serving.labels_only_error(self.path)
+        padded, fitted_size = model_input(images, self.crop_size, self.pad_value)
+        return serving.restore_size(tf.constant(self.run(padded)[serving.PROBABILITIES_KEY]),
+                                    fitted_size, tf.shape(images)[1:3])
+
+    def predict_labels(self, images):
+        """int32 tf.Tensor [1, H, W], the labels of images of any size (as `predict`).
+
+        Without probabilities, only images that need no resizing (no larger than the model:
+        cropped labels are exact) can be predicted.
+
+        Raises:
+            UserError: naming the file, for an image larger than a model without
                 probabilities.
         """
+        if self.has_probabilities:
+            return super().predict_labels(images)
         size = tf.shape(images)[1:3]
         padded, fitted_size = model_input(images, self.crop_size, self.pad_value)
-        outputs = self.run(padded)
-        if self.has_probabilities:
-            probabilities = serving.restore_size(
-                tf.constant(outputs[serving.PROBABILITIES_KEY]), fitted_size, size)
-            return {key: value.numpy()
-                    for key, value in serving.predictions(probabilities, True).items()}
         if not np.array_equal(fitted_size, size):
             raise errors.UserError(
                 f"{self.path} runs at {list(self.crop_size)} and has no probabilities to resize "
                 f"back to an image of {size.numpy().tolist()}: export it with "
                 "--include_probabilities, or give images no larger than that")
-        labels = outputs[serving.PREDICTIONS_KEY]
-        return {serving.PREDICTIONS_KEY: labels[:, :int(size[0]), :int(size[1])]}
-
-
-def evaluate(segmenter, dataset, num_classes, ignore_label):
-    """Accumulates the confusion matrix of a `Segmenter` over a dataset, image by image.
-
-    Args:
-        segmenter: a `Segmenter`.
-        dataset: evaluation batches of one image at its own size (`input_pipeline.get_dataset`
-            with is_training=False, batch_size 1 and no crop_size).
-        num_classes, ignore_label: ints of the dataset descriptor.
-
-    Returns:
-        numpy int64 [C, C] confusion matrix (rows: ground truth, columns: prediction).
-    """
-    total = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for batch in dataset:
-        labels = segmenter.predict(tf.cast(batch["image"], tf.uint8))[serving.PREDICTIONS_KEY]
-        total += evaluation.confusion_matrix(batch["label"], labels, num_classes,
-                                             ignore_label).numpy()
-    return total
-
-
-def evaluate_file(path, dataset, descriptor, split, num_threads=None):
-    """Evaluates and reports a .tflite file, as eval.py does a checkpoint.
-
-    Prints the table and writes `<path>.eval_<split>_ms1.json/.csv` next to the file.
-
-    Args:
-        path: str, the .tflite file.
-        dataset: evaluation batches, as for `evaluate`.
-        descriptor: the dataset's `descriptors.DatasetDescriptor`.
-        split: str, the split's name, for the report.
-        num_threads: as `Segmenter`.
-
-    Returns:
-        the metrics dict of `evaluation.segmentation_metrics`.
-    """
-    segmenter = Segmenter(path, num_threads)
-    confusion = evaluate(segmenter, dataset, descriptor.num_classes, descriptor.ignore_label)
-    metrics = evaluation.segmentation_metrics(confusion, descriptor.class_names,
-                                              descriptor.ignore_label)
-    print(evaluation.format_table(
-        metrics, f"{descriptor.name} {split}: {path} (at {list(segmenter.crop_size)})"))
-    evaluation.write_results(metrics, evaluation.results_path_prefix(path, split), extra={
-        "tflite": path, "dataset": descriptor.name, "split": split})
-    return metrics
+        labels = self.run(padded)[serving.PREDICTIONS_KEY]
+        return tf.constant(labels[:, :int(size[0]), :int(size[1])])

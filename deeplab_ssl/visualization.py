@@ -1,4 +1,5 @@
-"""Colormaps, colored label images, overlays and atomic PNG writing.
+"""Colormaps, colored label images, overlays and atomic PNG writing; the pictures of vis.py
+(`visualize`) and predict.py (`predict_files`).
 
 Colormaps are uint8 arrays [N, 3]: row i is the RGB color of label i. The pascal, cityscapes and
 ade20k maps are deeplab's (`utils/get_dataset_colormap.py`), so pictures look like deeplab's. Each
@@ -11,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_ssl import inference
+from deeplab_ssl import errors, inference
 from deeplab_ssl.datasets import descriptors
 
 # deeplab's vis.py: Cityscapes train ids -> the label ids of the Cityscapes evaluation server,
@@ -252,3 +253,43 @@ def visualize(model, dataset, colormap, vis_logdir, eval_scales=(1.0,), add_flip
             if max_examples and count >= max_examples:
                 return count
     return count
+
+
+def predict_files(predictor, image_paths, output_dir, colormap, also_save_raw_predictions=False):
+    """Runs a predictor on image files and writes PNGs, what predict.py does.
+
+    For each image `NAME.ext`: `NAME_prediction.png` (colored with `colormap`) and
+    `NAME_overlay.png`; with `also_save_raw_predictions`, `NAME_raw.png` holding the label ids.
+
+    Args:
+        predictor: an `inference.Predictor` (e.g. of a SavedModel or a .tflite file).
+        image_paths: sequence of str, JPEG or PNG files.
+        output_dir: str, output folder (created).
+        colormap: uint8 [N, 3].
+        also_save_raw_predictions: bool, also write the label ids.
+
+    Returns:
+        list of the written prediction PNG paths.
+
+    Raises:
+        UserError: naming an image that is missing, or that cannot be decoded or predicted.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    for path in image_paths:
+        if not tf.io.gfile.exists(path):
+            raise errors.UserError(f"no image file {path}")
+        try:
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                       expand_animations=False).numpy()
+            prediction = predictor.predict_labels(image[np.newaxis]).numpy()[0]
+        except (tf.errors.InvalidArgumentError, ValueError) as error:
+            raise errors.UserError(f"cannot predict {path}: {error}") from error
+        name = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
+        colored = label_to_color_image(prediction, colormap)
+        save_png(colored, f"{name}_prediction.png")
+        save_png(overlay(image, colored), f"{name}_overlay.png")
+        if also_save_raw_predictions:
+            save_png(prediction.astype(np.uint8), f"{name}_raw.png")
+        written.append(f"{name}_prediction.png")
+    return written

@@ -28,13 +28,13 @@ echo "== 5/6 export a SavedModel and run it on one image"
 "$PY" export.py --flagfile=configs/demo.flags --checkpoint_dir="$OUT/train" \
   --export_path="$OUT/export"
 IMAGE="$(ls "$OUT"/vis/segmentation_results/*_image.png | head -1)"
-"$PY" -m deeplab_ssl.predict --model_dir="$OUT/export" --output_dir="$OUT/predict" "$IMAGE"
+"$PY" predict.py --saved_model_dir="$OUT/export" --output_dir="$OUT/predict" "$IMAGE"
 
 echo "== 6/6 export a TFLite float16 model at the demo images' size and run it on the same image"
 "$PY" export.py --flagfile=configs/demo.flags --checkpoint_dir="$OUT/train" \
   --export_format=tflite --crop_size=128,160 --quantize=float16 \
   --export_path="$OUT/tflite/model_float16.tflite"
-"$PY" -m deeplab_ssl.predict --tflite_path="$OUT/tflite/model_float16.tflite" \
+"$PY" predict.py --tflite_path="$OUT/tflite/model_float16.tflite" \
   --output_dir="$OUT/predict_tflite" "$IMAGE"
 echo "demo done: results in $OUT/ (eval/ has the mIoU table, vis/ the pictures, export/ and"
 echo "tflite/ the models, predict/ and predict_tflite/ their predictions)"

@@ -1,4 +1,5 @@
-"""End-to-end runs of eval.py, vis.py and export.py on generated records and a checkpoint."""
+"""End-to-end runs of eval.py (checkpoints, a SavedModel), vis.py and export.py on generated
+records and a checkpoint."""
 import csv
 import io
 import json
@@ -110,6 +111,20 @@ def test_vis_and_export(workdir):
     image = np.array(Image.open(workdir / "vis" / "segmentation_results" / "000000_image.png"))
     labels = signature(images=tf.constant(image[np.newaxis]))["SemanticPredictions"]
     assert labels.shape == (1, 24, 32)
+
+    # The export as it ships, image by image; without probabilities, its labels count one-hot.
+    result = _run("eval.py", f"--flagfile={workdir / 'demo.flags'}",
+                  f"--saved_model_dir={workdir / 'export' / '1'}/", "--eval_split=val")
+    assert "mIoU" in result.stdout
+    metrics = json.loads((workdir / "export" / "1.eval_val_ms1.json").read_text())
+    assert metrics["saved_model"] == str(workdir / "export" / "1")
+    assert metrics["num_pixels"] == 24 * 32 + 30 * 20 + 17 * 17 - 2 * (32 + 20 + 17)
+    assert "eval_scales" not in metrics  # Fixed at export.
+    result = _run("eval.py", f"--flagfile={workdir / 'demo.flags'}",
+                  f"--saved_model_dir={workdir / 'export' / '1'}", "--eval_batch_size=2",
+                  expect_ok=False)
+    assert "--saved_model_dir evaluates the export as it is: drop --eval_batch_size" in (
+        result.stderr)
 
 
 def test_model_options_of_the_training_are_the_defaults(workdir, tmp_path):

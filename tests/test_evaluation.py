@@ -1,4 +1,5 @@
-"""Tests of deeplab_ssl.evaluation: confusion matrix, mIoU convention, inference, restoring."""
+"""Tests of deeplab_ssl.evaluation: confusion matrix, mIoU convention, inference, the one loop
+over a predictor (replicas, two-class metrics, CRF)."""
 import csv
 import json
 import math
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_ssl import checkpoints, errors, evaluation, inference
+from deeplab_ssl import checkpoints, crf, errors, evaluation, inference
 from deeplab_ssl import model as model_lib
 
 
@@ -127,7 +128,8 @@ def test_evaluate_streams_over_batches_and_replicas():
     labels = tf.where(tf.random.uniform(labels.shape, seed=7) < 0.2, 255, labels)
     expected = evaluation.confusion_matrix(labels, inference.predict_labels(model, images), 4,
                                            255).numpy()
-    single = evaluation.evaluate(model, _dataset(images, labels, 4), 4, 255)
+    single = evaluation.evaluate(inference.KerasPredictor(model), _dataset(images, labels, 4),
+                                 4, 255)
     assert list(single) == ["confusion"]  # No two-class statistics for 4 classes.
     np.testing.assert_array_equal(single["confusion"], expected)
 
@@ -135,10 +137,37 @@ def test_evaluate_streams_over_batches_and_replicas():
     with strategy.scope():
         replicated = _pointwise_model(num_classes=4)
     replicated.set_weights(model.get_weights())
-    confusion = evaluation.evaluate(replicated, _dataset(images, labels, 2), 4, 255,
+    confusion = evaluation.evaluate(inference.KerasPredictor(replicated),
+                                    _dataset(images, labels, 2), 4, 255,
                                     strategy=strategy)["confusion"]
     np.testing.assert_array_equal(confusion, expected)
     assert confusion.sum() == int(tf.reduce_sum(tf.cast(labels != 255, tf.int32)))
+
+
+class _LabelsOnTheHost(inference.Predictor):
+    """A predictor like an export without probabilities run by LiteRT: labels only, in numpy."""
+    has_probabilities = False
+    traceable = False
+
+    def __init__(self, model):
+        self.keras = inference.KerasPredictor(model)
+
+    def predict_labels(self, images):
+        return tf.constant(self.keras.predict_labels(images).numpy())  # .numpy(): eager only
+
+
+def test_a_labels_only_predictor_on_the_host_counts_one_hot_labels():
+    model = _pointwise_model(num_classes=2)
+    images = tf.random.uniform([3, 9, 8, 3], 0, 255, seed=14)
+    labels = tf.random.uniform([3, 9, 8, 1], 0, 2, dtype=tf.int32, seed=15)
+    dataset = _dataset(images, labels, 1)
+    keras_statistics = evaluation.evaluate(inference.KerasPredictor(model), dataset, 2, 255)
+    host_statistics = evaluation.evaluate(_LabelsOnTheHost(model), dataset, 2, 255)
+    np.testing.assert_array_equal(host_statistics["confusion"], keras_statistics["confusion"])
+    np.testing.assert_allclose(host_statistics["image_f1"], keras_statistics["image_f1"])
+    metrics = evaluation.foreground_metrics(host_statistics)
+    # The AUC of a score that is 0 or 1: the mean of sensitivity and specificity.
+    assert metrics["auc"] == pytest.approx((metrics["sensitivity"] + metrics["specificity"]) / 2)
 
 
 def test_histogram_auc_by_hand_and_against_ranks():
@@ -176,8 +205,10 @@ def test_two_class_metrics_match_numpy_over_batches_and_replicas():
     with strategy.scope():
         replicated = _pointwise_model(num_classes=2)
     replicated.set_weights(model.get_weights())
-    for evaluated in (evaluation.evaluate(model, _dataset(images, labels, 2), 2, 255),
-                      evaluation.evaluate(replicated, _dataset(images, labels, 2), 2, 255,
+    for evaluated in (evaluation.evaluate(inference.KerasPredictor(model),
+                                          _dataset(images, labels, 2), 2, 255),
+                      evaluation.evaluate(inference.KerasPredictor(replicated),
+                                          _dataset(images, labels, 2), 2, 255,
                                           strategy=strategy)):
         metrics = evaluation.foreground_metrics(evaluated)
         assert metrics["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
@@ -197,7 +228,7 @@ def test_dense_crf_keeps_confident_predictions():
     labels = np.zeros((12, 10), np.int64)
     labels[:, 5:] = 1
     probabilities = np.where(np.eye(2, dtype=bool)[labels], 0.999, 0.001)
-    refined = evaluation.dense_crf(image, probabilities, iterations=5)
+    refined = crf.dense_crf(image, probabilities, iterations=5)
     assert refined.shape == (12, 10) and refined.dtype == np.int32
     np.testing.assert_array_equal(refined, labels)
 
@@ -207,7 +238,8 @@ def test_evaluate_with_crf_counts_every_labelled_pixel():
     images = tf.random.uniform([3, 8, 9, 3], 0, 255, seed=9)
     labels = tf.random.uniform([3, 8, 9, 1], 0, 3, dtype=tf.int32, seed=10)
     labels = tf.concat([labels[:, :7], tf.fill([3, 1, 9, 1], 255)], axis=1)
-    confusion = evaluation.evaluate(_pointwise_model(), _dataset(images, labels, 2), 3, 255,
+    confusion = evaluation.evaluate(inference.KerasPredictor(_pointwise_model()),
+                                    _dataset(images, labels, 2), 3, 255,
                                     crf_iterations=2)["confusion"]
     assert confusion.shape == (3, 3) and confusion.sum() == 3 * 7 * 9
 
@@ -215,7 +247,7 @@ def test_evaluate_with_crf_counts_every_labelled_pixel():
 def test_missing_pydensecrf_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     with pytest.raises(ImportError, match="pip install pydensecrf2"):
-        evaluation.dense_crf(np.zeros((2, 2, 3)), np.full((2, 2, 2), 0.5), iterations=1)
+        crf.dense_crf(np.zeros((2, 2, 3)), np.full((2, 2, 2), 0.5), iterations=1)
 
 
 def test_results_are_written_as_json_and_csv(tmp_path):

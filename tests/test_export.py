@@ -1,4 +1,4 @@
-"""Tests of the SavedModel export (deeplab_ssl.serving) and deeplab_ssl.predict."""
+"""Tests of the SavedModel export and its predictor (deeplab_ssl.serving), and of predict.py."""
 import io
 import os
 import subprocess
@@ -10,9 +10,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_ssl import errors, inference, predict, serving, visualization
+from deeplab_ssl import errors, inference, serving, visualization
 from deeplab_ssl import model as model_lib
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
 
@@ -54,6 +55,29 @@ def test_exported_predictions_equal_the_in_process_model(model, loaded):
         np.testing.assert_array_equal(outputs[serving.PREDICTIONS_KEY],
                                       tf.argmax(probabilities, -1))
         assert outputs[serving.PREDICTIONS_KEY].dtype == tf.int32
+
+
+def test_saved_model_predictor_gives_the_signature_outputs(model, exported, tmp_path):
+    predictor = serving.SavedModelPredictor(exported)
+    assert predictor.has_probabilities and predictor.traceable
+    images = _images((2, 21, 18, 3), seed=6)
+    probabilities = inference.KerasPredictor(model).predict(images)
+    # Float pixels are rounded to the signature's uint8.
+    np.testing.assert_allclose(predictor.predict(images.astype(np.float32) + 0.2),
+                               probabilities, atol=1e-5)
+    np.testing.assert_array_equal(predictor.predict_labels(images),
+                                  tf.argmax(probabilities, -1))
+
+    labels_only = str(tmp_path / "labels_only")
+    serving.export_model(model, labels_only)
+    predictor = serving.SavedModelPredictor(labels_only)
+    assert not predictor.has_probabilities
+    assert predictor.predict_labels(images).shape == (2, 21, 18)
+    with pytest.raises(errors.UserError, match="labels_only gives labels only.*"
+                                               "--include_probabilities"):
+        predictor.predict(images)
+    with pytest.raises(errors.UserError, match="no SavedModel in .*missing"):
+        serving.SavedModelPredictor(str(tmp_path / "missing"))
 
 
 def test_encoded_signature_equals_the_image_signature(loaded):
@@ -104,10 +128,10 @@ def test_crop_size_export_pads_small_and_fits_large_images(tmp_path):
     assert signature(images=tf.constant(large))[serving.PREDICTIONS_KEY].shape == (1, 50, 66)
 
 
-def _run(args):
-    result = subprocess.run(args, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+def _run(args, expect_ok=True):
+    result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, check=False)
+    assert (result.returncode == 0) == expect_ok, result.stderr[-3000:]
+    return result.stdout if expect_ok else result.stderr
 
 
 def test_saved_model_cli_show_and_run(exported, loaded, tmp_path):
@@ -130,13 +154,14 @@ def test_saved_model_cli_show_and_run(exported, loaded, tmp_path):
     np.testing.assert_array_equal(from_cli, in_process)
 
 
-def test_predict_writes_colored_pngs(exported, tmp_path):
+def test_predict_files_writes_colored_pngs(exported, tmp_path):
     image = _images((15, 22, 3), seed=5)
     path = tmp_path / "street.png"
     path.write_bytes(_png_bytes(image))
     colormap = visualization.get_colormap("demo")
-    written = predict.predict_files(exported, [str(path)], str(tmp_path / "out"), colormap,
-                                    also_save_raw_predictions=True)
+    predictor = serving.SavedModelPredictor(exported)
+    written = visualization.predict_files(predictor, [str(path)], str(tmp_path / "out"),
+                                          colormap, also_save_raw_predictions=True)
     assert written == [str(tmp_path / "out" / "street_prediction.png")]
     raw = np.array(Image.open(tmp_path / "out" / "street_raw.png"))
     colored = np.array(Image.open(written[0]))
@@ -145,8 +170,23 @@ def test_predict_writes_colored_pngs(exported, tmp_path):
 
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="broken.png"):
-        predict.predict_files(exported, [str(tmp_path / "broken.png")], str(tmp_path / "out"),
-                              colormap)
+        visualization.predict_files(predictor, [str(tmp_path / "broken.png")],
+                                    str(tmp_path / "out"), colormap)
     with pytest.raises(errors.UserError, match="missing.jpg"):
-        predict.predict_files(exported, [str(tmp_path / "missing.jpg")], str(tmp_path / "out"),
-                              colormap)
+        visualization.predict_files(predictor, [str(tmp_path / "missing.jpg")],
+                                    str(tmp_path / "out"), colormap)
+
+
+def test_predict_py_and_its_former_module_name(exported, tmp_path):
+    path = tmp_path / "street.png"
+    path.write_bytes(_png_bytes(_images((15, 22, 3), seed=7)))
+    stdout = _run([sys.executable, "predict.py", f"--saved_model_dir={exported}",
+                   f"--output_dir={tmp_path / 'out'}", "--colormap=demo", str(path)])
+    assert stdout.split() == [str(tmp_path / "out" / "street_prediction.png")]
+    # `python -m deeplab_ssl.predict` and --model_dir, as older commands say; a user's error
+    # in one line.
+    stderr = _run([sys.executable, "-m", "deeplab_ssl.predict", f"--model_dir={exported}",
+                   f"--output_dir={tmp_path / 'out'}", str(tmp_path / "missing.jpg")],
+                  expect_ok=False)
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"error: no image file {tmp_path / 'missing.jpg'}"
