@@ -145,8 +145,8 @@ def restore_model(model, checkpoint_path, model_options=None):
         the checkpoint prefix that was restored.
 
     Raises:
-        FileNotFoundError naming the path if there is no checkpoint.
-        ValueError naming the checkpoint and the model options if they do not match.
+        errors.UserError (a ValueError) naming the path if there is no checkpoint, or naming
+        the checkpoint and the model options if they do not match.
     """
     checkpoint_path = resolve_checkpoint(checkpoint_path)
     try:
@@ -216,8 +216,7 @@ def load_slim_checkpoint(model, checkpoint_path, initialize_last_layer=True,
         LoadReport.
 
     Raises:
-        FileNotFoundError: if there is no such checkpoint.
-        ValueError: if a variable has the wrong shape (nothing is assigned then), if nothing at
+        errors.UserError (a ValueError): if there is no such checkpoint, if a variable has the wrong shape (nothing is assigned then), if nothing at
             all matched (wrong model_variant?), or on missing variables without
             ignore_missing_vars.
     """
@@ -266,8 +265,8 @@ def load_weights(model, path):
         path: local path.
 
     Raises:
-        FileNotFoundError: if `path` does not exist.
-        ValueError: naming the file when its weights do not fit the model.
+        errors.UserError (a ValueError): naming the file when it does not exist or its weights
+            do not fit the model.
     """
     if not os.path.exists(path):
         raise errors.UserError("Weights file %s not found." % path)
