@@ -216,9 +216,9 @@ def load_slim_checkpoint(model, checkpoint_path, initialize_last_layer=True,
         LoadReport.
 
     Raises:
-        errors.UserError (a ValueError): if there is no such checkpoint, if a variable has the wrong shape (nothing is assigned then), if nothing at
-            all matched (wrong model_variant?), or on missing variables without
-            ignore_missing_vars.
+        errors.UserError (a ValueError): if there is no such checkpoint, if a variable has the
+            wrong shape (nothing is assigned then), if nothing at all matched (wrong
+            model_variant?), or on missing variables without ignore_missing_vars.
     """
     path = resolve_checkpoint(checkpoint_path)
     reader = tf.train.load_checkpoint(path)
