@@ -135,14 +135,21 @@ def _weights_and_sums(labels, logits, valid, window_size, sigma, c4, threshold, 
         image_logits = ops.slice(logits, [index, 0, 0, 0], [1, height, width, num_classes])
         image_valid = ops.slice(valid, [index, 0, 0, 0], [1, height, width, 1])
         probs = ops.sigmoid(image_logits)
-        image_one_hot, image_weight, is_hard = example_weights(
+        image_one_hot, image_weight, _ = example_weights(
             image_labels, probs, image_valid, window_size, sigma, c4, threshold, reweight)
+        # M = sum(f) from what the loop keeps anyway, not from f, a map of its own: with OHEM,
+        # f = 1 exactly where the weight is not 0 (e > beta e_max >= 0); without, f = m.
+        if threshold is None:
+            num_hard = num_classes * ops.sum(image_valid)
+        else:
+            num_hard = ops.sum(ops.sign(image_weight))
         # BCE = softplus((1 - 2 y) x) = max((1 - 2 y) x, 0) - log(max(p, 1 - p)): one log
         # instead of softplus's exp and log, and as stable, since max(p, 1 - p) >= 0.5.
         bce = (ops.relu((1.0 - 2.0 * image_one_hot) * image_logits)
                - ops.log(ops.maximum(probs, 1.0 - probs)))
-        image_sums = ops.stack([ops.sum(bce * image_valid), ops.sum(bce * image_weight),
-                                ops.sum(is_hard)])
+        # The classes summed first: no broadcast of m kept as an image-sized map.
+        image_sums = ops.stack([ops.sum(ops.sum(bce, axis=-1, keepdims=True) * image_valid),
+                                ops.sum(bce * image_weight), num_hard])
         return ops.slice_update(weight, [index, 0, 0, 0], image_weight), sums + image_sums
     return ops.fori_loop(0, ops.shape(logits)[0], add_image,
                          (ops.zeros_like(logits), ops.zeros([3], "float32")))
