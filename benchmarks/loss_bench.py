@@ -4,6 +4,7 @@ Usage (from the repository root):
   .venv/bin/python benchmarks/loss_bench.py                    # both shapes of issue 2
   .venv/bin/python benchmarks/loss_bench.py --shapes 4,257,257,21 --rounds 7
   .venv/bin/python benchmarks/loss_bench.py --conv             # full vs separable window
+  .venv/bin/python benchmarks/loss_bench.py --portable         # SSL's portable path, TF + JAX
 
 Time: every loss is a tf.function returning (loss, d loss / d logits) for float32 logits. After
 a warm-up call each, the losses run in rounds, one call of each loss per round in a rotating
@@ -16,6 +17,13 @@ the resident set at that point. The same loss on tiny logits [1, 33, 33, C] give
 cost (tracing, runtime, and for the SSL the XLA compiler, ~80 MB once per process and shape).
 Printed are the fixed cost, the rise minus the fixed cost (the memory that grows with the
 logits) and its ratio to BCE's.
+
+--portable: the SSL's portable path (implementation="xla", what GPUs and JAX run) against BCE,
+compiled with XLA as a whole: on TensorFlow, tf.function(jit_compile=True) in this process,
+and on JAX, jax.jit(value_and_grad) in a subprocess with KERAS_BACKEND=jax (the backend is
+fixed per process), side by side. Time: as above (wall; ratios per round). Memory: on JAX,
+XLA's own figure for the compiled function, temporaries + outputs (memory_analysis()); on
+TensorFlow, which shows no such figure, the extra peak resident set as above.
 """
 import argparse
 import json
@@ -33,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 from deeplab_ssl import losses  # noqa: E402
 
 LOSSES = ("bce", "ssl", "ssl_xla", "softmax_ce", "ssim7", "affinity", "bce_autodiff")
+PORTABLE_LOSSES = ("bce", "ssl")  # --portable: BCE and the SSL's portable path
 TINY_SHAPE = (1, 33, 33)  # + C: logits small enough that a loss's peak is its fixed cost
 # The affinity loss needs ~32x BCE's memory: ~1.6 GB at [4, 257, 257, 21], over 12 GB at
 # [8, 513, 513, 21]; it is left out of larger logits.
@@ -58,8 +67,9 @@ def plain_sigmoid_cross_entropy(labels, logits):
     return tf.reduce_sum(bce * valid) / tf.reduce_sum(valid)
 
 
-def loss_and_gradient_fn(name):
-    """tf.function (labels, logits) -> (loss, gradient w.r.t. logits)."""
+def loss_and_gradient_fn(name, jit_compile=False):
+    """tf.function (labels, logits) -> (loss, gradient w.r.t. logits), compiled with XLA as a
+    whole if jit_compile."""
     if name == "bce_autodiff":
         loss = plain_sigmoid_cross_entropy
     elif name == "ssl_xla":  # The SSL without its CPU kernel.
@@ -67,7 +77,7 @@ def loss_and_gradient_fn(name):
     else:
         loss = losses.get_loss(name)
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def run(labels, logits):
         with tf.GradientTape() as tape:
             tape.watch(logits)
@@ -76,9 +86,9 @@ def loss_and_gradient_fn(name):
     return run
 
 
-def time_losses(shape, names, rounds):
+def time_losses(shape, names, rounds, jit_compile=False):
     labels, logits = make_inputs(shape)
-    functions = {name: loss_and_gradient_fn(name) for name in names}
+    functions = {name: loss_and_gradient_fn(name, jit_compile) for name in names}
     for function in functions.values():
         tf.nest.map_structure(lambda t: t.numpy(), function(labels, logits))
     wall = {name: [] for name in names}
@@ -93,10 +103,10 @@ def time_losses(shape, names, rounds):
     return wall, cpu
 
 
-def peak_memory_mb(shape, name):
+def peak_memory_mb(shape, name, jit_compile=False):
     """Runs `name` in a subprocess; returns its peak resident set in MB."""
     command = [sys.executable, __file__, "--worker", name,
-               "--shapes", ",".join(str(d) for d in shape)]
+               "--shapes", ",".join(str(d) for d in shape)] + ["--jit"] * jit_compile
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])["peak_mb"]
 
@@ -106,7 +116,7 @@ def _status_mb(field):
         return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024.0
 
 
-def worker(shape, name):
+def worker(shape, name, jit_compile):
     labels, logits = make_inputs(shape)
     # Reset the peak resident set (VmHWM) to the current one, so that the transient float64
     # arrays of make_inputs do not hide the loss's own peak. Not getrusage's ru_maxrss: it can
@@ -114,7 +124,7 @@ def worker(shape, name):
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
     resident_mb = _status_mb("VmRSS:")
-    function = loss_and_gradient_fn(name)
+    function = loss_and_gradient_fn(name, jit_compile)
     for _ in range(3):
         tf.nest.map_structure(lambda t: t.numpy(), function(labels, logits))
     print(json.dumps({"peak_mb": _status_mb("VmHWM:") - resident_mb}))
@@ -135,6 +145,73 @@ def benchmark_shape(shape, names, rounds):
               f"{statistics.median(cpu[name]):>8.3f}{ratio(cpu, name):>7.2f}"
               f"{fixed_mb[name]:>10.0f}{extra_mb[name]:>15.0f}"
               f"{extra_mb[name] / extra_mb['bce']:>7.2f}", flush=True)
+
+
+def median_ratios(times, reference="bce"):
+    """{name: median over rounds of time / the reference's time in the same round}."""
+    return {name: statistics.median(t / r for t, r in zip(values, times[reference]))
+            for name, values in times.items()}
+
+
+def jax_worker(shapes, rounds):
+    """In a KERAS_BACKEND=jax process: per shape, {name: {"ms", "ratio", "xla_mb"}} of BCE and
+    the SSL's portable path, jax.jit(value_and_grad), as JSON on the last line."""
+    import jax
+    results = {}
+    for shape in shapes:
+        labels, logits = (jax.device_put(t.numpy()) for t in make_inputs(shape))
+        compiled = {}
+        for name in PORTABLE_LOSSES:
+            loss = losses.get_loss("ssl", implementation="xla") if name == "ssl" else (
+                losses.get_loss(name))
+            function = jax.jit(jax.value_and_grad(lambda x, y, loss=loss: loss(y, x)))
+            compiled[name] = function.lower(logits, labels).compile()
+            jax.block_until_ready(compiled[name](logits, labels))
+        times = {name: [] for name in compiled}
+        for round_index in range(rounds):
+            shift = round_index % len(PORTABLE_LOSSES)
+            for name in PORTABLE_LOSSES[shift:] + PORTABLE_LOSSES[:shift]:
+                start = time.perf_counter()
+                jax.block_until_ready(compiled[name](logits, labels))
+                times[name].append(time.perf_counter() - start)
+        ratios = median_ratios(times)
+        results[",".join(map(str, shape))] = {name: {
+            "ms": 1e3 * statistics.median(times[name]), "ratio": ratios[name],
+            "xla_mb": (compiled[name].memory_analysis().temp_size_in_bytes
+                       + compiled[name].memory_analysis().output_size_in_bytes) / 1e6}
+            for name in compiled}
+    print(json.dumps(results))
+
+
+def benchmark_portable(shapes, rounds):
+    """The SSL's portable path against BCE, on TensorFlow (jit_compile) and on JAX."""
+    command = [sys.executable, __file__, "--jax_worker", "--rounds", str(rounds), "--shapes",
+               *(",".join(map(str, shape)) for shape in shapes)]
+    jax_run = subprocess.run(command, capture_output=True, text=True, check=False,
+                             env=dict(os.environ, KERAS_BACKEND="jax"))
+    if jax_run.returncode != 0:
+        raise RuntimeError(f"The JAX run failed:\n{jax_run.stderr[-3000:]}")
+    jax_results = json.loads(jax_run.stdout.strip().splitlines()[-1])
+    print("ssl: implementation='xla'; time: wall, median of per-round ratios to BCE; memory: TF "
+          "extra peak RSS (fixed cost subtracted), JAX XLA temporaries + outputs")
+    for shape in shapes:
+        print(f"\n== logits {list(shape)} float32, {rounds} rounds ==", flush=True)
+        wall, _ = time_losses(shape, ["bce", "ssl_xla"], rounds, jit_compile=True)
+        wall["ssl"] = wall.pop("ssl_xla")
+        ratios = median_ratios(wall)
+        memory = {name: peak_memory_mb(shape, name, True)
+                  - peak_memory_mb(TINY_SHAPE + shape[3:], name, True)
+                  for name in ("bce", "ssl_xla")}
+        memory["ssl"] = memory.pop("ssl_xla")
+        print(f"{'backend':<18}{'loss':<6}{'ms':>8}{'x BCE':>7}{'MB':>9}{'x BCE':>7}")
+        for name in PORTABLE_LOSSES:
+            print(f"{'tensorflow (jit)':<18}{name:<6}{1e3 * statistics.median(wall[name]):>8.1f}"
+                  f"{ratios[name]:>7.2f}{memory[name]:>9.1f}{memory[name] / memory['bce']:>7.2f}")
+        figures = jax_results[",".join(map(str, shape))]
+        for name in PORTABLE_LOSSES:
+            print(f"{'jax':<18}{name:<6}{figures[name]['ms']:>8.1f}{figures[name]['ratio']:>7.2f}"
+                  f"{figures[name]['xla_mb']:>9.1f}"
+                  f"{figures[name]['xla_mb'] / figures['bce']['xla_mb']:>7.2f}", flush=True)
 
 
 def benchmark_conv(rounds):
@@ -194,14 +271,25 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per loss")
     parser.add_argument("--conv", action="store_true",
                         help="only compare full and separable Gaussian windows")
+    parser.add_argument("--portable", action="store_true",
+                        help="only the SSL's portable path against BCE, on TensorFlow with "
+                        "jit_compile and on JAX")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--jax_worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     shapes = [tuple(int(d) for d in s.split(",")) for s in args.shapes]
     if args.worker:
-        worker(shapes[0], args.worker)
+        worker(shapes[0], args.worker, args.jit)
+        return
+    if args.jax_worker:
+        jax_worker(shapes, args.rounds)
         return
     if args.conv:
         benchmark_conv(args.rounds)
+        return
+    if args.portable:
+        benchmark_portable(shapes, args.rounds)
         return
     names = ["bce"] + [n for n in args.losses.split(",") if n != "bce"]
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, tf.function (ssl: the SSL's CPU "

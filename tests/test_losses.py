@@ -128,10 +128,12 @@ def loss_and_gradient(loss, labels, logits, static_batch=True):
 @pytest.mark.parametrize("in_xla", [False, True])
 @pytest.mark.parametrize("window_size", [1, 3, 7, 11])
 def test_local_sums_match_numpy_window_sums(window_size, in_xla):
-    """Both ways of local_stats.local_sums: depthwise convolutions and shifted adds in XLA."""
+    """Both ways of local_stats' window sums: depthwise convolutions (local_sums outside XLA on
+    TensorFlow) and shifted adds in XLA (shifted_sums)."""
     from deeplab_ssl.losses import local_stats
     x = np.random.default_rng(window_size).random((2, 9, 14, 3)).astype(np.float32)
-    sums = tf.function(lambda x: local_stats.local_sums(x, window_size, 1.5, in_xla=in_xla),
+    window_sums = local_stats.shifted_sums if in_xla else local_stats.local_sums
+    sums = tf.function(lambda x: window_sums(x, window_size, 1.5),
                        jit_compile=in_xla)(tf.constant(x)).numpy()
     window = np_gaussian_window(window_size, 1.5)
     for b in range(2):
@@ -140,8 +142,8 @@ def test_local_sums_match_numpy_window_sums(window_size, in_xla):
                                        rtol=1e-5, atol=1e-6)
 
 
-# SSLoss's implementations: the kernel, and the XLA path with a static batch size (one XLA
-# call per image) or an unknown one (a map over the images).
+# SSLoss's implementations, the kernel and the portable path, each traced with a static batch
+# size and with an unknown one (the portable path's loop over the images runs either way).
 IMPLEMENTATIONS = [("kernel", True), ("kernel", False), ("xla", True), ("xla", False)]
 
 
@@ -506,22 +508,29 @@ def test_compile_fit_and_saved_keras_model(tmp_path):
 
 
 def test_compile_with_jit_compile():
-    """Keras' jit_compile=True (its default on GPUs) compiles the loss with XLA: the SSL then
-    takes its XLA path, whole batch at once, and gives the same loss."""
+    """Keras' jit_compile=True (its default on GPUs) compiles the loss with XLA, which a loss
+    cannot see: on this CPU, "auto" resolves to the kernel, which XLA cannot compile (the op's
+    name says what to pass), and implementation="xla" gives the loss of "auto" without XLA."""
     rng = np.random.default_rng(2)
     images = rng.random((4, 8, 8, 3)).astype(np.float32)
     labels = rng.integers(0, 3, (4, 8, 8)).astype(np.int32)
     model = tiny_model(3)
-    values = []
-    for jit_compile in (False, True):
-        model.compile(optimizer="sgd", loss=losses.SSLoss(), jit_compile=jit_compile)
-        values.append(model.evaluate(images, labels, batch_size=4, verbose=0))
-    np.testing.assert_allclose(values[1], values[0], rtol=1e-5)
+    model.compile(optimizer="sgd", loss=losses.SSLoss())  # Keras' "auto": no XLA on CPU
+    assert not model.jit_compile
+    expected = model.evaluate(images, labels, batch_size=4, verbose=0)
+    assert model.loss.resolved_implementation() == "kernel"
+    assert model.loss.get_config()["implementation"] == "auto"
+    model.compile(optimizer="sgd", loss=losses.SSLoss(implementation="xla"), jit_compile=True)
+    np.testing.assert_allclose(model.evaluate(images, labels, batch_size=4, verbose=0),
+                               expected, rtol=1e-5)
     history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    model.compile(optimizer="sgd", loss=losses.SSLoss(implementation="kernel"), jit_compile=True)
-    with pytest.raises(ValueError, match="cannot run inside an XLA-compiled"):
-        model.evaluate(images, labels, batch_size=4, verbose=0)
+    for implementation in ("auto", "kernel"):
+        model.compile(optimizer="sgd", loss=losses.SSLoss(implementation=implementation),
+                      jit_compile=True)
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match="use_SSLoss_implementation_xla_with_jit_compile"):
+            model.evaluate(images, labels, batch_size=4, verbose=0)
 
 
 def test_get_loss_unknown_name_lists_names():

@@ -38,7 +38,8 @@ def kernel_weights_and_sums(loss, labels, logits):
 
 # 70 rows: the kernel's units of 32 rows, and a last one of 6.
 @pytest.mark.parametrize("window_size", [1, 3, 5, 7, 11])
-@pytest.mark.parametrize("ohem,reweight", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("ohem,reweight", [(True, True), (True, False), (False, True),
+                                           (False, False)])
 def test_kernel_equals_xla_path(window_size, ohem, reweight):
     labels, logits = random_batch(window_size, (2, 70, 45, 5))
     options = dict(window_size=window_size, ohem=ohem, reweight=reweight)

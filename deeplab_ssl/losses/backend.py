@@ -2,13 +2,13 @@
 
 The losses are written with keras.ops and run on the TensorFlow, JAX and PyTorch backends
 (KERAS_BACKEND). TensorFlow keeps what only it has: the SSL's CPU kernel (ssl_kernel.py), the
-hand-written BCE gradient (cross_entropy.weighted_bce_gradient; the other backends differentiate
-sum(w BCE) with their autodiff), tf.distribute (base.cross_replica_loss, SumsLoss's replica
-scaling) and a graph assertion on the labels' range.
+BCE's hand-written gradient (cross_entropy.weighted_bce_gradient; the other backends
+differentiate sum(w BCE) with their autodiff), tf.distribute (base.cross_replica_loss,
+SumsLoss's replica scaling), top_k with a k known only when run, and a graph assertion on the
+labels' range. Every question a loss asks about its backend is a function here.
 """
 import keras
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util  # Private: see in_tensorflow_xla.
 
 # The messages of a label outside [0, C) that is not ignore_label (C: y_pred's last dimension).
 LABEL_TOO_LARGE = ("y_true has a label >= num_classes (the last dimension of y_pred) that is "
@@ -28,14 +28,22 @@ def require_tensorflow(feature):
                          f"Keras runs on {keras.backend.backend()!r} here")
 
 
-def in_tensorflow_xla():
-    """True while TensorFlow traces inside a function compiled with XLA (e.g. Keras'
-    jit_compile=True).
+def is_jax():
+    """True when Keras runs on JAX (KERAS_BACKEND=jax)."""
+    return keras.backend.backend() == "jax"
 
-    TF has no public way to ask; this private one is long-standing (Keras 2's LSTM chose its
-    implementation with it). If TF removes it, importing this module fails, loudly.
+
+def compiles_with_xla():
+    """True where the losses are known to run compiled by XLA, from public facts: always on JAX
+    (Keras jits its steps; so do JAX users), on TensorFlow where XLA is requested for the whole
+    process (tf.config.optimizer.set_jit); never on PyTorch.
+
+    A Keras model's own jit_compile is not visible to its loss: on TensorFlow, False here says
+    only that XLA is not requested globally.
     """
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    if is_jax():
+        return True
+    return is_tensorflow() and bool(tf.config.optimizer.get_jit())
 
 
 def xla_function(function, static_argnames):
@@ -75,7 +83,7 @@ def check_labels(labels, num_classes):
                 tf.debugging.assert_less(labels, num_classes, message=LABEL_TOO_LARGE),
                 tf.debugging.assert_greater_equal(labels, -1, message=LABEL_NEGATIVE)]):
             return tf.identity(labels)
-    if keras.backend.backend() == "jax":
+    if is_jax():
         import jax
         if isinstance(labels, jax.core.Tracer):
             return labels
@@ -104,7 +112,7 @@ def training_step(step, schedule):
     """The training step that a scheduled loss reads at each call.
 
     Args:
-      step: `loss.step`, a scalar variable such as optimizer.iterations, or None.
+      step: what `loss.set_step` gave, a scalar variable such as optimizer.iterations, or None.
       schedule: str, the loss and its schedule, for the errors, e.g. "SSLoss(warmup_steps > 0)".
 
     Returns:
@@ -118,8 +126,8 @@ def training_step(step, schedule):
     if step is None:
         raise ValueError(f"{schedule} needs the training step: call "
                          "loss.set_step(optimizer.iterations)")
-    if keras.backend.backend() == "jax" and isinstance(step, keras.Variable):
-        raise ValueError(f"{schedule} reads loss.step, which Keras' JAX trainer does not pass "
-                         "into its compiled step (the schedule would stay at its first value): "
-                         "train it on the TensorFlow or PyTorch backend")
+    if is_jax() and isinstance(step, keras.Variable):
+        raise ValueError(f"{schedule} reads the training step, which Keras' JAX trainer does not "
+                         "pass into its compiled step (the schedule would stay at its first "
+                         "value): train it on the TensorFlow or PyTorch backend")
     return step

@@ -30,58 +30,60 @@ def sigmoid_cross_entropy(logits, labels, num_classes):
     return ops.softplus(signs * logits)
 
 
-def sigmoid_cross_entropy_sums(logits, labels, weights):
-    """Weighted sums of the element-wise sigmoid cross entropy, with a fused gradient.
+def sigmoid_cross_entropy_sum(logits, labels, weight):
+    """The weighted sum of the element-wise sigmoid cross entropy, sum(weight * BCE), with a
+    fused gradient.
 
     On TensorFlow the gradient is written by hand (`weighted_bce_gradient`), one XLA loop,
     which spares autodiff's intermediates (time and memory): only the logits, the int labels
-    and the weights are kept for it. On JAX and PyTorch it is the backend's autodiff of the
-    sums (on JAX, XLA fuses forward and backward: on CPU no logits-sized temporary but the
-    gradient). The weights are constants (no gradient flows into them).
+    and the weight are kept for it. On JAX and PyTorch it is the backend's autodiff of the sum
+    (on JAX, XLA fuses forward and backward: on CPU no logits-sized temporary but the
+    gradient). The weight is a constant (no gradient flows into it).
 
     Args:
       logits: float32 [B, H, W, C].
       labels: int32 [B, H, W], -1 at ignored pixels (y = 0 there).
-      weights: list of float32 tensors [B, H, W, 1] or [B, H, W, C].
+      weight: float32 [B, H, W, 1] (e.g. the valid mask) or [B, H, W, C].
 
     Returns:
-      list of float32 scalars, sum(weights[i] * BCE).
+      float32 scalar.
     """
     num_classes = ops.shape(logits)[-1]
-    weights = [ops.stop_gradient(w) for w in weights]
+    weight = ops.stop_gradient(weight)
 
-    def weighted_sums(logits):
+    def weighted_sum(logits):
         bce = sigmoid_cross_entropy(logits, labels, num_classes)
-        # A [B, H, W, 1] weight: the classes are summed first, with no logits-sized product.
-        return [ops.sum(ops.sum(bce, axis=-1, keepdims=True) * w)
-                if w.shape[-1] == 1 else ops.sum(bce * w) for w in weights]
+        if weight.shape[-1] == 1:
+            # The classes are summed first: no logits-sized product.
+            return ops.sum(ops.sum(bce, axis=-1, keepdims=True) * weight)
+        return ops.sum(bce * weight)
     if not backend.is_tensorflow():
-        return weighted_sums(logits)
+        return weighted_sum(logits)
 
     @tf.custom_gradient
-    def sums_with_gradient(logits):
-        def gradient(*upstream):
-            # Depending on the upstream gradients, the logits-sized tensors of the gradient
-            # are made after the forward pass, not during it, which saves memory.
-            return weighted_bce_gradient(list(upstream), weights, logits, labels)
-        return weighted_sums(logits), gradient
-    return sums_with_gradient(logits)
+    def sum_with_gradient(logits):
+        def gradient(upstream):
+            # Depending on the upstream gradient, the logits-sized tensors of the gradient are
+            # made after the forward pass, not during it, which saves memory.
+            return weighted_bce_gradient(upstream, weight, logits, labels)
+        return weighted_sum(logits), gradient
+    return sum_with_gradient(logits)
 
 
 # One XLA loop instead of ~6 passes of TF ops over logits-sized tensors: measured 7-10% off
 # the BCE's forward + backward time, and half its peak memory (benchmarks/loss_bench.py).
 @tf.function(jit_compile=True)
-def weighted_bce_gradient(upstream, weights, logits, labels):
-    """d sum_i g_i sum(w_i BCE) / dx = (sum_i g_i w_i) (sigmoid(x) - y), float32 [B, H, W, C].
+def weighted_bce_gradient(upstream, weight, logits, labels):
+    """d g sum(w BCE) / dx = g w (sigmoid(x) - y), float32 [B, H, W, C].
 
     Args:
-      upstream: list of float32 scalars g_i.
-      weights: list of float32 [B, H, W, 1 or C], w_i.
+      upstream: float32 scalar g.
+      weight: float32 [B, H, W, 1 or C], w.
       logits: float32 [B, H, W, C], x.
       labels: int32 [B, H, W], -1 at ignored pixels (y = 0 there).
     """
     error = tf.sigmoid(logits) - tf.one_hot(labels, tf.shape(logits)[-1])
-    return sum(g * w for g, w in zip(upstream, weights)) * error
+    return upstream * weight * error
 
 
 @keras.saving.register_keras_serializable(package="deeplab_ssl")
@@ -107,7 +109,7 @@ class SigmoidCrossEntropy(base.SumsLoss):
     def sums(self, y_true, y_pred):
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
         logits = base.sigmoid_logits(logits, self.from_logits)
-        (bce_sum,) = sigmoid_cross_entropy_sums(logits, labels, [valid])
+        bce_sum = sigmoid_cross_entropy_sum(logits, labels, valid)
         return {"bce_sum": bce_sum, "num_valid": ops.sum(valid)}
 
     def terms(self, sums):

@@ -4,13 +4,16 @@ Local statistics are weighted means over a k x k window centred on each pixel, c
 VALID pixels only: mean(x) = conv(w, m * x) / conv(w, m), m the valid mask. The convolution is
 depthwise with zero padding ('SAME'), so pixels outside the image count as invalid too.
 """
-import keras
 import numpy as np
 from keras import ops
+
+from deeplab_ssl.losses import backend
 
 # Measured on 2 CPU cores (benchmarks/loss_bench.py --conv): a k x k depthwise convolution is
 # faster than a k x 1 then 1 x k pair for k <= 5, slower from 7 on (2.7x at 11).
 _LARGEST_FULL_WINDOW = 5
+
+
 def _check_window(window_size, sigma):
     if int(window_size) != window_size or window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"window_size must be an odd positive integer, got {window_size}")
@@ -41,25 +44,36 @@ def gaussian_window(window_size, sigma):
     return np.outer(weights, weights).astype(np.float32)
 
 
-def local_sums(x, window_size, sigma, in_xla=False):
+def window_taps(window_size, sigma):
+    """The k x k Gaussian window as taps (row, column, weight): the window sum at pixel (i, j)
+    is sum of weight * x[i + row - k // 2, j + column - k // 2], rows first.
+
+    Returns:
+      list of k^2 (int, int, Python float), the weights those of gaussian_window.
+    """
+    window = gaussian_window(window_size, sigma)
+    return [(row, column, float(window[row, column]))
+            for row in range(window_size) for column in range(window_size)]
+
+
+def local_sums(x, window_size, sigma):
     """Gaussian-weighted sums over the window around each pixel, zero outside the image.
+
+    Where the losses are known to run in XLA (backend.compiles_with_xla: JAX, TensorFlow with
+    XLA on globally), the sums are shifted, weighted adds of x (`shifted_sums`), which XLA
+    fuses with the element-wise work around them; XLA's depthwise convolution is ~10x slower
+    than TF's on CPU. Elsewhere (TensorFlow's graphs, PyTorch), a depthwise convolution is
+    faster than such adds (one pass over memory per add). Both are exact to float32 rounding.
 
     Args:
       x: float32 [B, H, W, n].
       window_size, sigma: see gaussian_window.
-      in_xla: bool, the caller is compiled with XLA (tf.function(jit_compile=True); on the JAX
-        backend always). The sums are then written as shifted, weighted adds of x, a k x 1
-        then a 1 x k pass, which XLA fuses with the element-wise work around them; XLA's
-        depthwise convolution is ~10x slower than TF's on CPU. Outside XLA (TensorFlow's
-        graphs, PyTorch), a depthwise convolution is faster than such adds (one pass over
-        memory per add). Both are exact to float32 rounding.
 
     Returns:
       float32 [B, H, W, n]: sum_i w_i x_i over the window centred on each pixel.
     """
-    weights = gaussian_1d(window_size, sigma).astype(np.float32)
-    if in_xla or keras.backend.backend() == "jax":
-        return _shifted_sums(x, weights)
+    if backend.compiles_with_xla():
+        return shifted_sums(x, window_size, sigma)
     channels = x.shape[-1]
     if channels is None:
         raise ValueError(f"local_sums needs a static channel count; got shape {x.shape}")
@@ -70,12 +84,14 @@ def local_sums(x, window_size, sigma, in_xla=False):
     if window_size <= _LARGEST_FULL_WINDOW:
         return depthwise(x, gaussian_window(window_size, sigma))
     # The 2-D Gaussian is separable: a k x 1 then a 1 x k pass.
+    weights = gaussian_1d(window_size, sigma).astype(np.float32)
     return depthwise(depthwise(x, weights[:, None]), weights[None, :])
 
 
-def _shifted_sums(x, weights):
-    """The separable window sums as shifted adds (keras.ops): a k x 1 then a 1 x k pass, zero
-    outside x."""
+def shifted_sums(x, window_size, sigma):
+    """local_sums as shifted adds (keras.ops), for XLA: a k x 1 then a 1 x k pass of the
+    separable window, zero outside x. float32 [B, H, W, n] -> the same."""
+    weights = gaussian_1d(window_size, sigma).astype(np.float32)
     radius = len(weights) // 2
     height, width = ops.shape(x)[1], ops.shape(x)[2]
     # One pad of the input: padding the first pass's output instead was measured ~20% slower.

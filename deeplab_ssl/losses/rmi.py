@@ -130,7 +130,7 @@ class RMILoss(base.SumsLoss):
     def sums(self, y_true, y_pred):
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
         logits = base.sigmoid_logits(logits, self.from_logits)
-        (bce_sum,) = cross_entropy.sigmoid_cross_entropy_sums(logits, labels, [valid])
+        bce_sum = cross_entropy.sigmoid_cross_entropy_sum(logits, labels, valid)
         one_hot = ops.one_hot(ops.maximum(labels, 0), logits.shape[-1]) * valid
         rmi = rmi_per_image_and_class(one_hot, ops.sigmoid(logits) * valid, self.radius,
                                       self.pool_size)

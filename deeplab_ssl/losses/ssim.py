@@ -52,7 +52,7 @@ class SSIMLoss(base.SumsLoss):
         labels, logits, valid = base.labels_logits_and_mask(y_true, y_pred, self.ignore_label)
         logits = base.sigmoid_logits(logits, self.from_logits)
         one_hot = ops.one_hot(labels, ops.shape(logits)[-1], dtype="float32")
-        (bce_sum,) = cross_entropy.sigmoid_cross_entropy_sums(logits, labels, [valid])
+        bce_sum = cross_entropy.sigmoid_cross_entropy_sum(logits, labels, valid)
         probs = ops.sigmoid(logits) * valid
         # y is binary and zero at invalid pixels: y^2 = y, y p = m y p.
         mu_y, mu_p, mean_p2, mean_yp = local_stats.masked_local_means(

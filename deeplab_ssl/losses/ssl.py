@@ -1,20 +1,18 @@
 """The structural similarity loss (SSL) of Zhao et al. 2019, paper Sec. 3.2-3.3, Eqs. 10-17.
 
-The example weights come one of two ways, the same numbers to float32 rounding: the CPU kernel
-(ssl_kernel.py, TensorFlow only), where it is built, or the portable path (`_weights_and_sums`,
-keras.ops), XLA-compiled for the whole batch (TensorFlow, JAX; PyTorch runs it op by op).
-Either way the gradient is the BCE's with the weights as constants: cross_entropy's
-hand-written one on TensorFlow, the backend's autodiff on the others.
+The example weights come one of two ways, the same numbers to float32 rounding, chosen once per
+loss from public facts (SSLoss.resolved_implementation): the CPU kernel (ssl_kernel.py,
+TensorFlow only), or the portable path (`example_weights`, keras.ops), XLA-compiled on
+TensorFlow and JAX, op by op on PyTorch. Either way the loss's sums have one gradient, the
+BCE's with the weights as constants, written by hand (`_sums_with_gradient`).
 """
 import math
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from deeplab_ssl.losses import backend
 from deeplab_ssl.losses import base
-from deeplab_ssl.losses import cross_entropy
 from deeplab_ssl.losses import local_stats
 from deeplab_ssl.losses import ssl_kernel
 from deeplab_ssl.losses import ssl_statistics
@@ -40,108 +38,178 @@ def check_arguments(beta, c4, ce_weight):
     base.check_ce_weight(ce_weight)
 
 
+def one_hot(labels, num_classes):
+    """float32 [B, H, W, C], y: the one-hot labels, 0 at the label -1 (int32 [B, H, W])."""
+    return ops.cast(labels[..., None] == ops.arange(num_classes, dtype="int32"), "float32")
+
+
 def structural_maps(labels, probs, valid, window_size, sigma, c4):
     """y (one-hot), y_nor and p_nor of the SSLoss docstring, with keras.ops (any backend).
 
+    The window sums are k x k sums of shifted values of the zero-padded m p and of the padded
+    labels, which XLA fuses with the statistics into one loop: the only map it keeps is the
+    padded m p (separable sums keep three maps of column sums).
+
     Args:
       labels: int32 [B, H, W], -1 at invalid pixels.
-      probs: float32 [B, H, W, C], sigmoid probabilities (C static).
+      probs: float32 [B, H, W, C], probabilities (C static).
       valid: float32 [B, H, W, 1], m.
       window_size, sigma, c4: Python numbers.
 
     Returns:
-      float32 [B, H, W, C] each; y and y_nor, p_nor are 0 and 1 at invalid pixels.
+      float32 [B, H, W, C] each; y, y_nor and p_nor are 0, 1 and 1 at invalid pixels.
     """
-    def window_sums(x):
-        return local_stats.local_sums(x, window_size, sigma, in_xla=True)
-
-    one_hot = ops.one_hot(ops.maximum(labels, 0), probs.shape[-1]) * valid
+    labels_one_hot = one_hot(labels, probs.shape[-1])
     if window_size == 1:
         # The window is the pixel: x - mu = 0 and sigma = 0, so x_nor = c4 / c4 = 1 exactly
         # (var_p = p^2 - p^2 need not round to 0 where XLA fuses a product into an FMA).
-        return one_hot, ops.ones_like(probs), ops.ones_like(probs)
+        return labels_one_hot, ops.ones_like(probs), ops.ones_like(probs)
+    radius = window_size // 2
+    height, width = ops.shape(probs)[1], ops.shape(probs)[2]
     masked_probs = probs * valid
-    # In a window holding one class c, y_c and m are the same numbers, summed by the same
-    # shifted adds: sum(w m) - sum(w m y_c) is exactly 0 there and var_y = mu_y mu_(1-y) is
-    # exactly 0 (mu_y (1 - mu_y) would round to ~6e-8: sqrt(var_y) = 2% of c4).
-    sum_m, sum_y = window_sums(valid), window_sums(one_hot)
-    sum_p, sum_p2 = window_sums(masked_probs), window_sums(masked_probs * probs)
+    padded_probs = ops.pad(masked_probs, [[0, 0], [radius, radius], [radius, radius], [0, 0]])
+    padded_labels = ops.pad(labels, [[0, 0], [radius, radius], [radius, radius]],
+                            constant_values=-1)
+    sum_m = sum_y = sum_p = sum_p2 = 0.0
+    for row, column, weight in local_stats.window_taps(window_size, sigma):
+        tap_labels = padded_labels[:, row:row + height, column:column + width]
+        tap_probs = padded_probs[:, row:row + height, column:column + width]
+        # In a window holding one class c, sum(w m) and sum(w m y_c) are the same additions:
+        # sum(w m) - sum(w m y_c) is exactly 0 there and var_y = mu_y mu_(1-y) is exactly 0
+        # (mu_y (1 - mu_y) would round to ~6e-8: sqrt(var_y) = 2% of c4).
+        sum_m += ops.where(tap_labels >= 0, weight, 0.0)[..., None]
+        sum_y += weight * one_hot(tap_labels, probs.shape[-1])
+        sum_p += weight * tap_probs
+        sum_p2 += weight * ops.square(tap_probs)  # m p^2 = (m p)^2: m is 0 or 1.
     # sum(w m) >= w_c > 0 at valid pixels; m / sum(w m) zeroes the invalid ones.
     inverse_weight = ops.divide_no_nan(valid, sum_m)
     mu_y = sum_y * inverse_weight
     sigma_y = ops.sqrt(mu_y * ((sum_m - sum_y) * inverse_weight))
     mu_p = sum_p * inverse_weight
     sigma_p = ops.sqrt(ops.maximum(sum_p2 * inverse_weight - ops.square(mu_p), 0.0))
-    y_nor = (one_hot - mu_y + c4) / (sigma_y + c4)
+    y_nor = (labels_one_hot - mu_y + c4) / (sigma_y + c4)
     p_nor = (masked_probs - mu_p + c4) / (sigma_p + c4)
-    return one_hot, y_nor, p_nor
+    return labels_one_hot, y_nor, p_nor
+
+
+def example_weights(labels, probs, valid, window_size, sigma, c4, threshold, reweight):
+    """The SSL's example weights and hard examples, with keras.ops: the portable path.
+
+    Args:
+      labels, probs, valid, window_size, sigma, c4: as structural_maps.
+      threshold: Python float beta e_max (OHEM: f = e > threshold), or None (f = m).
+      reweight: Python bool, weight = e f (else f).
+
+    Returns:
+      one_hot, weight, f: float32 [B, H, W, C], 0 at invalid pixels.
+    """
+    labels_one_hot, y_nor, p_nor = structural_maps(labels, probs, valid, window_size, sigma, c4)
+    error = ops.abs(y_nor - p_nor)
+    if threshold is None:
+        is_hard = ops.broadcast_to(valid, ops.shape(error))
+    else:
+        # e > beta e_max >= 0: never at invalid pixels, where e = 0.
+        is_hard = ops.cast(error > threshold, "float32")
+    return labels_one_hot, error * is_hard if reweight else is_hard, is_hard
 
 
 def _weights_and_sums(labels, logits, valid, window_size, sigma, c4, threshold, reweight):
-    """The SSL's example weights and forward sums, with keras.ops: the portable path.
+    """The portable path's example weights and forward sums, one image at a time: XLA's
+    temporaries are a few maps of one image, not of the batch.
 
     Args:
       labels: int32 [B, H, W], -1 at invalid pixels.
       logits: float32 [B, H, W, C], no gradient.
       valid: float32 [B, H, W, 1].
-      window_size, sigma, c4: Python numbers.
-      threshold: Python float beta e_max (f = e > threshold), or None for no OHEM (f = m).
-      reweight: Python bool, weight = e f (else f).
+      window_size, sigma, c4, threshold, reweight: as example_weights.
 
     Returns:
       weight: float32 [B, H, W, C], 0 at invalid pixels.
-      sums: float32 [3]: sum(m BCE), sum(weight BCE), M (0 without OHEM).
+      sums: float32 [3]: sum(m BCE), sum(weight BCE), M = sum(f).
     """
-    probs = ops.sigmoid(logits)
-    one_hot, y_nor, p_nor = structural_maps(labels, probs, valid, window_size, sigma, c4)
-    error = ops.abs(y_nor - p_nor)
-    if threshold is None:
-        weight = error
-    else:
-        is_hard = ops.cast(error > threshold, "float32")
-        weight = error * is_hard if reweight else is_hard
-    # BCE = softplus((1 - 2 y) x) = max((1 - 2 y) x, 0) - log(max(p, 1 - p)): one log instead
-    # of softplus's exp and log, and as stable, since max(p, 1 - p) >= 0.5.
-    bce = (ops.relu((1.0 - 2.0 * one_hot) * logits)
-           - ops.log(ops.maximum(probs, 1.0 - probs)))
-    # Hard examples have e > beta e_max >= 0: exactly the non-zero weights.
-    num_hard = ops.sum(ops.sign(weight)) if threshold is not None else ops.zeros(())
-    return weight, ops.stack([ops.sum(bce * valid), ops.sum(bce * weight), num_hard])
+    height, width, num_classes = ops.shape(logits)[1], ops.shape(logits)[2], logits.shape[-1]
+
+    def add_image(index, state):
+        weight, sums = state
+        image_labels = ops.slice(labels, [index, 0, 0], [1, height, width])
+        image_logits = ops.slice(logits, [index, 0, 0, 0], [1, height, width, num_classes])
+        image_valid = ops.slice(valid, [index, 0, 0, 0], [1, height, width, 1])
+        probs = ops.sigmoid(image_logits)
+        image_one_hot, image_weight, _ = example_weights(
+            image_labels, probs, image_valid, window_size, sigma, c4, threshold, reweight)
+        # M = sum(f) from what the loop keeps anyway, not from f, a map of its own: with OHEM,
+        # f = 1 exactly where the weight is not 0 (e > beta e_max >= 0); without, f = m.
+        if threshold is None:
+            num_hard = num_classes * ops.sum(image_valid)
+        else:
+            num_hard = ops.sum(ops.sign(image_weight))
+        # BCE = softplus((1 - 2 y) x) = max((1 - 2 y) x, 0) - log(max(p, 1 - p)): one log
+        # instead of softplus's exp and log, and as stable, since max(p, 1 - p) >= 0.5.
+        bce = (ops.relu((1.0 - 2.0 * image_one_hot) * image_logits)
+               - ops.log(ops.maximum(probs, 1.0 - probs)))
+        # The classes summed first: no broadcast of m kept as an image-sized map.
+        image_sums = ops.stack([ops.sum(ops.sum(bce, axis=-1, keepdims=True) * image_valid),
+                                ops.sum(bce * image_weight), num_hard])
+        return ops.slice_update(weight, [index, 0, 0, 0], image_weight), sums + image_sums
+    return ops.fori_loop(0, ops.shape(logits)[0], add_image,
+                         (ops.zeros_like(logits), ops.zeros([3], "float32")))
 
 
-# XLA fuses the window sums (shifted adds) and the ~30 element-wise passes of the weights into
-# a few loops, for the whole batch. Inside a caller's XLA compilation (Keras' jit_compile, a
-# jitted JAX step) the function is compiled as part of the caller's.
-_WINDOW_ARGUMENTS = ("window_size", "sigma", "c4")
-_xla_structural_maps = backend.xla_function(structural_maps, _WINDOW_ARGUMENTS)
-_xla_weights_and_sums = backend.xla_function(
-    _weights_and_sums, _WINDOW_ARGUMENTS + ("threshold", "reweight"))
-
-
-def _bce_sums_with_gradient(logits, labels, weights, forward_sums):
-    """`forward_sums`, the sums sum(w BCE) of `weights` that the caller computed from `logits`
-    (fused with its weights), given cross_entropy's BCE gradient w.r.t. `logits`.
+def _bce_gradient(upstream, logits, labels, valid, weight):
+    """d (g_0 sum(m BCE) + g_1 sum(weight BCE)) / dx = (g_0 m + g_1 weight) (p - y), float32
+    [B, H, W, C], the weights constants.
 
     Args:
+      upstream: float32 [3], the gradients g of the sums (g_2, of the count M, is unused).
+      logits: float32 [B, H, W, C], x.
+      labels: int32 [B, H, W], -1 at invalid pixels (y = 0 there).
+      valid: float32 [B, H, W, 1], m.
+      weight: float32 [B, H, W, C].
+    """
+    signs = 1.0 - 2.0 * one_hot(labels, logits.shape[-1])
+    # p - y = (1 - 2 y) sigmoid((1 - 2 y) x): 1 - p to full precision where y = 1.
+    return (upstream[0] * valid + upstream[1] * weight) * signs * ops.sigmoid(signs * logits)
+
+
+# XLA fuses the window sums and the ~30 element-wise passes of the weights into a few loops.
+# Inside a caller's XLA compilation (Keras' jit_compile, a jitted JAX step) these functions are
+# compiled as part of the caller's.
+_WINDOW_ARGUMENTS = ("window_size", "sigma", "c4")
+_xla_structural_maps = backend.xla_function(structural_maps, _WINDOW_ARGUMENTS)
+_xla_example_weights = backend.xla_function(
+    example_weights, _WINDOW_ARGUMENTS + ("threshold", "reweight"))
+_xla_weights_and_sums = backend.xla_function(
+    _weights_and_sums, _WINDOW_ARGUMENTS + ("threshold", "reweight"))
+_xla_bce_gradient = backend.xla_function(_bce_gradient, ())
+
+
+def _sums_with_gradient(weights_and_sums, logits, labels, valid):
+    """The sums of `weights_and_sums`, with the SSL's gradient w.r.t. `logits`.
+
+    The gradient is one pass that keeps the weights alone (no intermediate of autodiff): on
+    TensorFlow, where the kernel's weights have no gradient, and on JAX, where autodiff of the
+    portable path would keep its maps for the backward pass.
+
+    Args:
+      weights_and_sums: function of the logits (no gradient) -> (weight float32 [B, H, W, C],
+        sums float32 [3]: sum(m BCE), sum(weight BCE), M).
       logits: float32 [B, H, W, C].
       labels: int32 [B, H, W], -1 at invalid pixels.
-      weights: list of float32 [B, H, W, 1 or C], constants of the gradient.
-      forward_sums: list of float32 scalars, sum(weights[i] * BCE).
+      valid: float32 [B, H, W, 1].
 
-    On JAX and PyTorch, the sums and their gradient are the backend's autodiff of the BCE sums
-    (cross_entropy.sigmoid_cross_entropy_sums), `forward_sums` unused: XLA (JAX) drops their
-    computation from a compiled step.
+    Returns:
+      float32 [3], the sums.
     """
-    if not backend.is_tensorflow():
-        return cross_entropy.sigmoid_cross_entropy_sums(logits, labels, weights)
-    weights = [tf.stop_gradient(w) for w in weights]
+    @ops.custom_gradient
+    def sums_of(logits):
+        weight, sums = weights_and_sums(ops.stop_gradient(logits))
 
-    @tf.custom_gradient
-    def sums(logits):
-        def gradient(*upstream):
-            return cross_entropy.weighted_bce_gradient(list(upstream), weights, logits, labels)
-        return [tf.identity(tf.stop_gradient(s)) for s in forward_sums], gradient
-    return sums(logits)
+        def gradient(*args, upstream=None):
+            if upstream is None:  # TensorFlow and JAX pass it positionally, PyTorch by name.
+                (upstream,) = args
+            return _xla_bce_gradient(upstream, logits, labels, valid, weight)
+        return sums, gradient
+    return sums_of(logits)
 
 
 # SSLoss's ways to compute its weights.
@@ -198,10 +266,16 @@ class SSLoss(base.SumsLoss):
         `fit`, call `loss.set_step(optimizer.iterations)`). 0: the paper's loss.
       implementation: how the weights are computed, the same numbers either way (to float32
         rounding): "kernel", the CPU kernel of ssl_kernel.py (~2x faster on CPU; built by
-        `python -m deeplab_ssl.losses.build_kernel`); "xla", the portable path, XLA-compiled
-        (CPU and GPU); "auto", the kernel when Keras runs on TensorFlow, it is built, no GPU
-        is visible and the caller does not compile the loss with XLA (the kernel has no XLA
-        version), else "xla" (always on JAX and PyTorch, where "kernel" is refused). The
+        `python -m deeplab_ssl.losses.build_kernel`; TensorFlow only, no GPU and no XLA
+        version); "xla", the portable path, XLA-compiled (CPU and GPU, every backend); "auto",
+        resolved once, at the loss's first call (resolved_implementation; get_config keeps
+        "auto"): the kernel when Keras runs on TensorFlow, the kernel is built, no GPU is
+        visible and XLA is not requested globally (tf.config.optimizer.set_jit), else "xla".
+        A loss cannot see its model's jit_compile: with `model.compile(jit_compile=True)` on a
+        TensorFlow without a GPU, pass implementation="xla" (XLA does not compile the kernel:
+        "Detected unsupported operations ... SslWeights", the op's name saying so). Keras'
+        default, jit_compile="auto", compiles with XLA only where a GPU is visible, where
+        "auto" takes the XLA path: `model.compile(loss=SSLoss())` needs nothing more. The
         statistics (structural_error, and ssl_statistics' Fig. 3 and per-class figures, on
         every backend) take the portable path.
       name, reduction, dtype: as keras.losses.Loss (the loss is always a scalar).
@@ -230,6 +304,7 @@ class SSLoss(base.SumsLoss):
         self.reweight = reweight
         self.warmup_steps = warmup_steps
         self.implementation = implementation
+        self._resolved_implementation = None
         self.e_max = max_structural_error(window_size, sigma, c4)
 
     def normalized_maps(self, y_true, y_pred):
@@ -277,36 +352,40 @@ class SSLoss(base.SumsLoss):
         return _xla_structural_maps(labels, ops.sigmoid(logits), valid, self.window_size,
                                     self.sigma, self.c4)
 
-    def portable_weights(self, labels, logits, valid):
-        """The example weights of the portable path, float32 [B, H, W, C] (no gradient), from
+    def threshold(self):
+        """beta e_max, the threshold of the hard examples (a Python float), or None without
+        OHEM."""
+        return self.beta * self.e_max if self.ohem else None
+
+    def example_weights(self, labels, logits, valid):
+        """The portable path's weight and f, float32 [B, H, W, C] each (no gradient), from
         labels_logits_and_mask's tensors."""
-        threshold = self.beta * self.e_max if self.ohem else None
-        weight, _ = _xla_weights_and_sums(labels, ops.stop_gradient(logits), valid,
-                                          self.window_size, self.sigma, self.c4, threshold,
-                                          self.reweight)
-        return weight
+        _, weight, is_hard = _xla_example_weights(
+            labels, ops.sigmoid(ops.stop_gradient(logits)), valid, self.window_size,
+            self.sigma, self.c4, self.threshold(), self.reweight)
+        return weight, is_hard
 
     def sums(self, y_true, y_pred):
         labels, logits, valid = self.labels_logits_and_mask(y_true, y_pred)
-        num_valid = ops.sum(valid)
-        num_examples = num_valid * ops.cast(ops.shape(logits)[-1], "float32")  # N C
-        if not (self.ohem or self.reweight):
-            # weight = f = m: the SSL term is the BCE sum over M = N C.
-            (bce_sum,) = cross_entropy.sigmoid_cross_entropy_sums(logits, labels, [valid])
-            return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": bce_sum,
-                    "num_hard": num_examples}
-        weight, sums = self._weights_and_sums(labels, ops.stop_gradient(logits), valid)
-        bce_sum, ssl_sum, num_hard = sums[0], sums[1], sums[2]
-        if not self.ohem:
-            num_hard = num_examples
-        bce_sum, ssl_sum = _bce_sums_with_gradient(logits, labels, [valid, weight],
-                                                   [bce_sum, ssl_sum])
-        return {"bce_sum": bce_sum, "num_valid": num_valid, "ssl_sum": ssl_sum,
+        bce_sum, ssl_sum, num_hard = ops.unstack(_sums_with_gradient(
+            lambda logits: self._weights_and_sums(labels, logits, valid), logits, labels,
+            valid))
+        return {"bce_sum": bce_sum, "num_valid": ops.sum(valid), "ssl_sum": ssl_sum,
                 "num_hard": num_hard}
+
+    def resolved_implementation(self):
+        """"kernel" or "xla": `implementation`, with "auto" resolved at the first call from
+        public facts (see the class docstring), then kept."""
+        if self._resolved_implementation is None:
+            use_kernel = self.implementation == "kernel" or (
+                self.implementation == "auto" and backend.is_tensorflow()
+                and not backend.compiles_with_xla() and ssl_kernel.available())
+            self._resolved_implementation = "kernel" if use_kernel else "xla"
+        return self._resolved_implementation
 
     def _weights_and_sums(self, labels, logits, valid):
         """The example weights and the forward sums of the loss: the kernel's, or the portable
-        path's, XLA-compiled, for the whole batch.
+        path's.
 
         Args:
           labels: int32 [B, H, W], -1 at invalid pixels.
@@ -314,29 +393,15 @@ class SSLoss(base.SumsLoss):
           valid: float32 [B, H, W, 1].
 
         Returns:
-          weight: float32 [B, H, W, C] (e f, f or e, see the class docstring).
-          sums: float32 [3], sum(m BCE), sum(weight BCE), M over the batch (M = 0 without OHEM).
+          weight: float32 [B, H, W, C] (see the class docstring).
+          sums: float32 [3], sum(m BCE), sum(weight BCE), M over the batch.
         """
-        threshold = self.beta * self.e_max if self.ohem else None
-        if self._uses_kernel():
+        if self.resolved_implementation() == "kernel":
             return ssl_kernel.ssl_weights(
                 logits, labels, valid, local_stats.gaussian_1d(self.window_size, self.sigma),
-                self.c4, self.ohem, threshold or 0.0, self.reweight)
+                self.c4, self.ohem, self.threshold() or 0.0, self.reweight)
         return _xla_weights_and_sums(labels, logits, valid, self.window_size, self.sigma,
-                                     self.c4, threshold, self.reweight)
-
-    def _uses_kernel(self):
-        """Whether the weights come from the kernel, which has no XLA version: "auto" takes the
-        XLA path inside a caller's XLA compilation, and on backends other than TensorFlow."""
-        if not backend.is_tensorflow():
-            return False  # implementation="kernel" is refused when the loss is made.
-        in_xla = backend.in_tensorflow_xla()
-        if self.implementation == "auto":
-            return ssl_kernel.available() and not in_xla
-        if self.implementation == "kernel" and in_xla:
-            raise ValueError("SSLoss(implementation='kernel') cannot run inside an XLA-compiled "
-                             "function (jit_compile=True): use implementation='auto' or 'xla'")
-        return self.implementation == "kernel"
+                                     self.c4, self.threshold(), self.reweight)
 
     def terms(self, sums):
         return {"bce": ops.divide_no_nan(sums["bce_sum"], sums["num_valid"]),

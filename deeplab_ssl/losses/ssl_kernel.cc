@@ -52,8 +52,8 @@ logits: [B, H, W, C] float32.
 labels: [B, H, W] int32, -1 at invalid pixels.
 valid: [B, H, W, 1] float32, the valid mask m.
 window: the normalized 1-D Gaussian weights, odd length k.
-weight: [B, H, W, C]: e f (ohem and reweight), f (ohem) or e (no ohem).
-sums: [3]: sum(m BCE), sum(weight BCE), M (the number of hard examples; 0 without ohem).
+weight: [B, H, W, C]: e f (reweight) or f, with f = (e > threshold) (ohem) or m.
+sums: [3]: sum(m BCE), sum(weight BCE), M = sum(f) (the hard examples; N C without ohem).
 )doc");
 
 namespace {
@@ -211,38 +211,42 @@ class RowProcessor {
         ConstRow(probs, row_size_).max(1.f - ConstRow(probs, row_size_)).log();
     const float* maps[] = {logits, one_hot, masked_probs, sum_y_.data(), sum_p_.data(),
                            sum_p2_.data(), sum_m_.data(), inverse_weight_.data(),
-                           log_max_p_.data()};
+                           log_max_p_.data(), pixel_valid_.data()};
     // The weights and BCE go to aligned buffers first: the sums then add them in an order that
     // does not depend on where the output row starts (it does not for the values: no FMA
     // contraction, -ffp-contract=off).
     float* weight_row = weight_.data();
     float* bce_row = bce_.data();
-    if (!o_.ohem) {
-      RowWeights<false, true>(maps, o_.c4, o_.threshold, row_size_, weight_row, bce_row);
-    } else if (o_.reweight) {
+    if (o_.ohem && o_.reweight) {
       RowWeights<true, true>(maps, o_.c4, o_.threshold, row_size_, weight_row, bce_row);
-    } else {
+    } else if (o_.ohem) {
       RowWeights<true, false>(maps, o_.c4, o_.threshold, row_size_, weight_row, bce_row);
+    } else if (o_.reweight) {
+      RowWeights<false, true>(maps, o_.c4, o_.threshold, row_size_, weight_row, bce_row);
+    } else {
+      RowWeights<false, false>(maps, o_.c4, o_.threshold, row_size_, weight_row, bce_row);
     }
     std::copy_n(weight_row, row_size_, weight);
     const float* row_valid_pixels = pixel_valid_.data();
     float valid_bce = 0.f, weighted_bce = 0.f, num_hard = 0.f;
+    const bool ohem = o_.ohem;
 #pragma omp simd reduction(+ : valid_bce, weighted_bce, num_hard)
     for (int64 i = 0; i < row_size_; ++i) {
       valid_bce += row_valid_pixels[i] * bce_row[i];
       weighted_bce += weight_row[i] * bce_row[i];
-      // Hard examples have e > threshold >= 0: exactly the non-zero weights.
-      num_hard += weight_row[i] != 0.f ? 1.f : 0.f;
+      // f: with OHEM, hard examples have e > threshold >= 0, exactly the non-zero weights;
+      // without, f = m.
+      num_hard += ohem ? (weight_row[i] != 0.f ? 1.f : 0.f) : row_valid_pixels[i];
     }
     sums[0] += valid_bce;
     sums[1] += weighted_bce;
-    sums[2] += o_.ohem ? num_hard : 0.f;
+    sums[2] += num_hard;
   }
 
   // The element-wise part of Weights, one loop over the row with the options as constants
   // (with run-time options the compiler kept the loop scalar).
   template <bool kOhem, bool kReweight>
-  static void RowWeights(const float* const maps[9], float c4, float threshold, int64 size,
+  static void RowWeights(const float* const maps[10], float c4, float threshold, int64 size,
                          float* __restrict__ weight, float* __restrict__ bce) {
     const float* __restrict__ logits = maps[0];
     const float* __restrict__ one_hot = maps[1];
@@ -253,6 +257,7 @@ class RowProcessor {
     const float* __restrict__ sum_m = maps[6];
     const float* __restrict__ inverse_weight = maps[7];
     const float* __restrict__ log_max_p = maps[8];
+    const float* __restrict__ pixel_valid = maps[9];
 #pragma omp simd
     for (int64 i = 0; i < size; ++i) {
       const float mu_y = sum_y[i] * inverse_weight[i];
@@ -263,8 +268,8 @@ class RowProcessor {
       const float y_nor = (one_hot[i] - mu_y + c4) / (sigma_y + c4);
       const float p_nor = (masked_probs[i] - mu_p + c4) / (sigma_p + c4);
       const float error = std::fabs(y_nor - p_nor);
-      const float is_hard = error > threshold ? 1.f : 0.f;
-      weight[i] = kOhem ? (kReweight ? error * is_hard : is_hard) : error;
+      const float f = kOhem ? (error > threshold ? 1.f : 0.f) : pixel_valid[i];
+      weight[i] = kReweight ? error * f : f;
       const float z = (1.f - 2.f * one_hot[i]) * logits[i];
       bce[i] = (z > 0.f ? z : 0.f) - log_max_p[i];
     }

@@ -7,11 +7,14 @@ the installed TensorFlow and this machine's CPU (-march=native) by
 
     python -m deeplab_ssl.losses.build_kernel     (`make install` runs it)
 
-into a library next to the source, named after the TensorFlow version: after an upgrade of
-TensorFlow, SSLoss falls back to the XLA path until the kernel is built again. The kernel has
-no GPU version: where a GPU is visible, SSLoss uses the XLA path.
+into a library next to the source, named after the TensorFlow version and the source: after an
+upgrade of TensorFlow or a change of ssl_kernel.cc, SSLoss falls back to the XLA path until the
+kernel is built again (never a library built from another source). The kernel has
+no GPU version and no XLA version: where a GPU is visible, SSLoss uses the XLA path, and inside
+a function compiled with XLA the op fails to compile (see ssl_weights).
 """
 import functools
+import hashlib
 import os
 import pathlib
 import subprocess
@@ -38,8 +41,10 @@ def _native_flags(compiler):
 
 
 def library_path():
-    """The kernel library for the installed TensorFlow: ssl_kernel.cc's folder, a pathlib.Path."""
-    return SOURCE.with_name(f"_ssl_kernel_tf{tf.__version__}.so")
+    """The kernel library for the installed TensorFlow and this ssl_kernel.cc, in its folder: a
+    pathlib.Path."""
+    source_hash = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    return SOURCE.with_name(f"_ssl_kernel_tf{tf.__version__}_{source_hash}.so")
 
 
 def build(path=None, compiler=None):
@@ -65,6 +70,11 @@ def build(path=None, compiler=None):
         raise RuntimeError(f"Building {SOURCE} failed ({' '.join(command)}):\n{result.stderr}")
     os.replace(temporary, path)
     return path
+
+
+# The op's name scope. XLA's error for an op it cannot compile names the op's node only, so the
+# node's name carries the way out.
+XLA_NAME_SCOPE = "no_XLA_kernel__use_SSLoss_implementation_xla_with_jit_compile"
 
 
 @functools.cache
@@ -106,21 +116,25 @@ def ssl_weights(logits, labels, valid, window, c4, ohem, threshold, reweight):
       c4: float, the stability constant of Eq. 10.
       ohem: bool, f = (e > threshold) at valid pixels; else f = m.
       threshold: float beta e_max (read with ohem only).
-      reweight: bool, weight = e f (with ohem; else f); without ohem the weight is e.
+      reweight: bool, weight = e f; else f.
 
     Returns:
       weight: float32 [B, H, W, C], 0 at invalid pixels.
-      sums: float32 [3], sum(m BCE), sum(weight BCE), M (0 without ohem).
+      sums: float32 [3], sum(m BCE), sum(weight BCE), M = sum(f).
 
     Raises:
       RuntimeError: the kernel is not built for this TensorFlow.
+      tf.errors.InvalidArgumentError, when run: inside a function compiled with XLA (Keras'
+        jit_compile=True), "Detected unsupported operations ... SslWeights": its node's
+        name says what to do instead (XLA_NAME_SCOPE).
     """
     library = load()
     if library is None:
         raise RuntimeError(f"The SSL kernel is not built for TensorFlow {tf.__version__} "
                            f"({library_path()} is missing): run "
                            "python -m deeplab_ssl.losses.build_kernel")
-    return library.ssl_weights(logits, labels, valid, window=[float(w) for w in window],
-                               c4=float(c4), ohem=bool(ohem), threshold=float(threshold),
-                               reweight=bool(reweight))
+    with tf.name_scope(XLA_NAME_SCOPE):
+        return library.ssl_weights(logits, labels, valid, window=[float(w) for w in window],
+                                   c4=float(c4), ohem=bool(ohem), threshold=float(threshold),
+                                   reweight=bool(reweight))
 

@@ -85,15 +85,10 @@ def class_statistics(loss, y_true, y_pred):
       weight |p - y| in and out.
     """
     labels, logits, valid = loss.labels_logits_and_mask(y_true, y_pred)
-    logits = ops.stop_gradient(logits)
-    probs = ops.sigmoid(logits)
-    if loss.ohem or loss.reweight:
-        weight = loss.portable_weights(labels, logits, valid)
-    else:
-        weight = ops.broadcast_to(valid, ops.shape(probs))
+    weight, is_hard = loss.example_weights(labels, logits, valid)
+    probs = ops.sigmoid(ops.stop_gradient(logits))
     one_hot = ops.one_hot(ops.maximum(labels, 0), probs.shape[-1]) * valid
     in_class, out_class = one_hot, valid - one_hot
-    is_hard = ops.sign(weight) if loss.ohem else in_class + out_class
     error = ops.abs(probs - one_hot)
     rows = [(in_class, out_class), (in_class * is_hard, out_class * is_hard),
             (in_class * error, out_class * error),
@@ -113,7 +108,7 @@ def summarize_class_statistics(loss, sums):
     """
     sums = np.asarray(sums, np.float64)
     num_valid = sums[0].sum()  # Each valid pixel is "in" exactly one class.
-    num_hard = sums[2:4].sum() if loss.ohem else num_valid * sums.shape[1]
+    num_hard = sums[2:4].sum()
 
     def ratio(numerator, denominator):
         return np.divide(numerator, denominator, out=np.zeros_like(numerator),
