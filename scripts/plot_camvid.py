@@ -20,12 +20,10 @@ rate over its seeds, with Welch's t against CE and against the best baseline. Wr
 - predictions.png: val images with ground truth and the predictions of softmax CE, top-k CE
   (where its checkpoint is there) and SSL (3), seed --predictions_seed (0), where those
   checkpoints are still in the study's runs/ folder.
-Needs matplotlib (`pip install -e '.[plot]'`).
+What the DRIVE report shares with it is in study_report.py. Needs matplotlib
+(`pip install -e '.[plot]'`).
 """
 import argparse
-import glob
-import json
-import math
 import os
 import statistics
 
@@ -34,7 +32,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import scipy.stats  # noqa: E402
+
+import study_report  # noqa: E402
 
 # Methods in the order of the tables, with the names the tables use.
 METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)",
@@ -46,12 +45,10 @@ METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)"
            "ssl_softmax_topk_balanced": "SSL on top-k CE, per class (beyond the paper)",
            "ce_median_frequency": "softmax CE, median frequency weights",
            "lovasz": "Lovasz-softmax", "rmi": "RMI"}
-# The learning rates of the contest's grid (benchmarks/reproduce_camvid_pretrained.sh), and the
-# frozen rate of the study (configs/camvid/pretrained/train.flags).
-RATES = ("0.005", "0.01", "0.02", "0.04", "0.08")
-BASE_RATE = "0.01"
-# The grid's value of a run whose loss became NaN or Inf (the script's `diverged` file).
-DIVERGED = 0.0
+# The flags of the pretrained study's schedule, its frozen learning rate among them.
+PRETRAINED_TRAIN_FLAGS = "configs/camvid/pretrained/train.flags"
+# What the tables compare, and the contest's grid (benchmarks/reproduce_camvid_pretrained.sh).
+MIOU = study_report.Metric("val mIoU (%)", lambda e: 100 * e["miou"], "{:.2f}")
 # The baselines of the contest: users' choices without a structural term.
 BASELINES = ("ce", "topk_ce", "bce", "ce_median_frequency", "lovasz", "rmi")
 # Per study: results, checkpoints and data folders, model options, and the pictures' names.
@@ -67,34 +64,6 @@ STUDIES = {
 THIN_CLASSES = ("pole", "signsymbol", "pedestrian", "bicyclist", "fence")
 
 
-def load_runs(results_dir, methods=METHODS):
-    """{method: [(seed, eval dict, [log lines])]} of the finished runs, in `methods` order."""
-    runs = {}
-    for method in methods:
-        for path in sorted(glob.glob(os.path.join(results_dir, method, "seed*", "eval_val.json"))):
-            folder = os.path.dirname(path)
-            with open(path) as f:
-                evaluation = json.load(f)
-            with open(os.path.join(folder, "train_log.jsonl")) as f:
-                log = [json.loads(line) for line in f]
-            runs.setdefault(method, []).append((os.path.basename(folder), evaluation, log))
-    return runs
-
-
-def _mean_std(values):
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return statistics.mean(values), std
-
-
-def welch_t(a, b):
-    """Welch's t of the means of samples a and b (positive where a's is larger) and its
-    two-sided p-value, or NaNs with fewer than 2 values in either."""
-    if len(a) < 2 or len(b) < 2:
-        return float("nan"), float("nan")
-    result = scipy.stats.ttest_ind(a, b, equal_var=False)
-    return float(result.statistic), float(result.pvalue)
-
-
 def miou_table(runs):
     """Markdown: method, runs, mean and std of val mIoU, Welch's t against softmax CE (and its
     p-value), pixel accuracy (%)."""
@@ -103,11 +72,10 @@ def miou_table(runs):
     ce = [100 * e["miou"] for _, e, _ in runs.get("ce", [])]
     for method, method_runs in runs.items():
         mious = [100 * e["miou"] for _, e, _ in method_runs]
-        miou = _mean_std(mious)
-        accuracy = _mean_std([100 * e["pixel_accuracy"] for _, e, _ in method_runs])
+        miou = study_report.mean_std(mious)
+        accuracy = study_report.mean_std([100 * e["pixel_accuracy"] for _, e, _ in method_runs])
         std = f"{miou[1]:.2f}" if len(method_runs) > 1 else "-"
-        t, p = welch_t(mious, ce)
-        t = "" if method == "ce" else "-" if math.isnan(t) else f"{t:+.1f} ({p:.2g})"
+        t = "" if method == "ce" else study_report.welch_text(mious, ce, missing="-")
         lines.append(f"| {METHODS[method]} | {len(method_runs)} | {miou[0]:.2f} | {std} | {t} | "
                      f"{accuracy[0]:.2f} |")
     return "\n".join(lines)
@@ -118,17 +86,11 @@ def settings_table(folder):
     the thin classes' IoU and the training time."""
     lines = ["| setting | val mIoU (%) | " + " | ".join(THIN_CLASSES) + " | training (min) |",
              "| --- | ---: |" + " ---: |" * (len(THIN_CLASSES) + 1)]
-    for path in sorted(glob.glob(os.path.join(folder, "*", "seed0", "eval_val.json")),
-                       key=os.path.getmtime):
-        run = os.path.dirname(path)
-        with open(path) as f:
-            evaluation = json.load(f)
-        with open(os.path.join(run, "train_seconds")) as f:
-            minutes = int(f.read()) / 60
+    for setting, evaluation, seconds in study_report.load_settings(folder):
         thin = " | ".join(f"{100 * (evaluation['per_class_iou'][c] or 0):.1f}"
                           for c in THIN_CLASSES)
-        lines.append(f"| {os.path.basename(os.path.dirname(run))} | "
-                     f"{100 * evaluation['miou']:.2f} | {thin} | {minutes:.0f} |")
+        lines.append(f"| {setting} | {100 * evaluation['miou']:.2f} | {thin} | "
+                     f"{seconds / 60:.0f} |")
     return "\n".join(lines)
 
 
@@ -262,8 +224,7 @@ def plot_error_statistics(runs, path, method="ssl3", smoothing=5):
 def plot_predictions(study, path, methods, seed, num_images=4):
     """Val images rich in thin classes: image, ground truth, one column per method (its run of
     the given seed)."""
-    from deeplab_ssl import checkpoints, inference, visualization
-    from deeplab_ssl import model as model_lib
+    from deeplab_ssl import visualization
     from deeplab_ssl.datasets import descriptors, input_pipeline
     camvid = descriptors.get_descriptor("camvid")
     thin = [camvid.class_names.index(c) for c in THIN_CLASSES]
@@ -281,108 +242,27 @@ def plot_predictions(study, path, methods, seed, num_images=4):
                [visualization.label_to_color_image(e["label"][0, ..., 0].numpy(), colormap)
                 for e in examples]]
     for method in methods:
-        model = model_lib.build_deeplab("mobilenet_v2", camvid.num_classes, **study["model"])
-        checkpoints.restore_model(model, os.path.join(study["runs"], f"{method}_seed{seed}"))
+        predictor = study_report.restored_predictor(
+            os.path.join(study["runs"], f"{method}_seed{seed}"),
+            dict(model_variant="mobilenet_v2", num_classes=camvid.num_classes, **study["model"]))
         columns.append([visualization.label_to_color_image(
-            inference.predict_labels(model, e["image"])[0].numpy(), colormap)
-            for e in examples])
+            predictor.predict_labels(e["image"])[0].numpy(), colormap) for e in examples])
     titles = ["image", "ground truth"] + [f"{METHODS[m]}, seed {seed}" for m in methods]
-    fig, axes = plt.subplots(num_images, len(columns), figsize=(3 * len(columns), 2.3 * num_images))
-    for col, (title, pictures) in enumerate(zip(titles, columns)):
-        for row, picture in enumerate(pictures):
-            axes[row, col].imshow(picture)
-            axes[row, col].axis("off")
-        axes[0, col].set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    study_report.save_picture_grid(path, titles, columns)
 
 
-def rate_folder(results, method, rate):
-    """The folder of `method`'s runs at learning `rate` (as reproduce_camvid_pretrained.sh's
-    rate_dir): the study's at the frozen rate, the sensitivity stage's where it ran that rate,
-    else the grid's. `results`: the pretrained study's results/camvid_pretrained."""
-    if rate == BASE_RATE:
-        return os.path.join(results, "study", method)
-    sensitivity = os.path.join(results, "sensitivity", f"{method}_lr{rate}")
-    return sensitivity if os.path.isdir(sensitivity) else os.path.join(
-        results, "grid", f"{method}_lr{rate}")
-
-
-def load_rate_runs(results, method, rate):
-    """[(seed, eval dict, [log lines])] of `method` at `rate`, seeds in order."""
-    folder = rate_folder(results, method, rate)
-    return load_runs(os.path.dirname(folder), methods=[os.path.basename(folder)]).get(
-        os.path.basename(folder), [])
-
-
-def best_rates(results):
-    """{method: (best rate, {rate: val mIoU % of seed 0})} of the methods with a grid."""
-    grid = {}
-    for method in METHODS:
-        mious = {}
-        for rate in RATES:
-            seed0 = [e for seed, e, _ in load_rate_runs(results, method, rate) if seed == "seed0"]
-            if seed0:
-                mious[rate] = 100 * seed0[0]["miou"]
-            elif os.path.exists(os.path.join(rate_folder(results, method, rate), "seed0",
-                                              "diverged")):
-                mious[rate] = DIVERGED
-        if len(mious) >= 2:  # A grid, not the study's one rate.
-            grid[method] = (max(mious, key=mious.get), mious)
-    return grid
-
-
-def grid_complete(mious):
-    """Whether a grid {rate: val mIoU} has every rate the rule asks for: 0.01, 0.02 and 0.04;
-    0.005 where 0.01 beats 0.02; 0.08 where 0.04 beats the others."""
-    if not {"0.01", "0.02", "0.04"} <= set(mious):
-        return False
-    if mious["0.01"] > mious["0.02"] and "0.005" not in mious:
-        return False
-    return max(mious, key=mious.get) != "0.04" or "0.08" in mious
-
-
-def grid_table(grid):
-    """Markdown: val mIoU (%) of seed 0 per method and learning rate, the best in bold where
-    the grid is complete."""
-    lines = ["| method | " + " | ".join(f"lr {rate}" for rate in RATES) + " | grid |",
-             "| --- |" + " ---: |" * len(RATES) + " --- |"]
-    for method, (best, mious) in grid.items():
-        complete = grid_complete(mious)
-        cells = ["" if rate not in mious else "diverged" if mious[rate] == DIVERGED else
-                 ("**{:.2f}**" if rate == best and complete else "{:.2f}").format(mious[rate])
-                 for rate in RATES]
-        lines.append(f"| {METHODS[method]} | " + " | ".join(cells)
-                     + f" | {'complete' if complete else 'in progress'} |")
-    return "\n".join(lines)
-
-
-def contest_table(results, grid):
-    """Markdown: each method at its best rate, over its seeds: mean and std of val mIoU,
-    Welch's t against softmax CE and against the best baseline (both at their best rates),
-    and the thin classes' IoU; and the runs by method ({method: runs})."""
-    runs = {method: load_rate_runs(results, method, best)
-            for method, (best, mious) in grid.items() if grid_complete(mious)}
-    mious = {method: [100 * e["miou"] for _, e, _ in method_runs]
-             for method, method_runs in runs.items()}
-    baselines = [m for m in BASELINES if m in mious]
-    best_baseline = max(baselines, key=lambda m: statistics.mean(mious[m]), default=None)
-    lines = ["| method | lr | seeds | val mIoU (%) | std | t vs CE (p) | t vs "
-             f"{METHODS.get(best_baseline, '-')} (p) | " + " | ".join(THIN_CLASSES) + " |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(THIN_CLASSES)]
-    for method, values in mious.items():
-        mean, std = _mean_std(values)
-        tests = []
-        for other in ("ce", best_baseline):
-            t, p = welch_t(values, mious.get(other, []))
-            tests.append("" if method == other or math.isnan(t) else f"{t:+.1f} ({p:.2g})")
-        thin = " | ".join("{:.1f}".format(statistics.mean(
-            100 * (e["per_class_iou"][c] or 0) for _, e, _ in runs[method])) for c in THIN_CLASSES)
-        std = f"{std:.2f}" if len(values) > 1 else "-"
-        lines.append(f"| {METHODS[method]} | {grid[method][0]} | {len(values)} | {mean:.2f} | "
-                     f"{std} | {tests[0]} | {tests[1]} | {thin} |")
-    return "\n".join(lines), runs
+def contest_table(contest):
+    """Markdown: each method of `contest` (study_report.best_rate_runs) at its best rate, over
+    its seeds: mean and std of val mIoU, Welch's t against softmax CE and against the best
+    baseline (both at their best rates), and the thin classes' IoU."""
+    baselines = [m for m in BASELINES if m in contest]
+    best_baseline = max(baselines, key=lambda m: statistics.mean(
+        MIOU.value(e) for _, e, _ in contest[m][1]), default=None)
+    thin = [(c, lambda evaluations, c=c: "{:.1f}".format(statistics.mean(
+        100 * (e["per_class_iou"][c] or 0) for e in evaluations))) for c in THIN_CLASSES]
+    return study_report.contest_table(
+        contest, METHODS, MIOU, [("CE", "ce"), (METHODS.get(best_baseline, "-"), best_baseline)],
+        thin)
 
 
 def main():
@@ -393,9 +273,10 @@ def main():
                         help="the seed whose checkpoints predictions.png shows")
     args = parser.parse_args()
     study = STUDIES[args.study]
-    runs = load_runs(study["results"])
+    runs = study_report.load_runs(study["results"], METHODS)
     if args.study == "pretrained":  # The variants beyond the paper, after the paper's methods.
-        runs.update(load_runs(os.path.join(os.path.dirname(study["results"]), "variants")))
+        runs.update(study_report.load_runs(
+            os.path.join(os.path.dirname(study["results"]), "variants"), METHODS))
     if not runs:
         raise SystemExit(f"no finished run under {study['results']}")
     print(miou_table(runs), end="\n\n")
@@ -411,12 +292,17 @@ def main():
         plot_class_statistics(runs, os.path.join(args.docs,
                                                  study["prefix"] + "class_statistics.png"))
         results = os.path.dirname(study["results"])
-        grid = best_rates(results)
+        base_rate = study_report.read_base_rate(PRETRAINED_TRAIN_FLAGS)
+        grid = study_report.grid_scores(results, METHODS, base_rate, MIOU)
         if grid:
-            print("Learning rate grid (seed 0):", grid_table(grid), sep="\n", end="\n\n")
-            table, contest_runs = contest_table(results, grid)
-            print("Each method at its best rate:", table, sep="\n", end="\n\n")
-            print(per_class_table(contest_runs), end="\n\n")
+            print("Learning rate grid (seed 0):", study_report.grid_table(grid, METHODS, MIOU),
+                  sep="\n", end="\n\n")
+            contest = study_report.best_rate_runs(results, grid, base_rate)
+            if contest:
+                print("Each method at its best rate:", contest_table(contest), sep="\n",
+                      end="\n\n")
+                best_runs = {method: best for method, (_, best) in contest.items()}
+                print(per_class_table(best_runs), end="\n\n")
     docs = os.path.join(args.docs, study["prefix"])
     plot_curves(runs, docs + "curves.png", study["title"])
     plot_hard_fraction(runs, docs + "hard_fraction.png")

@@ -1,0 +1,183 @@
+"""Tables and the picture of the DRIVE retinal-vessel study (issue 27) from its saved runs.
+
+    python scripts/plot_drive.py [--docs docs] [--predictions_seed 0]
+
+Reads results/drive/ as benchmarks/reproduce_drive.sh keeps it (the layout: study_report.py):
+calibration/SETTING/seed0/ and each method's runs at each learning rate (study/METHOD at the
+frozen rate of configs/drive/train.flags, grid/METHOD_lrRATE at the others), their
+eval_val.json (eval.py's: f1, auc, sensitivity, mean_image_f1, miou, ...) and train_seconds.
+Prints the markdown tables:
+- the calibration (softmax CE, seed 0): each setting's val F1 and AUC of the vessels, mIoU and
+  training minutes;
+- the learning rate grid: val F1 of seed 0 per method and rate, complete or in progress by
+  reproduce_drive.sh's rule (METRIC=f1), the best rate of a complete grid in bold;
+- each method of a complete grid at its best rate, over its seeds: mean and std of val F1,
+  Welch's t (and p) of F1 against softmax CE and against Lovasz-softmax, and AUC, mIoU,
+  sensitivity and the per-image mean F1 as mean +- std.
+Writes --docs/drive_vessels.png: rows = the val images of data/drive richest in thin vessels,
+each cropped to its WINDOW x WINDOW window with the most thin-vessel pixels of the truth; columns
+= image, truth, and the vessels predicted by each method of the last table (its best rate, seed
+--predictions_seed) from its checkpoints under runs/drive/; methods whose checkpoints are gone
+are left out, and said so on stderr. Needs matplotlib (`pip install -e '.[plot]'`).
+"""
+import argparse
+import glob
+import os
+import sys
+import textwrap
+
+import numpy as np
+import scipy.ndimage
+
+import study_report
+
+# The losses of the study (reproduce_drive.sh's GRID_METHODS) in the order of the tables, with
+# the names the tables use.
+METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)",
+           "lovasz": "Lovasz-softmax", "ssl3": "SSL (3)",
+           "ssl_softmax_topk_balanced": "SSL on top-k CE, per class (beyond the paper)"}
+# F1 of the best-rate table is tested against these: (name in the header, method).
+REFERENCES = [("CE", "ce"), ("Lovasz-softmax", "lovasz")]
+RESULTS = "results/drive"
+RUNS = "runs/drive"
+DATA = "data/drive"
+TRAIN_FLAGS = "configs/drive/train.flags"
+# The model of configs/drive/deeplabv3plus.flags, where a checkpoint folder lacks train.py's
+# model_options.json (which also gives the output stride of the training).
+MODEL = dict(model_variant="mobilenet_v2", num_classes=2, decoder_output_stride=4)
+# Side of the square crop of the pictures, in pixels (DRIVE's images are 565 x 584).
+WINDOW = 160
+
+# The numbers of the tables, of the vessels (class 1) inside the field of view (eval.py's).
+F1 = study_report.Metric("val F1", lambda e: e["f1"], "{:.4f}")
+AUC = study_report.Metric("AUC", lambda e: e["auc"], "{:.4f}")
+MIOU = study_report.Metric("val mIoU (%)", lambda e: 100 * e["miou"], "{:.2f}")
+SENSITIVITY = study_report.Metric("sensitivity", lambda e: e["sensitivity"], "{:.4f}")
+MEAN_IMAGE_F1 = study_report.Metric("mean image F1", lambda e: e["mean_image_f1"], "{:.4f}")
+
+
+def calibration_table(folder):
+    """Markdown: the settings of the calibration folder (folder/SETTING/seed0/), in the order
+    they finished: val F1, AUC, mIoU and the training's minutes."""
+    metrics = (F1, AUC, MIOU)
+    lines = ["| setting | " + " | ".join(m.name for m in metrics) + " | training (min) |",
+             "| --- |" + " ---: |" * (len(metrics) + 1)]
+    for setting, evaluation, seconds in study_report.load_settings(folder):
+        cells = [m.number_format.format(m.value(evaluation)) for m in metrics]
+        lines.append(f"| {setting} | " + " | ".join(cells) + f" | {seconds / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def mean_std_text(metric, evaluations):
+    """`metric` over the evaluations as a table cell: "mean +- std", the mean alone for one."""
+    mean, std = study_report.mean_std([metric.value(e) for e in evaluations])
+    text = metric.number_format.format(mean)
+    return text if len(evaluations) < 2 else f"{text} +- {metric.number_format.format(std)}"
+
+
+def contest_table(contest):
+    """Markdown: each method of `contest` (study_report.best_rate_runs) at its best rate, over
+    its seeds: val F1 (mean, std, Welch's t against REFERENCES), then AUC, mIoU, sensitivity
+    and the per-image mean F1 as mean +- std."""
+    columns = [(metric.name, lambda evaluations, metric=metric: mean_std_text(metric, evaluations))
+               for metric in (AUC, MIOU, SENSITIVITY, MEAN_IMAGE_F1)]
+    return study_report.contest_table(contest, METHODS, F1, REFERENCES, columns)
+
+
+def thin_vessels(label):
+    """bool [H, W]: the vessel pixels (1) of a label map on vessels narrower than 3 pixels,
+    those that no 3 x 3 square of vessel pixels covers."""
+    vessels = label == 1
+    return vessels & ~scipy.ndimage.binary_opening(vessels, structure=np.ones((3, 3)))
+
+
+def thin_vessel_window(label, size):
+    """(row slice, column slice) of the size x size window (smaller where the map is) of a
+    label map with the most thin-vessel pixels (thin_vessels), the first in row-major order of
+    equal ones."""
+    size = min(size, *label.shape)
+    # Sums of the thin pixels above and left of each position: a window's count from 4 of them.
+    sums = np.pad(thin_vessels(label).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    counts = sums[size:, size:] - sums[:-size, size:] - sums[size:, :-size] + sums[:-size, :-size]
+    top, left = np.unravel_index(np.argmax(counts), counts.shape)
+    return slice(top, top + size), slice(left, left + size)
+
+
+def checkpoint_folders(contest, results, runs, base_rate, seed):
+    """{method: its checkpoints' folder} of the methods of `contest` at their best rate and
+    `seed` whose checkpoints (model.ckpt-*.index) are there; the others said on stderr."""
+    folders = {}
+    for method, (rate, _) in contest.items():
+        folder = study_report.checkpoint_folder(
+            results, runs, study_report.rate_folder(results, method, rate, base_rate), seed)
+        if glob.glob(os.path.join(folder, "model.ckpt-*.index")):
+            folders[method] = folder
+        else:
+            print(f"drive_vessels.png: no checkpoint in {folder}, {METHODS[method]} left out",
+                  file=sys.stderr)
+    return folders
+
+
+def plot_vessels(path, folders, titles, data_dir, window, num_images=3):
+    """Writes the picture grid of vessel maps at `path`: rows = the `num_images` val images of
+    `data_dir` with the most thin-vessel pixels in their `window` x `window` window
+    (thin_vessel_window), in the order of the split, each cropped to it; columns = image,
+    truth, and the prediction of the latest checkpoint of each folder of `folders` ({method:
+    training folder}), titled by `titles` ({method: title}). Pixels outside the field of view
+    show as in the truth."""
+    from deeplab_ssl import visualization
+    from deeplab_ssl.datasets import descriptors, input_pipeline
+    drive = descriptors.get_descriptor("drive")
+    examples = [(e["image"], e["label"][0, ..., 0].numpy())
+                for e in input_pipeline.get_dataset(drive, data_dir, "val", 1)]
+    windows = [thin_vessel_window(label, window) for _, label in examples]
+    thin_counts = [thin_vessels(label)[crop].sum() for (_, label), crop in zip(examples, windows)]
+    richest = sorted(range(len(examples)), key=lambda i: -thin_counts[i])[:num_images]
+    chosen = [(examples[i], windows[i]) for i in sorted(richest)]
+    colormap = visualization.get_colormap(drive.colormap)
+    columns = [[image[0].numpy().astype(np.uint8)[crop] for (image, _), crop in chosen],
+               [visualization.label_to_color_image(label[crop], colormap)
+                for (_, label), crop in chosen]]
+    for method, folder in folders.items():
+        predictor = study_report.restored_predictor(folder, MODEL)
+        column = []
+        for (image, label), crop in chosen:
+            vessels = np.where(label == drive.ignore_label, label,
+                               predictor.predict_labels(image)[0].numpy())
+            column.append(visualization.label_to_color_image(vessels[crop], colormap))
+        columns.append(column)
+    study_report.save_picture_grid(
+        path, ["image", "truth"] + [titles[m] for m in folders], columns, panel_size=(2.4, 2.6))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--docs", default="docs", help="where drive_vessels.png goes")
+    parser.add_argument("--predictions_seed", type=int, default=0,
+                        help="the seed whose checkpoints drive_vessels.png shows")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(RESULTS):
+        raise SystemExit(f"no results under {RESULTS}: run benchmarks/reproduce_drive.sh")
+    print("Calibration (softmax CE, seed 0):", calibration_table(
+        os.path.join(RESULTS, "calibration")), sep="\n", end="\n\n")
+    base_rate = study_report.read_base_rate(TRAIN_FLAGS)
+    grid = study_report.grid_scores(RESULTS, METHODS, base_rate, F1)
+    if not grid:
+        return
+    print("Learning rate grid (seed 0):", study_report.grid_table(grid, METHODS, F1), sep="\n",
+          end="\n\n")
+    contest = study_report.best_rate_runs(RESULTS, grid, base_rate)
+    if not contest:
+        return
+    print("Each method at its best rate:", contest_table(contest), sep="\n", end="\n\n")
+    seed = args.predictions_seed
+    folders = checkpoint_folders(contest, RESULTS, RUNS, base_rate, seed)
+    if folders:
+        titles = {m: textwrap.fill(METHODS[m], 22) + f"\nlr {contest[m][0]}, seed {seed}"
+                  for m in folders}
+        plot_vessels(os.path.join(args.docs, "drive_vessels.png"), folders, titles, DATA,
+                     WINDOW)
+
+
+if __name__ == "__main__":
+    main()
