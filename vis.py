@@ -10,7 +10,7 @@ dataset's colormap) and `%06d_panel.png` (image | ground truth | prediction | ov
 """
 from absl import flags
 
-from deeplab_ssl import common, errors, visualization
+from deeplab_ssl import common, errors, inference, visualization
 from deeplab_ssl.core import feature_extractor
 from deeplab_ssl.datasets import input_pipeline
 
@@ -42,10 +42,10 @@ def main(argv):
         mean_pixel=feature_extractor.mean_pixel(FLAGS.model_variant))
     raw_label_ids = (visualization.CITYSCAPES_TRAIN_ID_TO_EVAL_ID
                      if descriptor.name == "cityscapes" else None)
+    predictor = inference.KerasPredictor(model, FLAGS.eval_scales, FLAGS.add_flipped_images)
     count = visualization.visualize(
-        model, dataset, visualization.get_colormap(descriptor.colormap), FLAGS.vis_logdir,
-        FLAGS.eval_scales, FLAGS.add_flipped_images, FLAGS.also_save_raw_predictions,
-        raw_label_ids, FLAGS.num_vis_examples)
+        predictor, dataset, visualization.get_colormap(descriptor.colormap), FLAGS.vis_logdir,
+        FLAGS.also_save_raw_predictions, raw_label_ids, FLAGS.num_vis_examples)
     print(f"{checkpoint_path}: wrote {count} visualizations to {FLAGS.vis_logdir}")
 
 

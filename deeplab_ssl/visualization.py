@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_ssl import errors, inference
+from deeplab_ssl import errors
 from deeplab_ssl.datasets import descriptors
 
 # deeplab's vis.py: Cityscapes train ids -> the label ids of the Cityscapes evaluation server,
@@ -203,22 +203,22 @@ def save_example(vis_dir, index, image, label, prediction, colormap):
     save_png(panel, os.path.join(vis_dir, f"{index:06d}_panel.png"))
 
 
-def visualize(model, dataset, colormap, vis_logdir, eval_scales=(1.0,), add_flipped_images=False,
-              also_save_raw_predictions=False, raw_label_ids=None, max_examples=0):
-    """Runs `model` over evaluation batches and writes pictures, as deeplab's vis.py.
+def visualize(predictor, dataset, colormap, vis_logdir, also_save_raw_predictions=False,
+              raw_label_ids=None, max_examples=0):
+    """Runs `predictor` over evaluation batches and writes pictures, as deeplab's vis.py.
 
     Pictures go to `vis_logdir/segmentation_results/` (see `save_example`); with
     `also_save_raw_predictions`, label PNGs named after each image's filename go to
     `vis_logdir/raw_segmentation_results/`.
 
     Args:
-        model: keras.Model as for `inference.predict_probabilities`.
+        predictor: an `inference.Predictor`, e.g. `inference.KerasPredictor(model,
+            eval_scales, add_flipped_images)`.
         dataset: evaluation batches of `input_pipeline.get_dataset(..., is_training=False)`:
             dicts with image float32 [B, h, w, 3], label [B, h, w, 1], filename [B], height and
             width int32 [B] (the unpadded sizes).
         colormap: uint8 [N, 3].
         vis_logdir: str, output folder (created).
-        eval_scales, add_flipped_images: as `inference.predict_probabilities`.
         also_save_raw_predictions: bool, also write raw label PNGs.
         raw_label_ids: optional sequence mapping predicted labels to the raw PNG values
             (e.g. CITYSCAPES_TRAIN_ID_TO_EVAL_ID); None writes the labels as they are.
@@ -232,9 +232,9 @@ def visualize(model, dataset, colormap, vis_logdir, eval_scales=(1.0,), add_flip
     os.makedirs(vis_dir, exist_ok=True)
     if also_save_raw_predictions:
         os.makedirs(raw_dir, exist_ok=True)
-    predict = tf.function(
-        lambda images: inference.predict_labels(model, images, eval_scales, add_flipped_images),
-        reduce_retracing=True)
+    predict = predictor.predict_labels
+    if predictor.traceable:
+        predict = tf.function(predict, reduce_retracing=True)
     count = 0
     for batch in dataset:
         predictions = predict(batch["image"]).numpy()

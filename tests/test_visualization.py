@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_ssl import visualization
+from deeplab_ssl import inference, visualization
 from deeplab_ssl.datasets import descriptors
 
 
@@ -75,7 +75,7 @@ def test_visualize_writes_deeplabs_files(tmp_path):
     }
     dataset = tf.data.Dataset.from_tensors(batch)
     count = visualization.visualize(
-        model, dataset, visualization.get_colormap("pascal"), str(tmp_path),
+        inference.KerasPredictor(model), dataset, visualization.get_colormap("pascal"), str(tmp_path),
         also_save_raw_predictions=True, raw_label_ids=[7, 8, 11])
     assert count == 2
     results = tmp_path / "segmentation_results"
@@ -87,5 +87,6 @@ def test_visualize_writes_deeplabs_files(tmp_path):
     raw = np.array(Image.open(tmp_path / "raw_segmentation_results" / "a.png"))
     assert raw.shape == (5, 6) and set(np.unique(raw)) <= {7, 8, 11}
     assert (tmp_path / "raw_segmentation_results" / "b.png").exists()
-    assert visualization.visualize(model, dataset, visualization.get_colormap("pascal"),
+    assert visualization.visualize(inference.KerasPredictor(model), dataset,
+                                   visualization.get_colormap("pascal"),
                                    str(tmp_path / "one"), max_examples=1) == 1
