@@ -4,8 +4,8 @@
 # DeepLabv3+ mobilenet_v2 from deeplab's ImageNet checkpoint on DRIVE's retinal vessels
 # (configs/drive/), val = training images 36-40. Builds the records, then runs STAGES in order:
 #   calibration  softmax CE, seed 0, lr 0.01, in each setting of CALIBRATION below: the output
-#                stride, crop and steps of configs/drive/train.flags are chosen from these on val
-#                (F1 of the vessels), then frozen
+#                stride, crop, steps and image scale of configs/drive/ are chosen from these on
+#                val (F1 of the vessels), then frozen
 #   grid         each loss of GRID_METHODS at its own learning rate, seed 0, by the contest's
 #                rule (benchmarks/study_lib.sh), compared by val F1
 #   seeds        each loss at its rate: seeds 1-2 (3-4 for FIVE_SEEDS)
@@ -31,13 +31,18 @@ OUT=results/drive
 RUNS=runs/drive
 METRIC=f1  # The field's: F1 (= Dice) of the vessels inside the field of view, pooled.
 
-# The settings tried for the schedule (softmax CE, seed 0): NAME and the flags that differ from
-# train.flags, each about 15 minutes of training on 2 AVX-512 cores (stride 16 at crop 321 runs
-# ~1.45 s a step at batch 8, stride 8 twice that, crop 257 two thirds).
+# The settings tried for the schedule (softmax CE, seed 0): NAME, the image scale eval.py runs
+# at, and the flags of train.py that differ from train.flags; each about 15 minutes of training
+# on 2 AVX-512 cores (stride 16 at crop 321 runs ~1.45 s a step at batch 8, stride 8 twice that,
+# crop 257 two thirds). The decoder's logits are at 1/4 of the input, coarser than a 1-pixel
+# vessel: the last settings enlarge the images, trained at scales around the evaluation's.
+STRIDE16="--output_stride=16 --train_crop_size=321,321 --training_number_of_steps=600"
 CALIBRATION=(
-  "os16_crop321 --output_stride=16 --train_crop_size=321,321 --training_number_of_steps=600"
-  "os8_crop321 --output_stride=8 --train_crop_size=321,321 --training_number_of_steps=300"
-  "os16_crop257 --output_stride=16 --train_crop_size=257,257 --training_number_of_steps=900"
+  "os16_crop321 1 $STRIDE16"
+  "os8_crop321 1 --output_stride=8 --train_crop_size=321,321 --training_number_of_steps=300"
+  "os16_crop257 1 --output_stride=16 --train_crop_size=257,257 --training_number_of_steps=900"
+  "os16_crop321_scale2 2 $STRIDE16 --min_scale_factor=1.5 --max_scale_factor=2.5"
+  "os16_crop321_scale3 3 $STRIDE16 --min_scale_factor=2.5 --max_scale_factor=3.5"
 )
 
 source benchmarks/study_lib.sh
@@ -48,7 +53,8 @@ for stage in $STAGES; do
     calibration)
       for setting in "${CALIBRATION[@]}"; do
         read -r -a words <<< "$setting"
-        run calibration "${words[0]}" 0 "$CONFIGS/ce.flags" "${words[@]:1}"
+        EVAL_FLAGS=--eval_scales=${words[1]} \
+          run calibration "${words[0]}" 0 "$CONFIGS/ce.flags" "${words[@]:2}"
       done ;;
     grid) grid_stage ;;
     seeds) seeds_stage ;;

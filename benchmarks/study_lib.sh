@@ -7,6 +7,9 @@
 #   OUT      the results folder (committed): OUT/STAGE/NAME/seedSEED/
 #   RUNS     the checkpoints' folder (not committed): RUNS/STAGE/NAME_seedSEED/
 #   METRIC   the key of the evaluation JSON the grid compares (miou, f1, ...)
+# and may set EVAL_FLAGS: flags eval.py takes after $MODEL (e.g. --eval_scales=2), for one run
+# (EVAL_FLAGS=... run ...) or for all.
+EVAL_FLAGS=${EVAL_FLAGS:-}
 
 # build_records DATASET DIR SPLITS BUILDER [FLAG...]: runs the record builder (a module of
 # deeplab_ssl.datasets) unless the comma-separated SPLITS of DATASET are complete in DIR, not just
@@ -69,14 +72,15 @@ run() {
   fi
   echo $((seconds + SECONDS - start)) > "$out/train_seconds"
   rm -f "$out/train_started" "$out/train_seconds_before"
-  "$PY" eval.py --flagfile="$MODEL" --checkpoint_dir="$logdir" --eval_split=val \
+  # shellcheck disable=SC2086  # EVAL_FLAGS: words, one flag each.
+  "$PY" eval.py --flagfile="$MODEL" $EVAL_FLAGS --checkpoint_dir="$logdir" --eval_split=val \
     --max_number_of_evaluations=1 > "$out/eval.log" 2>&1
   { cat "$flagfile"; printf '%s\n' "$@" "--seed=$seed"; } > "$out/flags"
   cp "$logdir/train.flags" "$out/"  # Every flag as train.py resolved it.
   cp "$logdir/train_log.jsonl" "$out/"
   record_cpu "$out"
   local json
-  json=$(ls -t "$logdir"/model.ckpt-*.eval_val_ms1.json | head -1)
+  json=$(ls -t "$logdir"/model.ckpt-*.eval_val_ms*.json | head -1)  # The one eval.py just wrote.
   cp "$json" "$out/eval_val.json.tmp" && mv "$out/eval_val.json.tmp" "$out/eval_val.json"
 }
 

@@ -58,12 +58,14 @@ MEAN_IMAGE_F1 = study_report.Metric("mean image F1", lambda e: e["mean_image_f1"
 
 def calibration_table(folder):
     """Markdown: the settings of the calibration folder (folder/SETTING/seed0/), in the order
-    they finished: val F1, AUC, mIoU and the training's minutes."""
+    they finished: the scales eval.py ran at, val F1, AUC, mIoU and the training's minutes."""
     metrics = (F1, AUC, MIOU)
-    lines = ["| setting | " + " | ".join(m.name for m in metrics) + " | training (min) |",
-             "| --- |" + " ---: |" * (len(metrics) + 1)]
+    lines = ["| setting | eval scales | " + " | ".join(m.name for m in metrics)
+             + " | training (min) |",
+             "| --- | ---: |" + " ---: |" * (len(metrics) + 1)]
     for setting, evaluation, seconds in study_report.load_settings(folder):
-        cells = [m.number_format.format(m.value(evaluation)) for m in metrics]
+        scales = " ".join(f"{scale:g}" for scale in study_report.eval_scales(evaluation))
+        cells = [scales] + [m.number_format.format(m.value(evaluation)) for m in metrics]
         lines.append(f"| {setting} | " + " | ".join(cells) + f" | {seconds / 60:.1f} |")
     return "\n".join(lines)
 
@@ -104,14 +106,16 @@ def thin_vessel_window(label, size):
 
 
 def checkpoint_folders(contest, results, runs, base_rate, seed):
-    """{method: its checkpoints' folder} of the methods of `contest` at their best rate and
-    `seed` whose checkpoints (model.ckpt-*.index) are there; the others said on stderr."""
+    """{method: (its checkpoints' folder, the scales its evaluation ran at)} of the methods of
+    `contest` at their best rate and `seed` whose checkpoints (model.ckpt-*.index) are there;
+    the others said on stderr."""
     folders = {}
-    for method, (rate, _) in contest.items():
+    for method, (rate, seed_runs) in contest.items():
         folder = study_report.checkpoint_folder(
             results, runs, study_report.rate_folder(results, method, rate, base_rate), seed)
-        if glob.glob(os.path.join(folder, "model.ckpt-*.index")):
-            folders[method] = folder
+        evaluations = [e for name, e, _ in seed_runs if name == f"seed{seed}"]
+        if evaluations and glob.glob(os.path.join(folder, "model.ckpt-*.index")):
+            folders[method] = folder, study_report.eval_scales(evaluations[0])
         else:
             print(f"drive_vessels.png: no checkpoint in {folder}, {METHODS[method]} left out",
                   file=sys.stderr)
@@ -123,8 +127,8 @@ def plot_vessels(path, folders, titles, data_dir, window, num_images=3):
     `data_dir` with the most thin-vessel pixels in their `window` x `window` window
     (thin_vessel_window), in the order of the split, each cropped to it; columns = image,
     truth, and the prediction of the latest checkpoint of each folder of `folders` ({method:
-    training folder}), titled by `titles` ({method: title}). Pixels outside the field of view
-    show as in the truth."""
+    (training folder, inference scales)}), titled by `titles` ({method: title}). Pixels outside
+    the field of view show as in the truth."""
     from deeplab_ssl import visualization
     from deeplab_ssl.datasets import descriptors, input_pipeline
     drive = descriptors.get_descriptor("drive")
@@ -138,8 +142,8 @@ def plot_vessels(path, folders, titles, data_dir, window, num_images=3):
     columns = [[image[0].numpy().astype(np.uint8)[crop] for (image, _), crop in chosen],
                [visualization.label_to_color_image(label[crop], colormap)
                 for (_, label), crop in chosen]]
-    for method, folder in folders.items():
-        predictor = study_report.restored_predictor(folder, MODEL)
+    for method, (folder, scales) in folders.items():
+        predictor = study_report.restored_predictor(folder, MODEL, scales)
         column = []
         for (image, label), crop in chosen:
             vessels = np.where(label == drive.ignore_label, label,

@@ -225,8 +225,14 @@ def contest_table(contest, names, metric, references, columns):
     return "\n".join(lines)
 
 
-def restored_predictor(train_logdir, options):
-    """An inference.KerasPredictor (eval.py's, one scale, no flips) of the latest checkpoint of
+def eval_scales(evaluation):
+    """The image scales of an evaluation JSON of eval.py (its "eval_scales", e.g. "1 1.5"), as a
+    tuple of floats; (1.0,) where it names none."""
+    return tuple(float(scale) for scale in evaluation.get("eval_scales", "1").split())
+
+
+def restored_predictor(train_logdir, options, scales=(1.0,)):
+    """An inference.KerasPredictor (eval.py's at `scales`, no flips) of the latest checkpoint of
     a training folder; its model built with the options train.py wrote there
     (model_options.json), else with `options` (build_deeplab's arguments)."""
     from deeplab_ssl import checkpoints, common, inference
@@ -234,7 +240,7 @@ def restored_predictor(train_logdir, options):
     options = common.read_model_options(train_logdir) or options
     model = model_lib.build_deeplab(**options)
     checkpoints.restore_model(model, train_logdir, options)
-    return inference.KerasPredictor(model)
+    return inference.KerasPredictor(model, scales)
 
 
 def save_picture_grid(path, titles, columns, panel_size=(3, 2.3)):

@@ -49,11 +49,12 @@ def test_grid_rule(scores, best, complete):
     assert study_report.grid_complete(scores) == complete
 
 
-def _run(root, stage, name, seed, f1, seconds=900):
+def _run(root, stage, name, seed, f1, seconds=900, eval_scales="1"):
     """A finished run of study_lib.sh with made-up numbers derived from its F1."""
     folder = root / "results" / "drive" / stage / name / f"seed{seed}"
     folder.mkdir(parents=True)
     evaluation = dict(f1=f1, auc=f1 + 0.2, miou=f1 - 0.1, sensitivity=f1 - 0.05,
+                      eval_scales=eval_scales,
                       mean_image_f1=f1 - 0.01, specificity=0.98, accuracy=0.96,
                       per_class_iou={"background": 0.9, "vessel": f1 - 0.2})
     (folder / "eval_val.json").write_text(json.dumps(evaluation))
@@ -114,14 +115,14 @@ def test_drive_tables_and_picture(tmp_path, monkeypatch, capsys, tiny_drive):
     (tmp_path / "configs" / "drive" / "train.flags").write_text(
         "--output_stride=16\n--base_learning_rate=0.01\n")
     # The calibration, finished in the order os8, then os16.
-    for index, (setting, f1, seconds) in enumerate((("os8_crop321", 0.78, 900),
-                                                     ("os16_crop321", 0.80, 870))):
-        folder = _run(tmp_path, "calibration", setting, 0, f1, seconds)
+    for index, (setting, f1, seconds, scales) in enumerate((
+            ("os8_crop321", 0.78, 900, "1"), ("os16_crop321_scale2", 0.80, 870, "2"))):
+        folder = _run(tmp_path, "calibration", setting, 0, f1, seconds, scales)
         os.utime(folder / "eval_val.json", (1000 + index, 1000 + index))
-    # softmax CE: best at 0.02 (seeds 0-2), a complete grid.
+    # softmax CE: best at 0.02 (seeds 0-2), a complete grid; evaluated at twice the size.
     _run(tmp_path, "study", "ce", 0, 0.70)
     for seed, f1 in enumerate((0.75, 0.76, 0.74)):
-        _run(tmp_path, "grid", "ce_lr0.02", seed, f1)
+        _run(tmp_path, "grid", "ce_lr0.02", seed, f1, eval_scales="2")
     _run(tmp_path, "grid", "ce_lr0.04", 0, 0.74)
     # Lovasz: 0.01 beats 0.02, so 0.005 was run; best at the frozen rate (study/).
     for seed, f1 in enumerate((0.78, 0.79, 0.80)):
@@ -148,11 +149,15 @@ def test_drive_tables_and_picture(tmp_path, monkeypatch, capsys, tiny_drive):
     os.symlink(data, tmp_path / "data" / "drive")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(plot_drive, "WINDOW", 24)
+    scales_used, restored_predictor = [], study_report.restored_predictor
+    monkeypatch.setattr(study_report, "restored_predictor", lambda folder, options, scales: (
+        scales_used.append(scales) or restored_predictor(folder, options, scales)))
     plot_drive.main(["--docs", str(tmp_path)])
     output, errors = capsys.readouterr()
 
-    assert output.index("os8_crop321") < output.index("os16_crop321")
-    assert _cells(output, "os16_crop321") == ["os16_crop321", "0.8000", "1.0000", "70.00", "14.5"]
+    assert output.index("os8_crop321") < output.index("os16_crop321_scale2")
+    assert _cells(output, "os16_crop321_scale2") == [
+        "os16_crop321_scale2", "2", "0.8000", "1.0000", "70.00", "14.5"]
     assert _cells(output, "softmax CE")[1:] == ["", "0.7000", "**0.7500**", "0.7400", "",
                                                 "complete"]
     assert _cells(output, "Lovasz-softmax")[1:] == ["0.7600", "**0.7800**", "0.7700", "0.6000",
@@ -183,7 +188,9 @@ def test_drive_tables_and_picture(tmp_path, monkeypatch, capsys, tiny_drive):
         "0.7900"]
     assert "SSL (3)" not in contest and "sigmoid BCE" not in contest
 
-    # The picture: image, truth and softmax CE, the 3 images richest in thin vessels.
+    # The picture: image, truth and softmax CE (at the scale of its evaluation), the 3 images
+    # richest in thin vessels.
+    assert scales_used == [(2.0,)]
     for method in ("top-k CE (25%)", "Lovasz-softmax"):
         assert f"{method} left out" in errors
     import matplotlib.image
