@@ -43,6 +43,7 @@ CALIBRATION=(
   "os16_crop257 1 --output_stride=16 --train_crop_size=257,257 --training_number_of_steps=900"
   "os16_crop321_scale2 2 $STRIDE16 --min_scale_factor=1.5 --max_scale_factor=2.5"
   "os16_crop321_scale3 3 $STRIDE16 --min_scale_factor=2.5 --max_scale_factor=3.5"
+  "os16_crop321_scale4 4 $STRIDE16 --min_scale_factor=3.5 --max_scale_factor=4.5"
 )
 
 source benchmarks/study_lib.sh
