@@ -1,10 +1,12 @@
 """Saving and resuming a training run: its checkpoints in train_logdir, and the crash save.
 
 Checkpoints (`tf.train.CheckpointManager` in train_logdir, files `model.ckpt-STEP`) hold the
-model, the optimizer (its `iterations` is the global step) and, with a single worker, the input
-iterator, so a restarted run continues where the last checkpoint left it. With several workers
-each worker's input differs: each saves its own iterator in train_logdir/iterators/worker_INDEX
-at the same steps. The latest checkpoint is found by `checkpoints.resolve_checkpoint`.
+model, the optimizer (its `iterations` is the global step), the states of the model's random
+seed generators (dropout's masks) and, with a single worker, the input iterator, so a restarted
+run continues where the last checkpoint left it (with --deterministic, exactly as if it had not
+stopped). With several workers each worker's input differs: each saves its own iterator in
+train_logdir/iterators/worker_INDEX at the same steps. The latest checkpoint is found by
+`checkpoints.resolve_checkpoint`.
 """
 import os
 import shutil
@@ -19,6 +21,15 @@ MAX_CHECKPOINTS_TO_KEEP = 5
 # With several workers, each worker's input iterator: train_logdir/ITERATORS_DIR/worker_INDEX.
 ITERATORS_DIR = "iterators"
 ITERATOR_CHECKPOINT_NAME = "iterator.ckpt"
+
+
+def training_state(model, optimizer):
+    """What a checkpoint saves besides the input: the model, the optimizer and the states of the
+    model's seed generators (a Variable of shape [2] each; `model.variables` holds them,
+    `model.weights` does not, and tf.train.Checkpoint does not find them through the model)."""
+    weights = {id(weight) for weight in model.weights}
+    return dict(model=model, optimizer=optimizer,
+                seed_states=[v for v in model.variables if id(v) not in weights])
 
 
 class TrainCheckpoints:
@@ -41,10 +52,10 @@ class TrainCheckpoints:
         self._optimizer = optimizer
         index, self._num_workers = distribute.worker_index_and_count(strategy)
         self._is_chief = distribute.is_chief(strategy)
-        objects = dict(model=model, optimizer=optimizer)
+        self._objects = training_state(model, optimizer)
         self._iterator_manager = None
         if self._num_workers == 1:
-            objects["iterator"] = iterator
+            self._objects["iterator"] = iterator
         else:
             self._iterator_manager = tf.train.CheckpointManager(
                 tf.train.Checkpoint(iterator=iterator),
@@ -52,7 +63,7 @@ class TrainCheckpoints:
                 max_to_keep=MAX_CHECKPOINTS_TO_KEEP, checkpoint_name=ITERATOR_CHECKPOINT_NAME)
         directory = train_logdir if self._is_chief else os.path.join(
             train_logdir, f"worker_{index}_temp")
-        self._manager = self._make_manager(tf.train.Checkpoint(**objects), directory)
+        self._manager = self._make_manager(tf.train.Checkpoint(**self._objects), directory)
 
     @staticmethod
     def _make_manager(checkpoint, directory):
@@ -75,10 +86,11 @@ class TrainCheckpoints:
         path = self.latest()
         if path is None:
             return None
-        checkpoint = self._manager.checkpoint
+        # What a checkpoint lacks starts over: the input after a crash save for an input error,
+        # dropout's masks in checkpoints of versions that did not save the seed states.
         saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
-        if "iterator" not in saved:  # A crash save after an input error: the input starts over.
-            checkpoint = tf.train.Checkpoint(model=self._model, optimizer=self._optimizer)
+        checkpoint = tf.train.Checkpoint(
+            **{name: value for name, value in self._objects.items() if name in saved})
         checkpoint.restore(path).assert_existing_objects_matched()
         if self._iterator_manager:
             self._restore_worker_iterator()
@@ -122,7 +134,7 @@ class TrainCheckpoints:
                 or (latest and checkpoints.checkpoint_step(latest) == step)):
             return
         without_iterator = self._make_manager(
-            tf.train.Checkpoint(model=self._model, optimizer=self._optimizer),
+            tf.train.Checkpoint(**training_state(self._model, self._optimizer)),
             self.train_logdir)
         for manager in (self._manager, without_iterator)[0 if with_iterator else 1:]:
             try:

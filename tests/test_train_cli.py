@@ -34,37 +34,35 @@ def read_log(logdir):
         return [json.loads(line) for line in f]
 
 
-def test_deterministic_runs_with_the_same_seed_are_the_same(demo_dir, tmp_path):
-    logs, weights = [], []
-    for run in ("a", "b"):
-        logdir = str(tmp_path / run)
-        command = train_command(demo_dir, logdir, "--training_number_of_steps=6", "--seed=3",
-                                "--deterministic", "--nosave_summaries_images")
-        result = subprocess.run(command, env=environment(), cwd=ROOT, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        logs.append([{k: v for k, v in record.items() if k != "images_per_second"}
-                     for record in read_log(logdir)])
-        reader = training.tf.train.load_checkpoint(logdir)
-        weights.append({name: reader.get_tensor(name)
-                        for name in reader.get_variable_to_shape_map()
-                        if name.startswith("model/") and "OPTIMIZER" not in name})
-    assert len(logs[0]) == 6 and logs[0] == logs[1]
-    with open(os.path.join(logdir, "model_options.json")) as f:  # For eval, vis and export.
+def without_speed(log):
+    """The records of a train log without their images_per_second (the only one that varies
+    between deterministic runs)."""
+    return [{k: v for k, v in record.items() if k != "images_per_second"} for record in log]
+
+
+def model_weights(logdir):
+    """The model's variables in the latest checkpoint of logdir: {name: array}."""
+    reader = training.tf.train.load_checkpoint(logdir)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith("model/") and "OPTIMIZER" not in name}
+
+
+def test_a_killed_run_resumes_and_ends_as_the_run_that_was_not_killed(demo_dir, tmp_path):
+    flags = ("--training_number_of_steps=16", "--save_interval_steps=4",
+             "--nosave_summaries_images", "--deterministic", "--seed=3")
+    unkilled = str(tmp_path / "unkilled")
+    result = subprocess.run(train_command(demo_dir, unkilled, *flags), env=environment(),
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(os.path.join(unkilled, "model_options.json")) as f:  # For eval, vis and export.
         assert json.load(f)["depth_multiplier"] == 0.25
-    with open(os.path.join(logdir, "train.flags")) as f:  # The run's flags, as resolved.
+    with open(os.path.join(unkilled, "train.flags")) as f:  # The run's flags, as resolved.
         resolved = f.read().splitlines()
-    assert {"--seed=3", "--deterministic", "--training_number_of_steps=6",
-            "--loss=ssl", f"--train_logdir={logdir}"} <= set(resolved)
-    assert weights[0].keys() == weights[1].keys()
-    for name, value in weights[0].items():
-        assert (value == weights[1][name]).all(), name
+    assert {"--seed=3", "--deterministic", "--training_number_of_steps=16",
+            "--loss=ssl", f"--train_logdir={unkilled}"} <= set(resolved)
 
-
-def test_killed_run_resumes_from_its_last_checkpoint(demo_dir, tmp_path):
-    logdir = str(tmp_path / "train")
-    command = train_command(demo_dir, logdir, "--training_number_of_steps=16",
-                            "--save_interval_steps=4", "--nosave_summaries_images")
+    logdir = str(tmp_path / "killed")
+    command = train_command(demo_dir, logdir, *flags)
     process = subprocess.Popen(command, env=environment(), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
@@ -89,6 +87,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(demo_dir, tmp_path):
     for record in log:  # The same learning rates before and after the restart.
         assert record["learning_rate"] == pytest.approx(float(schedule(record["step"] - 1)))
     assert training.tf.train.latest_checkpoint(logdir).endswith("model.ckpt-16")
+    # Deterministic, the two runs are the same: the restart restored the input, the weights,
+    # the optimizer's state and dropout's seeds.
+    assert without_speed(log) == without_speed(read_log(unkilled))
+    weights, unkilled_weights = model_weights(logdir), model_weights(unkilled)
+    assert weights.keys() == unkilled_weights.keys()
+    for name, value in weights.items():
+        assert (value == unkilled_weights[name]).all(), name
 
 
 def test_exploding_run_stops_with_a_clear_message(demo_dir, tmp_path):
