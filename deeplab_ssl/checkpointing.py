@@ -48,7 +48,6 @@ class TrainCheckpoints:
 
     def __init__(self, train_logdir, model, optimizer, iterator, strategy):
         self.train_logdir = train_logdir
-        self._model = model
         self._optimizer = optimizer
         index, self._num_workers = distribute.worker_index_and_count(strategy)
         self._is_chief = distribute.is_chief(strategy)
@@ -134,7 +133,8 @@ class TrainCheckpoints:
                 or (latest and checkpoints.checkpoint_step(latest) == step)):
             return
         without_iterator = self._make_manager(
-            tf.train.Checkpoint(**training_state(self._model, self._optimizer)),
+            tf.train.Checkpoint(
+                **{name: value for name, value in self._objects.items() if name != "iterator"}),
             self.train_logdir)
         for manager in (self._manager, without_iterator)[0 if with_iterator else 1:]:
             try:
