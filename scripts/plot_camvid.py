@@ -51,13 +51,17 @@ PRETRAINED_TRAIN_FLAGS = "configs/camvid/pretrained/train.flags"
 MIOU = study_report.Metric("val mIoU (%)", lambda e: 100 * e["miou"], "{:.2f}")
 # The baselines of the contest: users' choices without a structural term.
 BASELINES = ("ce", "topk_ce", "bce", "ce_median_frequency", "lovasz", "rmi")
-# Per study: results, checkpoints and data folders, model options, and the pictures' names.
+# Per study: results, checkpoints and data folders, the methods of its tables (the contest's
+# runs at the study's rate are grid points, not rows of the study), model options, and the
+# pictures' names.
 STUDIES = {
     "scratch": dict(results="results/camvid", runs="runs/camvid", data="data/camvid_180x240",
-                    model={}, prefix="camvid_",
+                    methods=tuple(METHODS), model={}, prefix="camvid_",
                     title="CamVid 180x240, DeepLabv3 mobilenet_v2 from scratch"),
     "pretrained": dict(results="results/camvid_pretrained/study",
                        runs="runs/camvid_pretrained/study", data="data/camvid",
+                       methods=("ce", "bce", "topk_ce", "ssl3", "ssl7", "ssl3_ohem_only",
+                                "ssl3_warmup"),
                        model=dict(decoder_output_stride=4), prefix="camvid_pretrained_",
                        title="CamVid 360x480, DeepLabv3+ mobilenet_v2 from ImageNet"),
 }
@@ -273,10 +277,10 @@ def main():
                         help="the seed whose checkpoints predictions.png shows")
     args = parser.parse_args()
     study = STUDIES[args.study]
-    runs = study_report.load_runs(study["results"], METHODS)
+    runs = study_report.load_runs(study["results"], study["methods"])
     if args.study == "pretrained":  # The variants beyond the paper, after the paper's methods.
         runs.update(study_report.load_runs(
-            os.path.join(os.path.dirname(study["results"]), "variants"), METHODS))
+            os.path.join(os.path.dirname(study["results"]), "variants"), study["methods"]))
     if not runs:
         raise SystemExit(f"no finished run under {study['results']}")
     print(miou_table(runs), end="\n\n")
