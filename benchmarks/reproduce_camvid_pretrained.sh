@@ -13,9 +13,10 @@
 #   variants     beyond the paper: the SSL variants (configs/camvid/pretrained/VARIANT.flags),
 #                seeds 0-2
 #   grid         the contest of losses (GRID_METHODS): each method's learning rate, chosen on
-#                val with seed 0 from 0.01, 0.02, 0.04 (0.005 where 0.01 beats 0.02, 0.08
-#                where 0.04 beats the others); a rate's runs that the stages above made are
-#                reused (results/camvid_pretrained/grid/METHOD_lrRATE/ holds the others)
+#                val with seed 0 from 0.01, 0.02, 0.04, and past an end of those while that
+#                end is best (0.005, 0.0025 below; 0.08, 0.16 above: study_lib.sh's
+#                run_grid); a rate's runs that the stages above made are reused
+#                (results/camvid_pretrained/grid/METHOD_lrRATE/ holds the others)
 #   seeds        each method of GRID_METHODS at its chosen rate: seeds 1-2, then seeds 3-4 of
 #                FIVE_SEEDS
 # Every run keeps its flags (as given in `flags`, as train.py resolved them in `train.flags`),

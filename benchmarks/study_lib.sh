@@ -88,7 +88,7 @@ run() {
 # at the frozen rate of train.flags, the sensitivity stage's where it ran that rate (CE and
 # SSL (3), seed 0), else the grid's.
 BASE_RATE=$(grep -oP '^--base_learning_rate=\K.*' "$CONFIGS/train.flags")
-RATES="0.005 0.01 0.02 0.04 0.08"
+RATES="0.0025 0.005 0.01 0.02 0.04 0.08 0.16"
 rate_dir() {
   if [ "$2" = "$BASE_RATE" ]; then echo "$OUT/study/$1"
   elif [ -d "$OUT/sensitivity/${1}_lr$2" ]; then echo "$OUT/sensitivity/${1}_lr$2"
@@ -125,15 +125,30 @@ best_rate() {
   echo "$best"
 }
 
-# run_grid METHOD: METHOD's learning rate, from seed 0 on val: 0.01, 0.02 and 0.04; 0.005
-# where 0.01 beats 0.02; 0.08 where 0.04 beats the others (runs done are skipped).
+# next_rate METHOD: the rate of RATES that METHOD's grid runs next, or none: past the lowest
+# or the highest rate run while that end of the grid is the best (0.005 where 0.01 is best,
+# 0.08 where 0.04 is, 0.16 where 0.08 is), so that no method is left at an edge of its grid.
+next_rate() {
+  local rates=($RATES) best index low=-1 high=-1
+  best=$(best_rate "$1")
+  for index in "${!rates[@]}"; do
+    if [ "$(rate_score "$1" "${rates[index]}")" != -1 ]; then
+      if [ $low = -1 ]; then low=$index; fi
+      high=$index
+    fi
+  done
+  if [ "$best" = "${rates[high]}" ] && [ $((high + 1)) -lt ${#rates[@]} ]; then
+    echo "${rates[high + 1]}"
+  elif [ "$best" = "${rates[low]}" ] && [ $low -gt 0 ]; then echo "${rates[low - 1]}"
+  else echo none; fi
+}
+
+# run_grid METHOD: METHOD's learning rate, from seed 0 on val: 0.01, 0.02 and 0.04, then
+# next_rate's until none (runs done are skipped).
 run_grid() {
   local rate
   for rate in 0.01 0.02 0.04; do rate_run "$1" "$rate" 0; done
-  if awk "BEGIN {exit !($(rate_score "$1" 0.01) > $(rate_score "$1" 0.02))}"; then
-    rate_run "$1" 0.005 0
-  fi
-  if [ "$(best_rate "$1")" = 0.04 ]; then rate_run "$1" 0.08 0; fi
+  while rate=$(next_rate "$1"); [ "$rate" != none ]; do rate_run "$1" "$rate" 0; done
 }
 
 # grid_stage: the learning rate of each method of GRID_METHODS (run_grid).

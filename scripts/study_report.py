@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import scipy.stats  # noqa: E402
 
 # The learning rates of the grid (study_lib.sh's RATES), in its order.
-RATES = ("0.005", "0.01", "0.02", "0.04", "0.08")
+RATES = ("0.0025", "0.005", "0.01", "0.02", "0.04", "0.08", "0.16")
 # What the grid's rule compares for a run whose loss became NaN or Inf, as study_lib.sh does.
 DIVERGED = 0.0
 
@@ -156,27 +156,30 @@ def best_rate(scores):
 
 def grid_complete(scores):
     """Whether a grid {rate: score} has every rate the rule asks for (study_lib.sh's
-    run_grid): 0.01, 0.02 and 0.04; 0.005 where 0.01 beats 0.02; 0.08 where 0.04 beats the
-    others."""
+    run_grid): 0.01, 0.02 and 0.04, and the next rate of RATES past the lowest or the highest
+    rate run where that end is the best."""
     if not {"0.01", "0.02", "0.04"} <= set(scores):
         return False
-    if rule_score(scores["0.01"]) > rule_score(scores["0.02"]) and "0.005" not in scores:
-        return False
-    return best_rate(scores) != "0.04" or "0.08" in scores
+    ran = [index for index, rate in enumerate(RATES) if rate in scores]
+    best = RATES.index(best_rate(scores))
+    at_top = best == ran[-1] and best < len(RATES) - 1
+    at_bottom = best == ran[0] and best > 0
+    return not (at_top or at_bottom)
 
 
 def grid_table(grid, names, metric):
     """Markdown: the score of seed 0 per method of `grid` (grid_scores) and learning rate,
     the best in bold where the grid is complete. `names`: {method: name in the table}."""
-    lines = ["| method | " + " | ".join(f"lr {rate}" for rate in RATES) + " | grid |",
-             "| --- |" + " ---: |" * len(RATES) + " --- |"]
+    rates = [rate for rate in RATES if any(rate in scores for scores in grid.values())]
+    lines = ["| method | " + " | ".join(f"lr {rate}" for rate in rates) + " | grid |",
+             "| --- |" + " ---: |" * len(rates) + " --- |"]
     for method, scores in grid.items():
         complete = grid_complete(scores)
         best = best_rate(scores)
         cells = ["" if rate not in scores else "diverged" if scores[rate] is None else
                  (f"**{metric.number_format}**" if rate == best and complete
                   else metric.number_format).format(scores[rate])
-                 for rate in RATES]
+                 for rate in rates]
         lines.append(f"| {names[method]} | " + " | ".join(cells)
                      + f" | {'complete' if complete else 'in progress'} |")
     return "\n".join(lines)

@@ -39,10 +39,13 @@ def test_mean_std_and_welch_t():
     ({"0.01": 0.78, "0.02": 0.77, "0.04": 0.60}, "0.01", False),  # 0.005 missing.
     ({"0.005": 0.76, "0.01": 0.78, "0.02": 0.77, "0.04": 0.60}, "0.01", True),
     ({"0.01": 0.70, "0.02": 0.72, "0.04": 0.80}, "0.04", False),  # 0.08 missing.
-    ({"0.01": 0.70, "0.02": 0.72, "0.04": 0.80, "0.08": 0.81}, "0.08", True),
-    # A diverged run (None) counts 0, as in study_lib.sh: 0.01 beats 0.02, so 0.005 is asked.
+    ({"0.01": 0.70, "0.02": 0.72, "0.04": 0.80, "0.08": 0.81}, "0.08", False),  # 0.16 missing.
+    ({"0.01": 0.70, "0.02": 0.72, "0.04": 0.80, "0.08": 0.81, "0.16": 0.82}, "0.16", True),
+    ({"0.0025": 0.8, "0.005": 0.76, "0.01": 0.7, "0.02": 0.6, "0.04": 0.5}, "0.0025", True),
+    # A diverged run (None) counts 0, as in study_lib.sh: 0.01 is best, so 0.005 is asked.
     ({"0.01": 0.70, "0.02": None, "0.04": None}, "0.01", False),
-    ({"0.01": 0.70, "0.02": 0.70, "0.04": 0.70}, "0.01", True),  # Ties: the first rate.
+    # Ties go to the first rate: 0.01 here, with 0.005 run below it.
+    ({"0.005": 0.6, "0.01": 0.70, "0.02": 0.70, "0.04": 0.70}, "0.01", True),
 ])
 def test_grid_rule(scores, best, complete):
     assert study_report.best_rate(scores) == best
