@@ -42,7 +42,7 @@ METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)"
            "ssl3_warmup": "SSL (3) after BCE warm-up (beyond the paper)",
            "ssl_softmax": "SSL on softmax CE (beyond the paper)",
            "ssl_softmax_topk": "SSL on top-k CE (beyond the paper)",
-           "ssl_softmax_topk_balanced": "SSL on top-k CE, per class (beyond the paper)",
+           "ssl_softmax_topk_balanced": "SSL on top-k CE, class-balanced (beyond the paper)",
            "ce_median_frequency": "softmax CE, median frequency weights",
            "lovasz": "Lovasz-softmax", "rmi": "RMI"}
 # The flags of the pretrained study's schedule, its frozen learning rate among them.
