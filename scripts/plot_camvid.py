@@ -35,16 +35,8 @@ import numpy as np  # noqa: E402
 
 import study_report  # noqa: E402
 
-# Methods in the order of the tables, with the names the tables use.
-METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)",
-           "ssim7_3": "SSIM Eq. 7 (3)", "ssl1": "SSL (1)", "ssl3": "SSL (3)", "ssl7": "SSL (7)",
-           "ssl3_ohem_only": "SSL (3), OHEM only", "ssl3_reweight_only": "SSL (3), reweight only",
-           "ssl3_warmup": "SSL (3) after BCE warm-up (beyond the paper)",
-           "ssl_softmax": "SSL on softmax CE (beyond the paper)",
-           "ssl_softmax_topk": "SSL on top-k CE (beyond the paper)",
-           "ssl_softmax_topk_balanced": "SSL on top-k CE, class-balanced (beyond the paper)",
-           "ce_median_frequency": "softmax CE, median frequency weights",
-           "lovasz": "Lovasz-softmax", "rmi": "RMI"}
+# Methods in the order of the tables.
+METHODS = study_report.METHOD_NAMES
 # The flags of the pretrained study's schedule, its frozen learning rate among them.
 PRETRAINED_TRAIN_FLAGS = "configs/camvid/pretrained/train.flags"
 # What the tables compare, and the contest's grid (benchmarks/reproduce_camvid_pretrained.sh).

@@ -33,9 +33,8 @@ import study_report
 
 # The losses of the study (reproduce_drive.sh's GRID_METHODS) in the order of the tables, with
 # the names the tables use.
-METHODS = {"ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)",
-           "lovasz": "Lovasz-softmax", "ssl3": "SSL (3)",
-           "ssl_softmax_topk_balanced": "SSL on top-k CE, per class (beyond the paper)"}
+METHODS = {method: study_report.METHOD_NAMES[method] for method in
+           ("ce", "bce", "topk_ce", "lovasz", "ssl3", "ssl_softmax_topk_balanced")}
 # F1 of the best-rate table is tested against these: (name in the header, method).
 REFERENCES = [("CE", "ce"), ("Lovasz-softmax", "lovasz")]
 RESULTS = "results/drive"

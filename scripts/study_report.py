@@ -28,6 +28,17 @@ import scipy.stats  # noqa: E402
 
 # The learning rates of the grid (study_lib.sh's RATES), in its order.
 RATES = ("0.0025", "0.005", "0.01", "0.02", "0.04", "0.08", "0.16")
+# The names the tables give the losses (train.py's --loss, or the study's flagfile names).
+METHOD_NAMES = {
+    "ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)",
+    "ssim7_3": "SSIM Eq. 7 (3)", "ssl1": "SSL (1)", "ssl3": "SSL (3)", "ssl7": "SSL (7)",
+    "ssl3_ohem_only": "SSL (3), OHEM only", "ssl3_reweight_only": "SSL (3), reweight only",
+    "ssl3_warmup": "SSL (3) after BCE warm-up (beyond the paper)",
+    "ssl_softmax": "SSL on softmax CE (beyond the paper)",
+    "ssl_softmax_topk": "SSL on top-k CE (beyond the paper)",
+    "ssl_softmax_topk_balanced": "SSL on top-k CE, class-balanced (beyond the paper)",
+    "ce_median_frequency": "softmax CE, median frequency weights",
+    "lovasz": "Lovasz-softmax", "rmi": "RMI"}
 # What the grid's rule compares for a run whose loss became NaN or Inf, as study_lib.sh does.
 DIVERGED = 0.0
 
