@@ -28,7 +28,8 @@ import scipy.stats  # noqa: E402
 
 # The learning rates of the grid (study_lib.sh's RATES), in its order.
 RATES = ("0.0025", "0.005", "0.01", "0.02", "0.04", "0.08", "0.16")
-# The names the tables give the losses (train.py's --loss, or the study's flagfile names).
+# The names the tables give the losses (the studies' flagfile names), in the order of the
+# CamVid tables.
 METHOD_NAMES = {
     "ce": "softmax CE", "bce": "sigmoid BCE", "topk_ce": "top-k CE (25%)",
     "ssim7_3": "SSIM Eq. 7 (3)", "ssl1": "SSL (1)", "ssl3": "SSL (3)", "ssl7": "SSL (7)",
