@@ -269,6 +269,7 @@ def main():
                         help="the seed whose checkpoints predictions.png shows")
     args = parser.parse_args()
     study = STUDIES[args.study]
+    os.makedirs(args.docs, exist_ok=True)
     runs = study_report.load_runs(study["results"], study["methods"])
     if args.study == "pretrained":  # The variants beyond the paper, after the paper's methods.
         runs.update(study_report.load_runs(

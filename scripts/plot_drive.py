@@ -159,6 +159,7 @@ def main(argv=None):
     parser.add_argument("--predictions_seed", type=int, default=0,
                         help="the seed whose checkpoints drive_vessels.png shows")
     args = parser.parse_args(argv)
+    os.makedirs(args.docs, exist_ok=True)
     if not os.path.isdir(RESULTS):
         raise SystemExit(f"no results under {RESULTS}: run benchmarks/reproduce_drive.sh")
     print("Calibration (softmax CE, seed 0):", calibration_table(
