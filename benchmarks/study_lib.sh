@@ -29,10 +29,14 @@ d = descriptors.get_descriptor(sys.argv[1])
 wanted() { [[ " $1 " == *" $2 "* ]]; }
 
 # record_cpu OUT: the CPU a run ran on, in OUT/cpu. A seed reproduces only on the same CPU type
-# (the kernels differ with AVX-512 and AVX2).
+# (the kernels differ with AVX-512 and AVX2), and not always across generations of one vendor
+# (DRIVE's CE, seed 0: val F1 0.750 and 0.763 on two AVX-512 AMD EPYCs): the last line gives
+# the CPU's family and model.
 record_cpu() {
   { grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs
-    grep -q avx512f /proc/cpuinfo && echo avx512 || echo avx2; nproc; } > "$1/cpu"
+    grep -q avx512f /proc/cpuinfo && echo avx512 || echo avx2; nproc
+    awk -F': ' '/^cpu family/ {f = $2} /^model\t/ {m = $2} END {print "family", f, "model", m}' \
+      /proc/cpuinfo; } > "$1/cpu"
 }
 
 # run STAGE NAME SEED FLAGFILE [FLAG...]: trains, evaluates on val, keeps the results; a run
