@@ -10,10 +10,10 @@
 #                rule (benchmarks/study_lib.sh), compared by val F1
 #   seeds        each loss at its rate: seeds 1-2 (3-4 for FIVE_SEEDS)
 # Every run keeps its flags, train.flags, whole train.log, train_log.jsonl, evaluation JSON (F1,
-# AUC, sensitivity, specificity, accuracy, mIoU), training seconds and CPU under
-# results/drive/STAGE/NAME/seedSEED/; checkpoints stay in runs/drive/. Finished runs are
-# skipped and a killed training resumes: the command also resumes a stopped study. Runs are
-# deterministic for a seed on one CPU type.
+# AUC, sensitivity, specificity, accuracy, mIoU), predicted val labels (val_predictions/),
+# training seconds and CPU under results/drive/STAGE/NAME/seedSEED/; checkpoints stay in
+# runs/drive/. Finished runs are skipped and a killed training resumes: the command also
+# resumes a stopped study. Runs are deterministic for a seed on one CPU type.
 # STAGES, GRID_METHODS, FIVE_SEEDS and SEEDS (environment) choose a subset. Bash reads a script
 # as it runs it: to edit this file during a study, run a copy (bash -c "$(cat FILE)" FILE).
 set -euo pipefail
@@ -32,6 +32,8 @@ RUNS=runs/drive
 METRIC=f1  # The field's: F1 (= Dice) of the vessels inside the field of view, pooled.
 # The grid and seeds evaluate at the image scale the calibration chose (os16_crop257_scale3).
 EVAL_FLAGS=${EVAL_FLAGS:-"--eval_scales=3"}
+# Each run also keeps its predicted val labels (val_predictions/), drive_vessels.png's source.
+SAVE_VAL_PREDICTIONS=1
 
 # The settings tried for the schedule (softmax CE, seed 0): NAME, the image scale eval.py runs
 # at, and the flags of train.py that differ from train.flags; each 16-20 minutes of training

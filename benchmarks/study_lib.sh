@@ -79,6 +79,7 @@ run() {
   # shellcheck disable=SC2086  # EVAL_FLAGS: words, one flag each.
   "$PY" eval.py --flagfile="$MODEL" $EVAL_FLAGS --checkpoint_dir="$logdir" --eval_split=val \
     --max_number_of_evaluations=1 > "$out/eval.log" 2>&1
+  if [ -n "${SAVE_VAL_PREDICTIONS:-}" ]; then save_val_predictions "$logdir" "$out"; fi
   { cat "$flagfile"; printf '%s\n' "$@" "--seed=$seed"; } > "$out/flags"
   cp "$logdir/train.flags" "$out/"  # Every flag as train.py resolved it.
   cp "$logdir/train_log.jsonl" "$out/"
@@ -86,6 +87,19 @@ run() {
   local json
   json=$(ls -t "$logdir"/model.ckpt-*.eval_val_ms*.json | head -1)  # The one eval.py just wrote.
   cp "$json" "$out/eval_val.json.tmp" && mv "$out/eval_val.json.tmp" "$out/eval_val.json"
+}
+
+# save_val_predictions LOGDIR OUT: the labels that LOGDIR's latest checkpoint predicts for the
+# val images at EVAL_FLAGS (vis.py's raw label PNGs, named after the image files) in
+# OUT/val_predictions/, so that pictures outlive the checkpoints (runs/ is not kept).
+save_val_predictions() {
+  local logdir=$1 out=$2
+  rm -rf "$out/vis.tmp" "$out/val_predictions"
+  # shellcheck disable=SC2086  # EVAL_FLAGS: words, one flag each.
+  "$PY" vis.py --flagfile="$MODEL" $EVAL_FLAGS --checkpoint_dir="$logdir" --vis_split=val \
+    --vis_logdir="$out/vis.tmp" --also_save_raw_predictions > "$out/vis.log" 2>&1
+  mv "$out/vis.tmp/raw_segmentation_results" "$out/val_predictions"
+  rm -rf "$out/vis.tmp"
 }
 
 # rate_dir METHOD RATE: the results folder of METHOD's runs at learning rate RATE: the study's

@@ -1,6 +1,6 @@
 """Tables and the picture of the DRIVE retinal-vessel study (issue 27) from its saved runs.
 
-    python scripts/plot_drive.py [--docs docs] [--predictions_seed 0]
+    python scripts/plot_drive.py [--docs docs]
 
 Reads results/drive/ as benchmarks/reproduce_drive.sh keeps it (the layout: study_report.py):
 calibration/SETTING/seed0/ and each method's runs at each learning rate (study/METHOD at the
@@ -16,12 +16,11 @@ Prints the markdown tables:
   sensitivity and the per-image mean F1 as mean +- std.
 Writes --docs/drive_vessels.png: rows = the val images of data/drive richest in thin vessels,
 each cropped to its WINDOW x WINDOW window with the most thin-vessel pixels of the truth; columns
-= image, truth, and the vessels predicted by each method of the last table (its best rate, seed
---predictions_seed) from its checkpoints under runs/drive/; methods whose checkpoints are gone
-are left out, and said so on stderr. Needs matplotlib (`pip install -e '.[plot]'`).
+= image, truth, and the vessels predicted by each method of the last table at its best rate, as
+its run of the lowest seed that kept them saved them (val_predictions/); methods with no such
+run are left out, and said so on stderr. Needs matplotlib (`pip install -e '.[plot]'`).
 """
 import argparse
-import glob
 import os
 import sys
 import textwrap
@@ -38,12 +37,8 @@ METHODS = {method: study_report.METHOD_NAMES[method] for method in
 # F1 of the best-rate table is tested against these: (name in the header, method).
 REFERENCES = [("CE", "ce"), ("Lovasz-softmax", "lovasz")]
 RESULTS = "results/drive"
-RUNS = "runs/drive"
 DATA = "data/drive"
 TRAIN_FLAGS = "configs/drive/train.flags"
-# The model of configs/drive/deeplabv3plus.flags, where a checkpoint folder lacks train.py's
-# model_options.json (which also gives the output stride of the training).
-MODEL = dict(model_variant="mobilenet_v2", num_classes=2, decoder_output_stride=4)
 # Side of the square crop of the pictures, in pixels (DRIVE's images are 565 x 584).
 WINDOW = 160
 
@@ -104,20 +99,20 @@ def thin_vessel_window(label, size):
     return slice(top, top + size), slice(left, left + size)
 
 
-def checkpoint_folders(contest, results, runs, base_rate, seed):
-    """{method: (its checkpoints' folder, the scales its evaluation ran at)} of the methods of
-    `contest` at their best rate and `seed` whose checkpoints (model.ckpt-*.index) are there;
-    the others said on stderr."""
+def prediction_folders(contest, results, base_rate):
+    """{method: (the val_predictions folder of its run of the lowest seed that kept one, that
+    seed)} of the methods of `contest` at their best rate; the others said on stderr."""
     folders = {}
     for method, (rate, seed_runs) in contest.items():
-        folder = study_report.checkpoint_folder(
-            results, runs, study_report.rate_folder(results, method, rate, base_rate), seed)
-        evaluations = [e for name, e, _ in seed_runs if name == f"seed{seed}"]
-        if evaluations and glob.glob(os.path.join(folder, "model.ckpt-*.index")):
-            folders[method] = folder, study_report.eval_scales(evaluations[0])
+        run_folder = study_report.rate_folder(results, method, rate, base_rate)
+        for name, _, _ in seed_runs:
+            folder = os.path.join(run_folder, name, "val_predictions")
+            if os.path.isdir(folder):
+                folders[method] = folder, int(name[len("seed"):])
+                break
         else:
-            print(f"drive_vessels.png: no checkpoint in {folder}, {METHODS[method]} left out",
-                  file=sys.stderr)
+            print(f"drive_vessels.png: no val_predictions in {run_folder}/seed*, "
+                  f"{METHODS[method]} left out", file=sys.stderr)
     return folders
 
 
@@ -125,28 +120,31 @@ def plot_vessels(path, folders, titles, data_dir, window, num_images=3):
     """Writes the picture grid of vessel maps at `path`: rows = the `num_images` val images of
     `data_dir` with the most thin-vessel pixels in their `window` x `window` window
     (thin_vessel_window), in the order of the split, each cropped to it; columns = image,
-    truth, and the prediction of the latest checkpoint of each folder of `folders` ({method:
-    (training folder, inference scales)}), titled by `titles` ({method: title}). Pixels outside
-    the field of view show as in the truth."""
+    truth, and the predicted labels in each folder of `folders` ({method: folder of label PNGs
+    named after the image files, as vis.py's raw predictions}), titled by `titles` ({method:
+    title}). Pixels outside the field of view show as in the truth."""
+    from PIL import Image
+
     from deeplab_ssl import visualization
     from deeplab_ssl.datasets import descriptors, input_pipeline
     drive = descriptors.get_descriptor("drive")
-    examples = [(e["image"], e["label"][0, ..., 0].numpy())
+    examples = [(e["image"][0].numpy().astype(np.uint8), e["label"][0, ..., 0].numpy(),
+                 os.path.splitext(os.path.basename(e["filename"][0].numpy().decode()))[0])
                 for e in input_pipeline.get_dataset(drive, data_dir, "val", 1)]
-    windows = [thin_vessel_window(label, window) for _, label in examples]
-    thin_counts = [thin_vessels(label)[crop].sum() for (_, label), crop in zip(examples, windows)]
+    windows = [thin_vessel_window(label, window) for _, label, _ in examples]
+    thin_counts = [thin_vessels(label)[crop].sum()
+                   for (_, label, _), crop in zip(examples, windows)]
     richest = sorted(range(len(examples)), key=lambda i: -thin_counts[i])[:num_images]
     chosen = [(examples[i], windows[i]) for i in sorted(richest)]
     colormap = visualization.get_colormap(drive.colormap)
-    columns = [[image[0].numpy().astype(np.uint8)[crop] for (image, _), crop in chosen],
+    columns = [[image[crop] for (image, _, _), crop in chosen],
                [visualization.label_to_color_image(label[crop], colormap)
-                for (_, label), crop in chosen]]
-    for method, (folder, scales) in folders.items():
-        predictor = study_report.restored_predictor(folder, MODEL, scales)
+                for (_, label, _), crop in chosen]]
+    for folder in folders.values():
         column = []
-        for (image, label), crop in chosen:
-            vessels = np.where(label == drive.ignore_label, label,
-                               predictor.predict_labels(image)[0].numpy())
+        for (_, label, name), crop in chosen:
+            predicted = np.asarray(Image.open(os.path.join(folder, f"{name}.png")))
+            vessels = np.where(label == drive.ignore_label, label, predicted)
             column.append(visualization.label_to_color_image(vessels[crop], colormap))
         columns.append(column)
     study_report.save_picture_grid(
@@ -156,8 +154,6 @@ def plot_vessels(path, folders, titles, data_dir, window, num_images=3):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", default="docs", help="where drive_vessels.png goes")
-    parser.add_argument("--predictions_seed", type=int, default=0,
-                        help="the seed whose checkpoints drive_vessels.png shows")
     args = parser.parse_args(argv)
     os.makedirs(args.docs, exist_ok=True)
     if not os.path.isdir(RESULTS):
@@ -174,13 +170,12 @@ def main(argv=None):
     if not contest:
         return
     print("Each method at its best rate:", contest_table(contest), sep="\n", end="\n\n")
-    seed = args.predictions_seed
-    folders = checkpoint_folders(contest, RESULTS, RUNS, base_rate, seed)
+    folders = prediction_folders(contest, RESULTS, base_rate)
     if folders:
         titles = {m: textwrap.fill(METHODS[m], 22) + f"\nlr {contest[m][0]}, seed {seed}"
-                  for m in folders}
-        plot_vessels(os.path.join(args.docs, "drive_vessels.png"), folders, titles, DATA,
-                     WINDOW)
+                  for m, (_, seed) in folders.items()}
+        plot_vessels(os.path.join(args.docs, "drive_vessels.png"),
+                     {m: folder for m, (folder, _) in folders.items()}, titles, DATA, WINDOW)
 
 
 if __name__ == "__main__":

@@ -123,12 +123,6 @@ def rate_folder(results, method, rate, base_rate):
         results, "grid", f"{method}_lr{rate}")
 
 
-def checkpoint_folder(results, runs, folder, seed):
-    """The checkpoints (study_lib.sh's RUNS/STAGE/NAME_seedSEED) of the run of results
-    folder `folder` (RESULTS/STAGE/NAME) and `seed`."""
-    return os.path.join(runs, os.path.relpath(folder, results) + f"_seed{seed}")
-
-
 def load_rate_runs(results, method, rate, base_rate):
     """[(seed folder name, eval dict, [log lines])] of `method` at `rate`, seeds in order."""
     folder = rate_folder(results, method, rate, base_rate)

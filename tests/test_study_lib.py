@@ -8,10 +8,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Stands in for the project's Python: records each train.py and eval.py call; train.py writes
-# what train.py writes to its --train_logdir, eval.py a result JSON named by its scales, as
+# Stands in for the project's Python: records each train.py, eval.py and vis.py call; train.py
+# writes what train.py writes to its --train_logdir, eval.py a result JSON named by its scales, as
 # evaluation.py names it, with the mIoU that SCORES ("RATE=MIOU ...") gives the run's learning
-# rate (0.5 where it gives none). Other calls are study_lib.sh reading a JSON: real Python.
+# rate (0.5 where it gives none), vis.py a raw prediction naming its scales. Other calls are
+# study_lib.sh reading a JSON: real Python.
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 value() { for word in "${@:2}"; do [[ $word == --$1=* ]] && echo "${word#*=}"; done; }
 case $1 in
@@ -30,6 +31,11 @@ case $1 in
     done
     echo "{\"miou\": $miou, \"eval_scales\": \"${scales:-1}\"}" \
       > "$dir/model.ckpt-5.eval_val_ms${scales:-1}.json" ;;
+  vis.py)
+    echo "$*" >> "$CALLS"
+    raw=$(value vis_logdir "$@")/raw_segmentation_results
+    mkdir -p "$raw"
+    echo "labels at $(value eval_scales "$@")" > "$raw/21_training.png" ;;
   *) exec python3 "$@" ;;
 esac
 """
@@ -70,6 +76,19 @@ def test_a_run_keeps_its_record_and_eval_flags_reach_eval_py(study, tmp_path):
     assert not (large / "train_started").exists()
     plain = tmp_path / "results" / "calibration" / "plain" / "seed1"
     assert json.loads((plain / "eval_val.json").read_text())["eval_scales"] == "1"
+
+
+def test_a_run_keeps_its_val_predictions_where_asked(study, tmp_path):
+    calls = study("SAVE_VAL_PREDICTIONS=1 EVAL_FLAGS=--eval_scales=3 run grid ce 0 "
+                  "configs/ce.flags; run grid ce 1 configs/ce.flags")
+    vis = [call for call in calls if call.startswith("vis.py")]
+    assert len(vis) == 1 and "--checkpoint_dir=runs/grid/ce_seed0 " in vis[0]
+    assert "--eval_scales=3 " in vis[0] and "--vis_split=val " in vis[0]
+    run = tmp_path / "results" / "grid" / "ce"
+    assert sorted(os.listdir(run / "seed0" / "val_predictions")) == ["21_training.png"]
+    assert (run / "seed0" / "val_predictions" / "21_training.png").read_text() == "labels at 3\n"
+    assert not (run / "seed0" / "vis.tmp").exists()
+    assert not (run / "seed1" / "val_predictions").exists()
 
 
 def test_a_finished_run_is_skipped(study):

@@ -1,6 +1,6 @@
 """The study reports (scripts/study_report.py, scripts/plot_drive.py) on a made-up results tree:
 the statistics over seeds, the learning rate grid's rule, the tables' numbers, the thin-vessel
-window, and the picture grid from a tiny checkpoint."""
+window, and the picture grid from saved predictions."""
 import json
 import math
 import os
@@ -16,6 +16,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "scripts"))
 import plot_drive  # noqa: E402
 import study_report  # noqa: E402
+
+from deeplab_ssl import visualization  # noqa: E402
+from deeplab_ssl.datasets import descriptors  # noqa: E402
 
 
 def test_mean_std_and_welch_t():
@@ -83,12 +86,8 @@ def _cells(output, first_cell):
 
 @pytest.fixture(scope="module")
 def tiny_drive(tmp_path_factory):
-    """(DRIVE-like val records of 5 images 40 x 48, a train.py-style folder of a tiny model's
-    checkpoint with its model_options.json): for the picture grid."""
-    import tensorflow as tf
-
-    from deeplab_ssl import common
-    from deeplab_ssl import model as model_lib
+    """A folder of DRIVE-like val records of 5 images 40 x 48, 36_training to 40_training: for
+    the picture grid."""
     from deeplab_ssl.datasets import build_data, descriptors
     root = tmp_path_factory.mktemp("tiny_drive")
     drive = descriptors.get_descriptor("drive")
@@ -103,14 +102,7 @@ def tiny_drive(tmp_path_factory):
         items.append((f"{36 + i}_training", image, label))
     build_data.write_split(items, lambda item: build_data.encode_arrays(*item, 2, 255),
                            str(root / "data"), "val", 1, drive, progress=False)
-    options = dict(model_variant="mobilenet_v2", num_classes=2, depth_multiplier=0.25,
-                   decoder_output_stride=4)
-    model = model_lib.build_deeplab(**options)
-    checkpoint = root / "train"
-    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(checkpoint), max_to_keep=1,
-                               checkpoint_name="model.ckpt").save(checkpoint_number=5)
-    common.write_model_options(str(checkpoint), options, drive)
-    return root / "data", checkpoint
+    return root / "data"
 
 
 def test_drive_tables_and_picture(tmp_path, monkeypatch, capsys, tiny_drive):
@@ -144,17 +136,21 @@ def test_drive_tables_and_picture(tmp_path, monkeypatch, capsys, tiny_drive):
     # sigmoid BCE: 0.04 not run yet.
     _run(tmp_path, "study", "bce", 0, 0.71)
     _run(tmp_path, "grid", "bce_lr0.02", 0, 0.73)
-    # softmax CE's checkpoints of seed 0 at its best rate; the others' are gone.
-    data, checkpoint = tiny_drive
-    (tmp_path / "runs" / "drive" / "grid").mkdir(parents=True)
-    os.symlink(checkpoint, tmp_path / "runs" / "drive" / "grid" / "ce_lr0.02_seed0")
+    # softmax CE's predicted val labels, kept by its seeds 1 (all vessel) and 2 at its best
+    # rate; the others kept none.
+    for seed, predicted in ((1, 1), (2, 0)):
+        folder = tmp_path / "results" / "drive" / "grid" / "ce_lr0.02" / f"seed{seed}"
+        (folder / "val_predictions").mkdir()
+        for i in range(5):
+            visualization.save_png(np.full((40, 48), predicted),
+                                   folder / "val_predictions" / f"{36 + i}_training.png")
     (tmp_path / "data").mkdir()
-    os.symlink(data, tmp_path / "data" / "drive")
+    os.symlink(tiny_drive, tmp_path / "data" / "drive")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(plot_drive, "WINDOW", 24)
-    scales_used, restored_predictor = [], study_report.restored_predictor
-    monkeypatch.setattr(study_report, "restored_predictor", lambda folder, options, scales: (
-        scales_used.append(scales) or restored_predictor(folder, options, scales)))
+    pictures, save_picture_grid = [], study_report.save_picture_grid
+    monkeypatch.setattr(study_report, "save_picture_grid", lambda path, titles, columns, **kw: (
+        pictures.append((titles, columns)) or save_picture_grid(path, titles, columns, **kw)))
     plot_drive.main(["--docs", str(tmp_path)])
     output, errors = capsys.readouterr()
 
@@ -191,9 +187,18 @@ def test_drive_tables_and_picture(tmp_path, monkeypatch, capsys, tiny_drive):
         "0.7900"]
     assert "SSL (3)" not in contest and "sigmoid BCE" not in contest
 
-    # The picture: image, truth and softmax CE (at the scale of its evaluation), the 3 images
-    # richest in thin vessels.
-    assert scales_used == [(2.0,)]
+    # The picture: image, truth and softmax CE's seed 1, the 3 images richest in thin vessels;
+    # its vessels everywhere but outside the field of view, shown as in the truth.
+    [(titles, columns)] = pictures
+    assert titles == ["image", "truth", "softmax CE\nlr 0.02, seed 1"]
+    drive = descriptors.get_descriptor("drive")
+    colormap = visualization.get_colormap(drive.colormap)
+    for truth, predicted in zip(columns[1], columns[2]):
+        assert truth.shape == predicted.shape == (24, 24, 3)
+        outside = (truth == colormap[drive.ignore_label]).all(-1)
+        assert outside.any() and not outside.all()
+        assert (predicted[outside] == colormap[drive.ignore_label]).all()
+        assert (predicted[~outside] == colormap[1]).all()
     for method in ("top-k CE (25%)", "Lovasz-softmax"):
         assert f"{method} left out" in errors
     import matplotlib.image
