@@ -16,9 +16,9 @@ Prints the markdown tables:
   sensitivity and the per-image mean F1 as mean +- std.
 Writes --docs/drive_vessels.png: rows = the val images of data/drive richest in thin vessels,
 each cropped to its WINDOW x WINDOW window with the most thin-vessel pixels of the truth; columns
-= image, truth, and the vessels predicted by each method of the last table at its best rate, as
-its run of the lowest seed that kept them saved them (val_predictions/); methods with no such
-run are left out, and said so on stderr. Needs matplotlib (`pip install -e '.[plot]'`).
+= image, truth, and the vessels predicted by each method of the last table at its best rate:
+the val labels that its run of the lowest seed with them kept (val_predictions/); methods with
+no such run are left out, and said so on stderr. Needs matplotlib (`pip install -e '.[plot]'`).
 """
 import argparse
 import os

@@ -7,6 +7,7 @@ The layout read (benchmarks/study_lib.sh):
     RESULTS/STAGE/NAME/seedN/train_log.jsonl    the training's log lines
     RESULTS/STAGE/NAME/seedN/train_seconds      its training time
     RESULTS/STAGE/NAME/seedN/diverged           instead of the evaluation, where the loss diverged
+    RESULTS/STAGE/NAME/seedN/val_predictions/   its predicted val labels (SAVE_VAL_PREDICTIONS)
     RUNS/STAGE/NAME_seedN/                      its checkpoints (train.py's train_logdir)
 A method's runs at a learning rate are in the study's folder (STAGE study) at the frozen rate of
 train.flags, the sensitivity stage's where it ran that rate (NAME METHOD_lrRATE), else the
