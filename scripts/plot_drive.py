@@ -51,8 +51,8 @@ MEAN_IMAGE_F1 = study_report.Metric("mean image F1", lambda e: e["mean_image_f1"
 
 
 def calibration_table(folder):
-    """Markdown: the settings of the calibration folder (folder/SETTING/seed0/), in the order
-    they finished: the scales eval.py ran at, val F1, AUC, mIoU and the training's minutes."""
+    """Markdown: the settings of the calibration folder (folder/SETTING/seed0/), by name: the
+    scales eval.py ran at, val F1, AUC, mIoU and the training's minutes."""
     metrics = (F1, AUC, MIOU)
     lines = ["| setting | eval scales | " + " | ".join(m.name for m in metrics)
              + " | training (min) |",

@@ -67,11 +67,10 @@ def load_runs(results_dir, names):
 
 def load_settings(folder):
     """[(setting, eval dict, training seconds)] of the seed-0 runs of a calibration or
-    sensitivity folder (folder/SETTING/seed0/eval_val.json and train_seconds), in the order they
-    finished."""
+    sensitivity folder (folder/SETTING/seed0/eval_val.json and train_seconds), by setting name
+    (the files' times, which a clone does not keep, do not order them)."""
     settings = []
-    for path in sorted(glob.glob(os.path.join(folder, "*", "seed0", "eval_val.json")),
-                       key=os.path.getmtime):
+    for path in sorted(glob.glob(os.path.join(folder, "*", "seed0", "eval_val.json"))):
         run = os.path.dirname(path)
         with open(path) as f:
             evaluation = json.load(f)

@@ -109,7 +109,7 @@ def test_drive_tables_and_picture(tmp_path, monkeypatch, capsys, tiny_drive):
     (tmp_path / "configs" / "drive").mkdir(parents=True)
     (tmp_path / "configs" / "drive" / "train.flags").write_text(
         "--output_stride=16\n--base_learning_rate=0.01\n")
-    # The calibration, finished in the order os8, then os16.
+    # The calibration, finished in the order os8, then os16: listed by name.
     for index, (setting, f1, seconds, scales) in enumerate((
             ("os8_crop321", 0.78, 900, "1"), ("os16_crop321_scale2", 0.80, 870, "2"))):
         folder = _run(tmp_path, "calibration", setting, 0, f1, seconds, scales)
@@ -154,7 +154,7 @@ def test_drive_tables_and_picture(tmp_path, monkeypatch, capsys, tiny_drive):
     plot_drive.main(["--docs", str(tmp_path)])
     output, errors = capsys.readouterr()
 
-    assert output.index("os8_crop321") < output.index("os16_crop321_scale2")
+    assert output.index("os16_crop321_scale2") < output.index("os8_crop321")
     assert _cells(output, "os16_crop321_scale2") == [
         "os16_crop321_scale2", "2", "0.8000", "1.0000", "70.00", "14.5"]
     assert _cells(output, "softmax CE")[1:] == ["", "0.7000", "**0.7500**", "0.7400", "",
